@@ -1,0 +1,228 @@
+"""Analyze stage: find θ leaves, their V_θ→σ consumers, their updates and each site's P.
+
+Identification is structural (DESIGN.md §4): follow θ's read through view ops to a consumer F;
+for a registry op, P is a gradient op of a registered type that reads F's other operand x,
+whose g input has F as an ancestor, and that lies on θ's update path (port-aware through
+IdentityN). Node names are never used.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import tensorflow as tf
+
+from .errors import NoGradientsError, NoTrainableVariablesError
+from .ir import GraphIR, Tensor
+from .load import LoadedStep, VariableInfo
+from .registry import REGISTRY, SHAPE_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason
+from .shapes import TensorInfo, infer_shapes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Match:
+    """P for one site: the gradient op, the input slot carrying g, and g itself."""
+
+    grad_op: str
+    g_slot: int
+    g: Tensor
+
+
+@dataclass
+class Consumer:
+    """A node that consumes a view of θ (a member of V_θ→σ or a backward/update op)."""
+
+    node: str
+    op: str
+    slot: int
+    variable: str  # θ's placeholder
+    match: Match | None = None
+    reason: str | None = None  # why no match was possible, when known
+
+
+@dataclass
+class Analysis:
+    """Everything the plan stage needs, computed once."""
+
+    ir: GraphIR
+    shapes: dict[str, TensorInfo]
+    variables: dict[str, VariableInfo]
+    writes: dict[str, list[str]]  # variable placeholder -> write ops
+    forward: list[Consumer]  # V_θ→σ nodes: matched sites and forward consumers kept as identity
+    stateful_optimizer_vars: list[str] = field(default_factory=list)
+
+
+def _is_write(op: str) -> bool:
+    return op.startswith(WRITE_OP_PREFIXES)
+
+
+def _variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(write ops, value consumers) of the variable behind ``placeholder``.
+
+    Value consumers are ``(node, slot)`` pairs past the read and view ops; an op that reads
+    the handle directly (e.g. ``ResourceGather``) is a value consumer too.
+    """
+    writes: list[str] = []
+    consumers: list[tuple[str, int]] = []
+    handles = [(placeholder, 0)]
+    values: list[Tensor] = []
+    seen: set[Tensor] = set()
+    while handles:
+        h = handles.pop()
+        if h in seen:
+            continue
+        seen.add(h)
+        for node, slot in ir.consumers(h):
+            op = ir.op(node)
+            if op == "Identity":
+                handles.append((node, 0))
+            elif op == "ReadVariableOp":
+                values.append((node, 0))
+            elif _is_write(op):
+                writes.append(node)
+            elif op in ("VarIsInitializedOp", "VariableShape", "DestroyResourceOp"):
+                continue
+            else:
+                consumers.append((node, slot))
+    while values:
+        v = values.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        for node, slot in ir.consumers(v):
+            if ir.op(node) in VIEW_OPS:
+                values.append((node, 0))
+            elif ir.op(node) == "IdentityN":
+                values.append((node, slot))
+            elif ir.op(node) in SHAPE_OPS:
+                continue  # reads θ's shape only
+            else:
+                consumers.append((node, slot))
+    order = ir.order
+    return sorted(set(writes), key=order.get), sorted(set(consumers), key=lambda c: (order[c[0]], c[1]))
+
+
+def _write_values(ir: GraphIR, shapes: dict[str, TensorInfo], write: str) -> list[Tensor]:
+    out = []
+    for t in ir.data_inputs(write):
+        info = shapes.get(f"{t[0]}:{t[1]}")
+        if info is None or info[0] != tf.resource:
+            out.append(t)
+    return out
+
+
+def analyze(step: LoadedStep) -> Analysis:
+    """Find every site and its P; classify the other consumers of trainable variables."""
+    ir = GraphIR(step.graph_def)
+    shapes = infer_shapes(step.graph_def, step.variables)
+    trainable = {p: v for p, v in step.variables.items() if v.trainable}
+    if not trainable:
+        raise NoTrainableVariablesError(
+            "the step reads no trainable variable: pass a training step that reads and updates "
+            "trainable tf.Variables")
+
+    writes: dict[str, list[str]] = {}
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    for placeholder in step.variables:
+        writes[placeholder], consumers[placeholder] = _variable_uses(ir, placeholder)
+    if not any(writes[p] for p in trainable):
+        raise NoGradientsError(
+            "the step updates no trainable variable (no gradients are applied): pass the "
+            "training step, not an inference function")
+
+    update_path: dict[str, set[str] | None] = {}
+    for p in trainable:
+        if writes[p]:
+            values = [t for w in writes[p] for t in _write_values(ir, shapes, w)]
+            update_path[p] = ir.ancestors(values)
+        else:
+            update_path[p] = None  # not updated here: the update-path condition is not applied
+
+    ancestor_cache: dict[Tensor, set[str]] = {}
+
+    def ancestors_of(t: Tensor) -> set[str]:
+        if t not in ancestor_cache:
+            ancestor_cache[t] = ir.ancestors([t])
+        return ancestor_cache[t]
+
+    all_consumers: list[Consumer] = []
+    for p in sorted(trainable, key=ir.order.get):
+        for node, slot in consumers[p]:
+            c = Consumer(node=node, op=ir.op(node), slot=slot, variable=p)
+            _match(ir, c, update_path[p], ancestors_of)
+            all_consumers.append(c)
+
+    matched_g = [c.match.g for c in all_consumers if c.match]
+    backward = ir.descendants(matched_g)
+    out_tensors = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in step.output_tensors]
+    reportable = ir.ancestors(out_tensors + matched_g)
+
+    forward: list[Consumer] = []
+    for c in all_consumers:
+        if c.match is not None:
+            forward.append(c)
+            continue
+        if c.node in backward or c.node not in reportable:
+            continue  # a gradient op, or part of the update: not a member of V_θ→σ
+        if _is_gradient_of_same_op(ir, c, consumers[c.variable]):
+            continue
+        forward.append(c)
+    forward.sort(key=lambda c: (ir.order[c.node], c.slot))
+
+    # Optimizers with state (momentum, Adam, ...) write non-trainable variables from the gradients.
+    p_nodes = sorted({c.match.grad_op for c in forward if c.match})
+    downstream = ir.descendants([(n, 0) for n in p_nodes])
+    stateful = sorted(
+        step.variables[p].name for p, ws in writes.items()
+        if p not in trainable and any(w in downstream for w in ws))
+    return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
+                    forward=forward, stateful_optimizer_vars=stateful)
+
+
+def _match(ir: GraphIR, c: Consumer, update_path: set[str] | None, ancestors_of) -> None:
+    """Fill ``c.match`` (P found) or ``c.reason`` for a consumer of θ."""
+    spec = REGISTRY.get(c.op)
+    if spec is None:
+        c.reason = identity_reason(c.op)
+        return
+    if c.slot not in spec.param_slots:
+        c.reason = f"θ enters {c.op} as input {c.slot}, in which it is not a linear parameter"
+        return
+    x_slot = spec.x_slot(c.slot)
+    x = ir.canonical(ir.data_input(c.node, x_slot)) if x_slot is not None else None
+    found: list[Match] = []
+    for grad in spec.grad_ops:
+        if x is not None:
+            pool = [(n, s) for a in ir.aliases(x) for n, s in ir.consumers(a) if ir.op(n) == grad.op]
+        else:
+            pool = [(n.name, None) for n in ir.nodes() if n.op == grad.op]
+        for d, x_at in pool:
+            if d == c.node or (update_path is not None and d not in update_path):
+                continue
+            for xs, gs in grad.slots:
+                if xs is not None and xs != x_at:
+                    continue
+                g = ir.data_input(d, gs)
+                if x is not None and ir.canonical(g) == x:
+                    continue
+                if c.node in ancestors_of(g):
+                    found.append(Match(grad_op=d, g_slot=gs, g=g))
+    found = sorted(set(found), key=lambda m: (ir.order[m.grad_op], m.g_slot))
+    if len(found) == 1:
+        c.match = found[0]
+    elif not found:
+        c.reason = "no gradient op P found that turns its output gradient into θ's update"
+    else:
+        c.reason = ("ambiguous gradient op: " + ", ".join(m.grad_op for m in found)
+                    + " all qualify as P")
+
+
+def _is_gradient_of_same_op(ir: GraphIR, c: Consumer, others: list[tuple[str, int]]) -> bool:
+    """An unmatched consumer downstream of another consumer of θ of the same op type.
+
+    That is the input-gradient op of a forward op with no P (e.g. ``MatMul(g, W^T)``).
+    """
+    same = [(n, 0) for n, _ in others if n != c.node and ir.op(n) == c.op]
+    return bool(same) and c.node in ir.descendants(same)

@@ -1,0 +1,62 @@
+"""The library entry points: one pipeline, load → analyze → plan → rewrite → emit."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import tensorflow as tf
+
+from .analyze import analyze
+from .emit import SVGDStep
+from .errors import AlreadyRewrittenError
+from .load import LoadedStep, load_step
+from .options import Options, make_options
+from .plan import Plan, make_plan
+from .report import Report
+from .rewrite import Rewritten, rewrite as rewrite_graph
+
+log = logging.getLogger(__name__)
+
+
+def plan_step(loaded: LoadedStep, options: Options) -> Plan:
+    """Analyze a loaded step and plan its rewrite (no graph is changed)."""
+    analysis = analyze(loaded)
+    plan = make_plan(analysis, options)
+    log.info("planned %d site(s), %d node(s) kept as identity", len(plan.sites),
+             len(plan.report.skipped))
+    return plan
+
+
+def rewrite_loaded(loaded: LoadedStep, options: Options) -> tuple[Rewritten, Report]:
+    """The surgery on a loaded step: the rewritten GraphDef and the report."""
+    plan = plan_step(loaded, options)
+    return rewrite_graph(loaded.graph_def, plan, options), plan.report
+
+
+def rewrite(train_step, *, scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
+            ops: Iterable[str] | None = None, granularity: str = "full",
+            transform: str = "svgd",
+            variables: Sequence[tf.Variable] | None = None) -> SVGDStep:
+    """Rewrite a traced training step so that it trains with virtual gradients (SVGD).
+
+    ``train_step`` is a ``tf.function`` (with an input signature, or traced once) or a
+    ``ConcreteFunction`` that computes a loss, its gradients and applies an update. Returns an
+    ``SVGDStep`` (a ``tf.Module``) called with the same arguments and giving the same outputs.
+    ``variables`` pairs captured handles with variables when the function's graph does not
+    record them (a restored SavedModel function).
+    """
+    options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
+                           granularity=granularity, transform=transform)
+    if isinstance(train_step, SVGDStep):
+        raise AlreadyRewrittenError("this step was already rewritten by svgd-rewrite: "
+                                    "rewrite the original step instead")
+    loaded = load_step(train_step, variables)
+    rewritten, report = rewrite_loaded(loaded, options)
+    return SVGDStep(loaded, rewritten, report)
+
+
+def analyze_step(train_step, *, ops: Iterable[str] | None = None, granularity: str = "full",
+                 variables: Sequence[tf.Variable] | None = None, **kwargs) -> Report:
+    """The report of what ``rewrite`` would do, without rewriting anything."""
+    options = make_options(ops=ops, granularity=granularity, **kwargs)
+    return plan_step(load_step(train_step, variables), options).report

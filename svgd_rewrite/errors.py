@@ -1,0 +1,33 @@
+"""Exception types raised by svgd-rewrite. Every message is one sentence saying what to do."""
+
+
+class SVGDRewriteError(Exception):
+    """Base class: the input cannot be rewritten as asked (bad input, not an internal bug)."""
+
+
+class InvalidOptionError(SVGDRewriteError):
+    """An option (scale, rho, epsilon, ops, granularity, transform) has a bad value."""
+
+
+class LoadError(SVGDRewriteError):
+    """The step, function, SavedModel or GraphDef could not be loaded."""
+
+
+class NoTrainableVariablesError(SVGDRewriteError):
+    """The step reads no trainable variable."""
+
+
+class NoGradientsError(SVGDRewriteError):
+    """The step computes no gradients / updates no trainable variable."""
+
+
+class NoSitesError(SVGDRewriteError):
+    """No forward op linear in a trainable variable with a matching gradient op was found."""
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+class AlreadyRewrittenError(SVGDRewriteError):
+    """The step was already rewritten by svgd-rewrite."""

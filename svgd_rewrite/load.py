@@ -1,0 +1,133 @@
+"""Load stage: a ``tf.function`` / ``ConcreteFunction`` becomes a ``LoadedStep``.
+
+A LoadedStep is a flat GraphDef (function calls inlined) plus what the emit stage needs to
+call it again: the placeholders of the user inputs and of the captured tensors, the variables
+behind the captured resource handles, and the output tensors with their structure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from .errors import AlreadyRewrittenError, LoadError
+from .inline import inline_calls
+from .tf_compat import traced_concrete_functions
+
+MARKER_NODE = "svgd_rewrite/marker"
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    """A variable captured by the step, seen through its resource placeholder."""
+
+    placeholder: str
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: tf.DType
+    trainable: bool
+
+
+@dataclass
+class LoadedStep:
+    """A traced training step as a flat GraphDef plus its calling convention."""
+
+    graph_def: graph_pb2.GraphDef
+    input_placeholders: list[str]
+    input_signature: tuple[Any, ...]
+    output_tensors: list[str]
+    structured_outputs: Any
+    captures: list[tuple[str, Any]] = field(default_factory=list)
+    variables: dict[str, VariableInfo] = field(default_factory=dict)
+    variable_objects: dict[str, tf.Variable] = field(default_factory=dict)
+
+
+def is_rewritten(graph_def: graph_pb2.GraphDef) -> bool:
+    """True when ``graph_def`` (or a function in its library) holds svgd-rewrite's marker."""
+    def marked(nodes) -> bool:
+        return any(n.name == MARKER_NODE or n.name.endswith("/" + MARKER_NODE) for n in nodes)
+
+    return marked(graph_def.node) or any(marked(f.node_def) for f in graph_def.library.function)
+
+
+def concrete_function_of(fn) -> Any:
+    """The ConcreteFunction to rewrite: ``fn`` itself, or the one trace of a ``tf.function``."""
+    if isinstance(fn, tf.types.experimental.ConcreteFunction):
+        return fn
+    if isinstance(fn, tf.types.experimental.PolymorphicFunction) or hasattr(fn, "get_concrete_function"):
+        if getattr(fn, "input_signature", None) is not None:
+            return fn.get_concrete_function()
+        traced = traced_concrete_functions(fn)
+        if len(traced) == 1:
+            return traced[0]
+        if not traced:
+            raise LoadError("the tf.function has no input_signature and was never traced: "
+                            "call it once or pass fn.get_concrete_function(...)")
+        raise LoadError(f"the tf.function was traced {len(traced)} times: pass the one to "
+                        "rewrite as fn.get_concrete_function(...)")
+    raise LoadError(f"expected a tf.function or ConcreteFunction, got {type(fn).__name__}: "
+                    "wrap the training step in @tf.function")
+
+
+def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -> LoadedStep:
+    """Turn a ConcreteFunction into a LoadedStep.
+
+    ``variables`` pairs captured handles with variables; by default the variables the
+    function's graph recorded while tracing (a restored SavedModel passes its own).
+    """
+    graph = cf.graph
+    graph_def = graph.as_graph_def()
+    if is_rewritten(graph_def):
+        raise AlreadyRewrittenError("this step was already rewritten by svgd-rewrite: "
+                                    "rewrite the original step instead")
+    captures = list(graph.captures)
+    n_user = len(cf.inputs) - len(captures)
+    input_placeholders = [t.op.name for t in cf.inputs[:n_user]]
+    signature = cf.structured_input_signature
+    args, kwargs = signature if signature is not None else ((), {})
+    if kwargs:
+        raise LoadError("the step takes keyword-only arguments: give its arguments positionally")
+    leaves = tf.nest.flatten(args, expand_composites=True)
+    if any(not isinstance(x, tf.TensorSpec) for x in leaves) or len(leaves) != n_user:
+        raise LoadError("the step takes Python (non-tensor) arguments: trace it with tensor "
+                        "arguments only (bake Python values into the function)")
+
+    pool = list(variables) if variables is not None else list(graph.variables)
+    by_handle = {}
+    for v in pool:
+        try:
+            by_handle[id(v.handle)] = v
+        except (AttributeError, ValueError):
+            continue
+    infos: dict[str, VariableInfo] = {}
+    objects: dict[str, tf.Variable] = {}
+    capture_pairs = []
+    for external, internal in captures:
+        name = internal.op.name
+        capture_pairs.append((name, external))
+        v = by_handle.get(id(external))
+        if v is not None:
+            infos[name] = VariableInfo(
+                placeholder=name, name=v.name.split(":")[0], shape=tuple(v.shape.as_list()),
+                dtype=v.dtype, trainable=bool(v.trainable))
+            objects[name] = v
+
+    out_tensors = [t.name for t in cf.outputs]
+    flat_graph = inline_calls(graph_def)
+    return LoadedStep(
+        graph_def=flat_graph,
+        input_placeholders=input_placeholders,
+        input_signature=tuple(args),
+        output_tensors=out_tensors,
+        structured_outputs=cf.structured_outputs,
+        captures=capture_pairs,
+        variables=infos,
+        variable_objects=objects,
+    )
+
+
+def load_step(fn, variables: Sequence[tf.Variable] | None = None) -> LoadedStep:
+    """Load a ``tf.function`` or ``ConcreteFunction`` (see ``load_concrete_function``)."""
+    return load_concrete_function(concrete_function_of(fn), variables)

@@ -1,0 +1,72 @@
+"""Rewrite options (Algorithm 1's s, ρ, ε plus what to transform), validated once."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+from .errors import InvalidOptionError
+from .registry import DEFAULT_OPS, REGISTRY
+
+GRANULARITIES = ("full", "channel")
+TRANSFORMS = ("svgd", "identity")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated options. ``ops`` is the sorted tuple of forward op types to transform."""
+
+    scale: float = 0.1
+    rho: float = 0.9
+    epsilon: float = 1e-6
+    ops: tuple[str, ...] = DEFAULT_OPS
+    granularity: str = "full"
+    transform: str = "svgd"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ops"] = list(self.ops)
+        return d
+
+
+def make_options(scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
+                 ops: Iterable[str] | None = None, granularity: str = "full",
+                 transform: str = "svgd") -> Options:
+    """Validate user options; raise ``InvalidOptionError`` with what to change."""
+    def number(name: str, value) -> float:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise InvalidOptionError(f"{name} must be a number, got {value!r}") from None
+        if not math.isfinite(f):
+            raise InvalidOptionError(f"{name} must be finite, got {value!r}")
+        return f
+
+    scale, rho, epsilon = number("scale", scale), number("rho", rho), number("epsilon", epsilon)
+    if scale < 0:
+        raise InvalidOptionError(f"scale must be >= 0, got {scale}")
+    if not 0 <= rho < 1:
+        raise InvalidOptionError(f"rho must be in [0, 1), got {rho}")
+    if epsilon <= 0:
+        raise InvalidOptionError(f"epsilon must be > 0, got {epsilon}")
+    if ops is None:
+        op_tuple = DEFAULT_OPS
+    else:
+        if isinstance(ops, str):
+            ops = [o for o in ops.split(",") if o.strip()]
+        op_tuple = tuple(sorted({str(o).strip() for o in ops}))
+        unknown = [o for o in op_tuple if o not in REGISTRY]
+        if unknown:
+            raise InvalidOptionError(
+                f"unknown op type(s) {', '.join(unknown)} in ops: choose from "
+                f"{', '.join(sorted(REGISTRY))}")
+        if not op_tuple:
+            raise InvalidOptionError("ops is empty: name at least one op type, or pass None")
+    if granularity not in GRANULARITIES:
+        raise InvalidOptionError(f"granularity must be one of {', '.join(GRANULARITIES)}, "
+                                 f"got {granularity!r}")
+    if transform not in TRANSFORMS:
+        raise InvalidOptionError(f"transform must be one of {', '.join(TRANSFORMS)}, "
+                                 f"got {transform!r}")
+    return Options(scale=scale, rho=rho, epsilon=epsilon, ops=op_tuple,
+                   granularity=granularity, transform=transform)

@@ -1,0 +1,131 @@
+"""Plan stage: apply the options to the analysis; fix each site's accumulator shape and axes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from .analyze import Analysis, Consumer, Match
+from .errors import NoSitesError
+from .options import Options
+from .registry import REGISTRY
+from .report import MemoryReport, Report, SiteReport, SkippedNode
+
+
+@dataclass(frozen=True)
+class PlannedSite:
+    """One site to rewrite: where g is, where ĝ goes, and the accumulator's geometry."""
+
+    index: int
+    forward: str
+    variable: str
+    match: Match
+    g_dtype: tf.DType
+    reduce_axes: tuple[int, ...]
+    accumulator_shape: tuple[int, ...]
+    broadcast_shape: tuple[int, ...] | None  # reshape r before scaling g (None: broadcasts as is)
+
+
+@dataclass
+class Plan:
+    sites: list[PlannedSite]
+    report: Report
+
+
+def _shape_list(shape: tf.TensorShape) -> list[int | None] | None:
+    return None if shape.rank is None else shape.as_list()
+
+
+def _geometry(c: Consumer, analysis: Analysis, granularity: str):
+    """(reduce axes, accumulator shape, broadcast shape, granularity, note) or a skip reason."""
+    spec = REGISTRY[c.op]
+    _, out_shape = analysis.shapes[f"{c.node}:0"]
+    dims = _shape_list(out_shape)
+    if dims is None:
+        return f"the rank of {c.op}'s output is unknown at trace time"
+    rank = len(dims)
+    node = analysis.ir.node(c.node)
+    batch = spec.batch_axis(node, c.slot, rank)
+    channel = spec.channel_axis(node, c.slot, rank)
+    note = ""
+    if granularity == "full":
+        kept = [a for a in range(rank) if a != batch]
+        if any(dims[a] is None for a in kept):
+            kept, granularity = [channel], "channel"
+            note = "full→channel: a non-batch axis of σ' is unknown at trace time"
+    else:
+        kept = [channel]
+    if any(dims[a] is None for a in kept):
+        return f"the channel axis of {c.op}'s output has unknown size"
+    reduce_axes = tuple(a for a in range(rank) if a not in kept)
+    acc_shape = tuple(dims[a] for a in kept)
+    trailing = kept == list(range(rank - len(kept), rank))
+    bshape = None if trailing else tuple(dims[a] if a in kept else 1 for a in range(rank))
+    return reduce_axes, acc_shape, bshape, granularity, note, dims
+
+
+def make_plan(analysis: Analysis, options: Options) -> Plan:
+    """Choose the sites (``options.ops``), their accumulators, and build the report."""
+    sites: list[PlannedSite] = []
+    site_reports: list[SiteReport] = []
+    skipped: list[SkippedNode] = []
+    warnings: list[str] = []
+    var_name = {p: v.name for p, v in analysis.variables.items()}
+
+    for c in analysis.forward:
+        vname = var_name[c.variable]
+        if c.match is None:
+            skipped.append(SkippedNode(c.node, c.op, vname, c.reason or "not transformable"))
+            continue
+        if c.op not in options.ops:
+            hint = "opt-in" if not REGISTRY[c.op].default else "excluded"
+            skipped.append(SkippedNode(c.node, c.op, vname,
+                                       f"op {c.op} is not in ops ({hint}: add it to ops)"))
+            continue
+        geo = _geometry(c, analysis, options.granularity)
+        if isinstance(geo, str):
+            skipped.append(SkippedNode(c.node, c.op, vname, geo))
+            continue
+        reduce_axes, acc_shape, bshape, gran, note, dims = geo
+        g_name = f"{c.match.g[0]}:{c.match.g[1]}"
+        g_dtype = analysis.shapes[g_name][0]
+        index = len(sites)
+        sites.append(PlannedSite(index=index, forward=c.node, variable=c.variable, match=c.match,
+                                 g_dtype=g_dtype, reduce_axes=reduce_axes,
+                                 accumulator_shape=acc_shape, broadcast_shape=bshape))
+        site_reports.append(SiteReport(
+            index=index, node=c.node, op=c.op, variable=vname, param_input=c.slot,
+            gradient_op=c.match.grad_op, gradient_op_type=analysis.ir.op(c.match.grad_op),
+            gradient_input=c.match.g_slot, upstream_gradient=g_name, output_shape=dims,
+            accumulator_shape=list(acc_shape), granularity=gran, note=note))
+        if note:
+            warnings.append(f"site {c.node}: {note}")
+
+    updated = [p for p, v in analysis.variables.items() if v.trainable and analysis.writes[p]]
+    params = sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64)) for p in updated)
+    param_bytes = sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64))
+                      * analysis.variables[p].dtype.size for p in updated)
+    transformed = {s.variable for s in sites}
+    acc_floats = sum(int(np.prod(s.accumulator_shape, dtype=np.int64)) for s in sites)
+    memory = MemoryReport(
+        accumulator_floats=acc_floats, accumulator_bytes=4 * acc_floats, params=params,
+        transformed_params=sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64))
+                               for p in transformed),
+        adam_bytes=2 * param_bytes, rmsprop_bytes=param_bytes)
+    if analysis.stateful_optimizer_vars:
+        warnings.append(
+            "the virtual gradients feed an optimizer with state ("
+            + ", ".join(analysis.stateful_optimizer_vars[:6])
+            + (", ..." if len(analysis.stateful_optimizer_vars) > 6 else "")
+            + "); SVGD as in the paper is plain SGD on virtual gradients")
+    report = Report(sites=site_reports, skipped=skipped, memory=memory,
+                    options=options.to_dict(), warnings=warnings)
+    if not sites:
+        listed = "; ".join(f"{k.node} ({k.op}: {k.reason})" for k in skipped[:8])
+        raise NoSitesError(
+            "no site to transform was found"
+            + (f" among the V_θ→σ nodes: {listed}" if skipped else
+               " (no forward op reads a trainable variable)")
+            + "; check the step trains a model with linear layers, or widen ops", report=report)
+    return Plan(sites=sites, report=report)

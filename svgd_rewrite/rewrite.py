@@ -1,0 +1,142 @@
+"""Rewrite stage: the GraphDef surgery of the paper's Figure 6 (right), one site at a time.
+
+For each site, with g = ∂J/∂σ' at P's g input::
+
+    r_new = ρ·r + (1-ρ)·mean(g ⊙ g)      (float32; the mean over the batch, or over every
+                                          axis but the channel for granularity="channel")
+    r    ← r_new
+    ĝ    = g · (s·rsqrt(r_new + ε))       (reshaped to broadcast, cast back to g's dtype)
+    P's g input ← ĝ                       (every other consumer of g keeps g)
+
+With ``transform="identity"`` ĝ = g and the accumulators are still updated. Accumulators
+enter as resource placeholders ``svgd_rewrite/site_K/accumulator``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+from .ir import parse_input, tensor_name
+from .load import MARKER_NODE
+from .options import Options
+from .plan import Plan, PlannedSite
+
+SCOPE = "svgd_rewrite"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """An accumulator r: the placeholder its handle is fed through, and its shape."""
+
+    placeholder: str
+    shape: tuple[int, ...]
+    site: int
+
+
+@dataclass
+class Rewritten:
+    graph_def: graph_pb2.GraphDef
+    accumulators: list[Accumulator]
+
+
+def _node(name: str, op: str, inputs: list[str], **attrs) -> node_def_pb2.NodeDef:
+    node = node_def_pb2.NodeDef(name=name, op=op)
+    node.input.extend(inputs)
+    for key, value in sorted(attrs.items()):
+        attr = node.attr[key]
+        if isinstance(value, tf.DType):
+            attr.type = value.as_datatype_enum
+        elif isinstance(value, bool):
+            attr.b = value
+        elif isinstance(value, tf.TensorShape):
+            attr.shape.CopyFrom(value.as_proto())
+        elif isinstance(value, np.ndarray):
+            attr.tensor.CopyFrom(tf.make_tensor_proto(value))
+        else:
+            raise TypeError(f"unsupported attr {key}={value!r}")
+    return node
+
+
+def _const(name: str, value, dtype) -> node_def_pb2.NodeDef:
+    array = np.asarray(value, dtype=dtype)
+    return _node(name, "Const", [], dtype=tf.as_dtype(array.dtype), value=array)
+
+
+def _site_nodes(site: PlannedSite, options: Options) -> tuple[list[node_def_pb2.NodeDef], str, Accumulator]:
+    """The inserted nodes of one site, and the name of ĝ."""
+    p = f"{SCOPE}/site_{site.index}/"
+    f32 = tf.float32
+    g = tensor_name(site.match.g)
+    nodes = [
+        _node(p + "accumulator", "Placeholder", [], dtype=tf.resource, shape=tf.TensorShape([])),
+        _node(p + "r", "ReadVariableOp", [p + "accumulator"], dtype=f32),
+    ]
+    g32 = g
+    if site.g_dtype != f32:
+        g32 = p + "g_float32"
+        nodes.append(_node(g32, "Cast", [g], SrcT=site.g_dtype, DstT=f32, Truncate=False))
+    nodes += [
+        _node(p + "g_squared", "Square", [g32], T=f32),
+        _const(p + "reduce_axes", list(site.reduce_axes), np.int32),
+        _node(p + "mean_g_squared", "Mean", [p + "g_squared", p + "reduce_axes"],
+              T=f32, Tidx=tf.int32, keep_dims=False),
+        _const(p + "rho", options.rho, np.float32),
+        _const(p + "one_minus_rho", 1.0 - options.rho, np.float32),
+        _node(p + "r_decayed", "Mul", [p + "r", p + "rho"], T=f32),
+        _node(p + "r_fresh", "Mul", [p + "mean_g_squared", p + "one_minus_rho"], T=f32),
+        _node(p + "r_new", "AddV2", [p + "r_decayed", p + "r_fresh"], T=f32),
+        _node(p + "assign_r", "AssignVariableOp", [p + "accumulator", p + "r_new"], dtype=f32),
+    ]
+    if options.transform == "identity":
+        ghat = p + "g_hat"
+        nodes.append(_node(ghat, "Identity", [g], T=site.g_dtype))
+    else:
+        nodes += [
+            _const(p + "epsilon", options.epsilon, np.float32),
+            _node(p + "r_plus_epsilon", "AddV2", [p + "r_new", p + "epsilon"], T=f32),
+            _node(p + "rsqrt", "Rsqrt", [p + "r_plus_epsilon"], T=f32),
+            _const(p + "scale", options.scale, np.float32),
+            _node(p + "factor", "Mul", [p + "rsqrt", p + "scale"], T=f32),
+        ]
+        factor = p + "factor"
+        if site.broadcast_shape is not None:
+            nodes += [
+                _const(p + "broadcast_shape", list(site.broadcast_shape), np.int32),
+                _node(p + "factor_broadcast", "Reshape", [factor, p + "broadcast_shape"],
+                      T=f32, Tshape=tf.int32),
+            ]
+            factor = p + "factor_broadcast"
+        if site.g_dtype != f32:
+            nodes.append(_node(p + "factor_cast", "Cast", [factor], SrcT=f32, DstT=site.g_dtype,
+                               Truncate=False))
+            factor = p + "factor_cast"
+        ghat = p + "g_hat"
+        nodes.append(_node(ghat, "Mul", [g, factor], T=site.g_dtype))
+    acc = Accumulator(placeholder=p + "accumulator", shape=site.accumulator_shape, site=site.index)
+    return nodes, ghat, acc
+
+
+def rewrite(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options) -> Rewritten:
+    """Insert every site's accumulator and scaling nodes and reroute P's g input to ĝ."""
+    out = graph_pb2.GraphDef()
+    out.CopyFrom(graph_def)
+    by_name = {n.name: n for n in out.node}
+    accumulators = []
+    for site in plan.sites:
+        nodes, ghat, acc = _site_nodes(site, options)
+        out.node.extend(nodes)
+        accumulators.append(acc)
+        p_node = by_name[site.match.grad_op]
+        old = parse_input(p_node.input[site.match.g_slot])
+        assert (old[0], old[1]) == site.match.g, "P's g input moved under the rewrite"
+        p_node.input[site.match.g_slot] = ghat
+    marker = json.dumps({"tool": "svgd-rewrite", "format": FORMAT_VERSION,
+                         "options": options.to_dict(), "sites": len(plan.sites)}, sort_keys=True)
+    out.node.append(_node(MARKER_NODE, "Const", [], dtype=tf.string,
+                          value=np.array(marker.encode(), dtype=object)))
+    return Rewritten(graph_def=out, accumulators=accumulators)

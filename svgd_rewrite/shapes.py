@@ -1,0 +1,33 @@
+"""Static shapes and dtypes of every tensor of a GraphDef, by importing it into a scratch graph.
+
+Resource placeholders lose their handle shapes in a GraphDef, so each captured variable's
+placeholder is mapped to a ``VarHandleOp`` of the variable's shape and dtype first.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from .load import VariableInfo
+
+TensorInfo = tuple[tf.DType, tf.TensorShape]
+
+
+def infer_shapes(graph_def: graph_pb2.GraphDef, variables: dict[str, VariableInfo]) -> dict[str, TensorInfo]:
+    """Map ``"node:port"`` to (dtype, static shape) for every output of every node."""
+    scratch = tf.Graph()
+    with scratch.as_default():
+        input_map = {}
+        with tf.name_scope("svgd_shape_probe"):
+            for i, (name, info) in enumerate(sorted(variables.items())):
+                input_map[name] = tf.raw_ops.VarHandleOp(
+                    dtype=info.dtype, shape=info.shape, shared_name=f"svgd_probe_{i}")
+        tf.graph_util.import_graph_def(graph_def, input_map=input_map, name="")
+    out: dict[str, TensorInfo] = {}
+    names = {n.name for n in graph_def.node}
+    for op in scratch.get_operations():
+        if op.name not in names:
+            continue
+        for t in op.outputs:
+            out[t.name] = (t.dtype, t.shape)
+    return out

@@ -1,0 +1,38 @@
+"""The paper's MNIST MLP fixture: its size and its rewrite (5 sites, 490 accumulator floats)."""
+import numpy as np
+import pytest
+
+import svgd_rewrite
+from fixtures import keras_models
+from fixtures.models import PAPER_MLP_PARAMS, random_batch
+from helpers import make_module
+
+ACCUMULATOR_SIZES = [256, 128, 64, 32, 10]
+
+
+def test_paper_mlp_has_245482_trainable_parameters():
+    module = make_module("paper_mlp")
+    assert sum(int(np.prod(v.shape)) for v in module.trainable_variables) == PAPER_MLP_PARAMS
+    model = keras_models.paper_mlp()
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == PAPER_MLP_PARAMS
+
+
+def test_paper_mlp_rewrite_has_five_sites():
+    step = svgd_rewrite.rewrite(make_module("paper_mlp").train)
+    assert [s.op for s in step.report.sites] == ["MatMul"] * 5
+    assert [int(np.prod(a.shape)) for a in step.accumulators] == ACCUMULATOR_SIZES
+    assert step.report.memory.accumulator_floats == sum(ACCUMULATOR_SIZES)
+    assert step.report.memory.params == PAPER_MLP_PARAMS
+    assert step.report.memory.adam_bytes == 2 * 4 * PAPER_MLP_PARAMS
+
+
+@pytest.mark.parametrize("granularity", ["full", "channel"])
+def test_keras_paper_mlp_rewrite(granularity):
+    model = keras_models.paper_mlp(seed=1)
+    step = svgd_rewrite.rewrite(keras_models.train_step(model), granularity=granularity)
+    assert [int(np.prod(a.shape)) for a in step.accumulators] == ACCUMULATOR_SIZES
+    reasons = {k.op: k.reason for k in step.report.skipped}
+    assert "Abs" in reasons and "not linear" in reasons["Abs"]
+    x, y = random_batch(make_module("paper_mlp").spec, 32)
+    losses = [float(step(x, y)) for _ in range(5)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
