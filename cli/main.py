@@ -1,7 +1,171 @@
-"""Command line entry point (filled in by the CLI work)."""
+"""``svgd-rewrite MODEL_DIR OUT_DIR``: a thin command line over ``svgd_rewrite``."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
 import sys
+import traceback
+from typing import Iterator, Sequence
+
+PROG = "svgd-rewrite"
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+EPILOG = """\
+examples:
+  svgd-rewrite ./my_model ./my_model_svgd                  rewrite the function `train`
+  svgd-rewrite ./my_model ./out --function fit_step --scale 0.01 --granularity channel
+  svgd-rewrite ./my_model --dry-run                        only show what would be rewired
+  svgd-rewrite --example                                   build the paper's MLP and rewrite it
+
+exit codes: 0 done, 2 bad usage or bad input (nothing written), 1 internal error.
+"""
 
 
-def main(argv=None) -> int:
-    print("svgd-rewrite: the command line is not available yet", file=sys.stderr)
-    return 2
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see --help)\n")
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("svgd-rewrite")
+    except Exception:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+                description="Rewrite the training function of a SavedModel so that it trains "
+                            "with virtual gradients (SVGD, Li & Shu).")
+    p.add_argument("model_dir", nargs="?", metavar="MODEL_DIR",
+                   help="SavedModel directory holding a training tf.function")
+    p.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
+                   help="where to write the rewritten SavedModel (and svgd_report.json)")
+    p.add_argument("--function", metavar="NAME",
+                   help="train function: attribute or signature key (default: `train`, else "
+                        "the only function that computes gradients)")
+    p.add_argument("--scale", type=float, default=0.1, metavar="S", help="s (default 0.1)")
+    p.add_argument("--rho", type=float, default=0.9, metavar="R", help="ρ (default 0.9)")
+    p.add_argument("--epsilon", type=float, default=1e-6, metavar="E", help="ε (default 1e-6)")
+    p.add_argument("--ops", metavar="OP,...",
+                   help="forward op types to transform (default: MatMul,Conv2D; BiasAdd is "
+                        "opt-in)")
+    p.add_argument("--granularity", choices=("full", "channel"), default="full",
+                   help="accumulator shape: σ' without the batch axis, or channels only")
+    p.add_argument("--transform", choices=("svgd", "identity"), default="svgd",
+                   help="identity: same surgery with T = identity (trains like the input)")
+    p.add_argument("--dry-run", action="store_true", help="analyse and report; write nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--example", nargs="?", const="svgd_example", metavar="DIR",
+                   help="build the paper's MNIST MLP training SavedModel under DIR "
+                        "(default ./svgd_example) and rewrite it")
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true",
+                           help="log progress, TensorFlow's messages and tracebacks")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    return p
+
+
+@contextlib.contextmanager
+def _stderr_silenced(active: bool) -> Iterator[None]:
+    """Silence fd 2 (TensorFlow's native start-up logging) while active."""
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import_library(verbose: bool):
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _stderr_silenced(not verbose):
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()  # device start-up messages happen here
+        import svgd_rewrite
+        from svgd_rewrite import savedmodel
+    if not verbose:
+        tf.get_logger().setLevel("ERROR")
+    return svgd_rewrite, savedmodel
+
+
+def _run(args, out) -> int:
+    svgd_rewrite, savedmodel = _import_library(args.verbose)
+    from svgd_rewrite.options import make_options
+
+    options = make_options(scale=args.scale, rho=args.rho, epsilon=args.epsilon, ops=args.ops,
+                           granularity=args.granularity, transform=args.transform)
+    model_dir, out_dir, overwrite = args.model_dir, args.out_dir, args.overwrite
+    if args.example is not None:
+        from fixtures.saved_models import build
+
+        model_dir = os.path.join(args.example, "paper_mlp")
+        out_dir = out_dir or os.path.join(args.example, "paper_mlp_svgd")
+        if not os.path.isdir(model_dir):
+            build("paper_mlp", model_dir)
+        overwrite = True
+        if not args.quiet and not args.json:
+            out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
+    result = savedmodel.rewrite_saved_model(model_dir, out_dir, options, function=args.function,
+                                            overwrite=overwrite, dry_run=args.dry_run)
+    if args.json:
+        out.write(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
+    elif not args.quiet:
+        out.write(f"function: {result.function.name}"
+                  + (f" (signature {result.function.signature!r})" if result.function.signature
+                     else "") + "\n")
+        out.write(str(result.report) + "\n")
+        if result.out_dir:
+            out.write(f"wrote {result.out_dir} (report: "
+                      f"{os.path.join(result.out_dir, savedmodel.REPORT_FILE)})\n")
+        else:
+            out.write("dry run: nothing written\n")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.example is None:
+        if args.model_dir is None:
+            parser.error("MODEL_DIR is required")
+        if args.out_dir is None and not args.dry_run:
+            parser.error("OUT_DIR is required (or pass --dry-run)")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format=f"{PROG}: %(message)s")
+    try:
+        return _run(args, sys.stdout)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; nothing was written\n")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
+        from svgd_rewrite.errors import SVGDRewriteError
+
+        if args.verbose:
+            traceback.print_exc()
+        if isinstance(e, SVGDRewriteError):
+            sys.stderr.write(f"{PROG}: error: {e}\n")
+            return EXIT_USAGE
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {first[:300]} "
+                         "(rerun with -v for the traceback, and please report it)\n")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,16 +1,37 @@
-"""svgd-rewrite: rewrite TensorFlow training steps to train with virtual gradients (SVGD)."""
-from .api import analyze_step, rewrite
-from .emit import SVGDStep
+"""svgd-rewrite: rewrite TensorFlow training steps to train with virtual gradients (SVGD).
+
+Names are imported lazily, so that ``import svgd_rewrite`` (and the command line) can
+silence TensorFlow's start-up logging before TensorFlow loads.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .errors import (AlreadyRewrittenError, InvalidOptionError, LoadError, NoGradientsError,
-                     NoSitesError, NoTrainableVariablesError, SVGDRewriteError)
-from .registry import DEFAULT_OPS, REGISTRY
-from .report import MemoryReport, Report, SiteReport, SkippedNode
+                     NoSitesError, NoTrainableVariablesError, OutputError, SVGDRewriteError)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "rewrite", "analyze_step", "SVGDStep", "Report", "SiteReport", "SkippedNode", "MemoryReport",
-    "REGISTRY", "DEFAULT_OPS", "SVGDRewriteError", "InvalidOptionError", "LoadError",
-    "NoTrainableVariablesError", "NoGradientsError", "NoSitesError", "AlreadyRewrittenError",
-    "__version__",
+_LAZY = {
+    "rewrite": "api", "analyze_step": "api", "SVGDStep": "emit", "Report": "report",
+    "SiteReport": "report", "SkippedNode": "report", "MemoryReport": "report",
+    "REGISTRY": "registry", "DEFAULT_OPS": "registry", "rewrite_saved_model": "savedmodel",
+}
+
+__all__ = sorted(_LAZY) + [
+    "SVGDRewriteError", "InvalidOptionError", "LoadError", "NoTrainableVariablesError",
+    "NoGradientsError", "NoSitesError", "AlreadyRewrittenError", "OutputError", "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -113,6 +113,12 @@ def _write_values(ir: GraphIR, shapes: dict[str, TensorInfo], write: str) -> lis
     return out
 
 
+def trains(step: LoadedStep) -> bool:
+    """True when the step writes at least one trainable variable (it applies gradients)."""
+    ir = GraphIR(step.graph_def)
+    return any(_variable_uses(ir, p)[0] for p, v in step.variables.items() if v.trainable)
+
+
 def analyze(step: LoadedStep) -> Analysis:
     """Find every site and its P; classify the other consumers of trainable variables."""
     ir = GraphIR(step.graph_def)

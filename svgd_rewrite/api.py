@@ -13,7 +13,7 @@ from .load import LoadedStep, load_step
 from .options import Options, make_options
 from .plan import Plan, make_plan
 from .report import Report
-from .rewrite import Rewritten, rewrite as rewrite_graph
+from .surgery import Rewritten, apply_surgery
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def plan_step(loaded: LoadedStep, options: Options) -> Plan:
 def rewrite_loaded(loaded: LoadedStep, options: Options) -> tuple[Rewritten, Report]:
     """The surgery on a loaded step: the rewritten GraphDef and the report."""
     plan = plan_step(loaded, options)
-    return rewrite_graph(loaded.graph_def, plan, options), plan.report
+    return apply_surgery(loaded.graph_def, plan, options), plan.report
 
 
 def rewrite(train_step, *, scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,

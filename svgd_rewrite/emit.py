@@ -7,6 +7,7 @@ op (variable updates, accumulator assigns) run, in the original order.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import tensorflow as tf
@@ -14,7 +15,7 @@ from tensorflow.core.framework import graph_pb2
 
 from .load import LoadedStep
 from .report import Report
-from .rewrite import Rewritten
+from .surgery import Rewritten
 from .tf_compat import capture
 
 IMPORT_SCOPE = "svgd"
@@ -29,12 +30,36 @@ class _Wiring:
         self.accumulator_placeholders = [a.placeholder for a in rewritten.accumulators]
         self.output_tensors = list(loaded.output_tensors)
         self.structured_outputs = loaded.structured_outputs
+        self.n_positional = loaded.n_positional
+        self.keyword_names = list(loaded.keyword_names)
         fed = set(self.input_placeholders) | {n for n, _ in self.captures} | set(
             self.accumulator_placeholders)
         self.import_graph_def = graph_pb2.GraphDef()
         self.import_graph_def.CopyFrom(rewritten.graph_def)
         del self.import_graph_def.node[:]
         self.import_graph_def.node.extend(n for n in rewritten.graph_def.node if n.name not in fed)
+
+
+def _with_parameters(run, loaded: LoadedStep):
+    """``run(*values)`` with a signature naming each argument like the original step's.
+
+    Positional arguments are named after their TensorSpec (``arg_K`` when that is no valid,
+    unique identifier); keyword arguments keep their names, so signatures keep their keys.
+    """
+    names: list[str] = []
+    for k, spec in enumerate(loaded.input_signature[:loaded.n_positional]):
+        name = getattr(spec, "name", None)
+        names.append(name if name and name.isidentifier() and name not in names else f"arg_{k}")
+    names += list(loaded.keyword_names)
+    if len(set(names)) != len(names):
+        names = [f"arg_{k}" for k in range(loaded.n_positional)] + list(loaded.keyword_names)
+
+    def step(*values):
+        return run(*values)
+
+    step.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    return step
 
 
 class SVGDStep(tf.Module):
@@ -58,15 +83,17 @@ class SVGDStep(tf.Module):
         self.report = report
         self.graph_def = rewritten.graph_def
         self._wiring = _Wiring(loaded, rewritten)
-        self.function = tf.function(self._run, input_signature=loaded.input_signature,
-                                    autograph=False)
+        self.function = tf.function(_with_parameters(self._run, loaded),
+                                    input_signature=loaded.input_signature, autograph=False)
 
     def __call__(self, *args) -> Any:
         return self.function(*args)
 
-    def _run(self, *args) -> Any:
+    def _run(self, *values) -> Any:
         w = self._wiring
-        flat = tf.nest.flatten(args, expand_composites=True)
+        args = values[:w.n_positional]
+        kwargs = dict(zip(w.keyword_names, values[w.n_positional:]))
+        flat = tf.nest.flatten((args, kwargs), expand_composites=True)
         input_map = {f"{name}:0": t for name, t in zip(w.input_placeholders, flat)}
         for name, external in w.captures:
             input_map[f"{name}:0"] = capture(external)
@@ -75,7 +102,9 @@ class SVGDStep(tf.Module):
         outs = tf.graph_util.import_graph_def(
             w.import_graph_def, input_map=input_map, return_elements=w.output_tensors,
             name=IMPORT_SCOPE)
-        by_name = dict(zip(w.output_tensors, outs))
-        leaves = tf.nest.flatten(w.structured_outputs, expand_composites=True)
-        leaves = [by_name[t.name] if isinstance(t, tf.Tensor) else t for t in leaves]
+        # Tensor leaves of the structure (TensorSpecs in a restored function) are the flat
+        # outputs, in order.
+        results = iter(outs)
+        leaves = [next(results) if isinstance(t, (tf.Tensor, tf.TensorSpec)) else t
+                  for t in tf.nest.flatten(w.structured_outputs, expand_composites=True)]
         return tf.nest.pack_sequence_as(w.structured_outputs, leaves, expand_composites=True)

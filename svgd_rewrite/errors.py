@@ -31,3 +31,7 @@ class NoSitesError(SVGDRewriteError):
 
 class AlreadyRewrittenError(SVGDRewriteError):
     """The step was already rewritten by svgd-rewrite."""
+
+
+class OutputError(SVGDRewriteError):
+    """OUT_DIR cannot be written (exists, inside the input, not writable)."""

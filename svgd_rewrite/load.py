@@ -36,7 +36,9 @@ class LoadedStep:
 
     graph_def: graph_pb2.GraphDef
     input_placeholders: list[str]
-    input_signature: tuple[Any, ...]
+    input_signature: tuple[Any, ...]  # positional arguments, then keyword arguments by name
+    n_positional: int
+    keyword_names: list[str]
     output_tensors: list[str]
     structured_outputs: Any
     captures: list[tuple[str, Any]] = field(default_factory=list)
@@ -87,9 +89,7 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
     input_placeholders = [t.op.name for t in cf.inputs[:n_user]]
     signature = cf.structured_input_signature
     args, kwargs = signature if signature is not None else ((), {})
-    if kwargs:
-        raise LoadError("the step takes keyword-only arguments: give its arguments positionally")
-    leaves = tf.nest.flatten(args, expand_composites=True)
+    leaves = tf.nest.flatten((args, kwargs), expand_composites=True)
     if any(not isinstance(x, tf.TensorSpec) for x in leaves) or len(leaves) != n_user:
         raise LoadError("the step takes Python (non-tensor) arguments: trace it with tensor "
                         "arguments only (bake Python values into the function)")
@@ -119,7 +119,9 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
     return LoadedStep(
         graph_def=flat_graph,
         input_placeholders=input_placeholders,
-        input_signature=tuple(args),
+        input_signature=tuple(args) + tuple(kwargs[k] for k in sorted(kwargs)),
+        n_positional=len(args),
+        keyword_names=sorted(kwargs),
         output_tensors=out_tensors,
         structured_outputs=cf.structured_outputs,
         captures=capture_pairs,

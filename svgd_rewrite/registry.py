@@ -113,6 +113,5 @@ def identity_reason(op: str) -> str:
     if op in GATHER_OPS:
         return f"{op} is a gather (embedding lookup): θ's rows are selected, not a linear kernel"
     if op in ELEMENTWISE_OPS:
-        return (f"{op} is elementwise in θ (a normalization's scale/offset or a bias), "
-                "not a kernel op of the registry")
+        return f"{op} is elementwise in θ (a norm's scale/offset, a bias): not a kernel op"
     return f"{op} is not linear in θ (no registry entry)"

@@ -121,7 +121,7 @@ def _site_nodes(site: PlannedSite, options: Options) -> tuple[list[node_def_pb2.
     return nodes, ghat, acc
 
 
-def rewrite(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options) -> Rewritten:
+def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options) -> Rewritten:
     """Insert every site's accumulator and scaling nodes and reroute P's g input to ĝ."""
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)

@@ -1,0 +1,242 @@
+"""SavedModel in, SavedModel out: the train function rewritten by the same pipeline.
+
+The output holds every variable of the input plus the accumulators, the rewritten train
+function under the same name (and signature key), every other function and signature of the
+input unchanged, and ``svgd_report.json``.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import saved_model_pb2
+
+from .analyze import trains
+from .api import rewrite_loaded
+from .emit import SVGDStep
+from .errors import LoadError, NoGradientsError, SVGDRewriteError
+from .load import LoadedStep, load_concrete_function
+from .options import Options
+from .output_dir import check_output_dir, staged_output
+from .report import Report
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "svgd_report.json"
+
+
+@dataclass
+class TrainFunction:
+    """The function chosen for rewriting: an attribute, a signature, or both."""
+
+    attribute: str | None
+    signature: str | None
+    concrete: Any
+
+    @property
+    def name(self) -> str:
+        return self.attribute or self.signature or "?"
+
+
+@dataclass
+class SavedModelResult:
+    report: Report
+    function: TrainFunction
+    out_dir: str | None
+
+    def to_dict(self) -> dict:
+        d = self.report.to_dict()
+        d["function"] = self.function.attribute
+        d["signature"] = self.function.signature
+        return d
+
+
+def check_saved_model_dir(model_dir: str) -> None:
+    """Refuse, with what to do, anything that is not a readable SavedModel directory."""
+    if not os.path.exists(model_dir):
+        raise LoadError(f"MODEL_DIR {model_dir} does not exist: give the path of a SavedModel "
+                        "directory")
+    if not os.path.isdir(model_dir):
+        raise LoadError(f"MODEL_DIR {model_dir} is a file, not a directory: give the SavedModel "
+                        "directory (the one holding saved_model.pb)")
+    pb = os.path.join(model_dir, "saved_model.pb")
+    if not os.path.isfile(pb):
+        raise LoadError(f"{model_dir} holds no saved_model.pb: it is not a SavedModel "
+                        "(write one with tf.saved_model.save)")
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with open(pb, "rb") as f:
+            proto.ParseFromString(f.read())
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise LoadError(f"{pb} is corrupt ({str(e).splitlines()[0] if str(e) else 'parse error'}): "
+                        "save the model again") from None
+    if not proto.meta_graphs or not proto.meta_graphs[0].HasField("object_graph_def"):
+        raise LoadError(f"{pb} is empty or not a TF2 SavedModel: save the model again with "
+                        "tf.saved_model.save")
+    index = os.path.join(model_dir, "variables", "variables.index")
+    if not os.path.isfile(index):
+        raise LoadError(f"{model_dir} has no variables/variables.index: the variables folder "
+                        "is missing; copy the whole SavedModel directory")
+
+
+def load_saved_model(model_dir: str) -> Any:
+    """Check and load a SavedModel; every failure becomes a one-line ``LoadError``."""
+    check_saved_model_dir(model_dir)
+    try:
+        return tf.saved_model.load(model_dir)
+    except Exception as e:  # TensorFlow raises many types here; all mean "cannot load"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoadError(f"cannot load the SavedModel in {model_dir}: {first[:300]}") from None
+
+
+def saved_variables(obj) -> list[tf.Variable]:
+    """Every variable reachable from the loaded object."""
+    seen, out = set(), []
+    for d in tf.train.TrackableView(obj).descendants():
+        if isinstance(d, tf.Variable) and id(d) not in seen:
+            seen.add(id(d))
+            out.append(d)
+    return out
+
+
+def _functions(obj) -> dict[str, Any]:
+    children = tf.train.TrackableView(obj).children(obj)
+    return {name: child for name, child in sorted(children.items())
+            if isinstance(child, tf.types.experimental.PolymorphicFunction)}
+
+
+def _single_concrete(name: str, fn) -> Any:
+    concretes = list(getattr(fn, "concrete_functions", []))
+    if len(concretes) != 1:
+        raise LoadError(f"function {name!r} has {len(concretes)} traces in the SavedModel: save "
+                        "the train function with an input_signature")
+    return concretes[0]
+
+
+def _traced_name(function_name) -> str:
+    """``__inference__train_182`` -> ``_train``: the Python function a trace came from."""
+    name = function_name.decode() if isinstance(function_name, bytes) else str(function_name)
+    return re.sub(r"_\d+$", "", name.removeprefix("__inference_"))
+
+
+def _wraps(signature_cf, train_cf) -> bool:
+    """True when a signature function calls a trace of the same Python function as train."""
+    target = _traced_name(train_cf.name)
+    return any(n.op in ("PartitionedCall", "StatefulPartitionedCall")
+               and _traced_name(n.attr["f"].func.name) == target
+               for n in signature_cf.graph.as_graph_def().node)
+
+
+def choose_train_function(obj, name: str | None, variables: list[tf.Variable]) -> TrainFunction:
+    """``name`` (an attribute or signature key), else ``train``, else the only function that
+    trains; a one-line error lists the candidates otherwise."""
+    functions = _functions(obj)
+    signatures = dict(getattr(obj, "signatures", {}) or {})
+    candidates = ", ".join(sorted(set(functions) | {f"signature:{k}" for k in signatures})) or "none"
+
+    def by_attribute(attr: str) -> TrainFunction:
+        cf = _single_concrete(attr, functions[attr])
+        sig = attr if attr in signatures else next(
+            (k for k, s in sorted(signatures.items()) if _wraps(s, cf)), None)
+        return TrainFunction(attr, sig, cf)
+
+    if name is not None:
+        if name in functions:
+            return by_attribute(name)
+        if name in signatures:
+            return TrainFunction(None, name, signatures[name])
+        raise LoadError(f"the SavedModel has no function or signature named {name!r}: choose "
+                        f"--function from: {candidates}")
+    if "train" in functions:
+        return by_attribute("train")
+    if "train" in signatures:
+        return TrainFunction(None, "train", signatures["train"])
+    training = []
+    for attr in functions:
+        try:
+            cf = _single_concrete(attr, functions[attr])
+            if trains(load_concrete_function(cf, variables)):
+                training.append(attr)
+        except SVGDRewriteError:
+            continue
+    if len(training) == 1:
+        return by_attribute(training[0])
+    if not training:
+        raise NoGradientsError(f"no function of the SavedModel computes gradients (candidates: "
+                               f"{candidates}): save a model with a training function")
+    raise LoadError(f"several functions train ({', '.join(training)}): choose one with --function")
+
+
+def _signature_wrapper(step: SVGDStep, loaded: LoadedStep, sig_cf) -> Any:
+    """A signature (keyword inputs, dict outputs) that calls the rewritten train function."""
+    sig_args = sig_cf.structured_input_signature[1]
+    positional = loaded.input_signature[:loaded.n_positional]
+    names = [getattr(s, "name", None) for s in positional] + list(loaded.keyword_names)
+    if not all(n in sig_args for n in names) or len(names) != len(sig_args):
+        raise LoadError("the train signature's inputs do not match the train function's "
+                        "arguments: re-save the model with signatures from the train function")
+    out_keys = sorted(sig_cf.structured_outputs)
+    order = sorted(sig_args)
+
+    def signature(*values):
+        kw = dict(zip(order, values))
+        result = step.function(*[kw[n] for n in names])
+        if isinstance(result, dict):
+            out = dict(result)
+        else:
+            out = {f"output_{i}": t for i, t in enumerate(tf.nest.flatten(result))}
+        if sorted(out) != out_keys:
+            raise LoadError("the train signature's outputs do not match the train function's")
+        return out
+
+    signature.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in order])
+    fn = tf.function(signature, input_signature=[sig_args[n] for n in order], autograph=False)
+    return fn.get_concrete_function()
+
+
+def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *,
+                        function: str | None = None, overwrite: bool = False,
+                        dry_run: bool = False) -> SavedModelResult:
+    """Rewrite the train function of the SavedModel in ``model_dir`` into ``out_dir``."""
+    check_saved_model_dir(model_dir)
+    if not dry_run:
+        if out_dir is None:
+            raise SVGDRewriteError("OUT_DIR is required (or use --dry-run)")
+        check_output_dir(out_dir, [model_dir], overwrite)
+    obj = load_saved_model(model_dir)
+    variables = saved_variables(obj)
+    chosen = choose_train_function(obj, function, variables)
+    loaded = load_concrete_function(chosen.concrete, variables)
+    rewritten, report = rewrite_loaded(loaded, options)
+    result = SavedModelResult(report=report, function=chosen, out_dir=None)
+    if dry_run:
+        return result
+    step = SVGDStep(loaded, rewritten, report)
+
+    root = tf.Module(name="svgd_saved_model")
+    for name, child in sorted(tf.train.TrackableView(obj).children(obj).items()):
+        setattr(root, name, step.function if name == chosen.attribute else child)
+    root.svgd_step = step
+    root.svgd_variables = variables
+    signatures = {}
+    for key, sig in sorted((getattr(obj, "signatures", {}) or {}).items()):
+        if key == chosen.signature:
+            signatures[key] = (step.function.get_concrete_function() if chosen.attribute is None
+                               else _signature_wrapper(step, loaded, sig))
+        else:
+            signatures[key] = sig
+    with staged_output(out_dir, [model_dir], overwrite) as tmp:
+        tf.saved_model.save(root, tmp, signatures=signatures or None)
+        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+            json.dump(result.to_dict(), f, indent=2, sort_keys=True)
+    result.out_dir = os.path.abspath(out_dir)
+    log.info("wrote %s", result.out_dir)
+    return result
