@@ -15,7 +15,7 @@ import tensorflow as tf
 from .errors import NoGradientsError, NoTrainableVariablesError
 from .ir import GraphIR, Tensor
 from .load import LoadedStep, VariableInfo
-from .registry import REGISTRY, SHAPE_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason
+from .registry import CONTROL_FLOW_OPS, REGISTRY, SHAPE_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason
 from .shapes import TensorInfo, infer_shapes
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class Analysis:
     writes: dict[str, list[str]]  # variable placeholder -> write ops
     forward: list[Consumer]  # V_θ→σ nodes: matched sites and forward consumers kept as identity
     stateful_optimizer_vars: list[str] = field(default_factory=list)
+    loss_scale: Tensor | None = None  # the loss-scale read that seeds every float16 g
+    loss_scale_variable: str | None = None
 
 
 def _is_write(op: str) -> bool:
@@ -80,7 +82,7 @@ def _variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple
                 handles.append((node, 0))
             elif op == "ReadVariableOp":
                 values.append((node, 0))
-            elif _is_write(op):
+            elif _is_write(op) or (op in CONTROL_FLOW_OPS and _body_writes(ir, ir.node(node), slot)):
                 writes.append(node)
             elif op in ("VarIsInitializedOp", "VariableShape", "DestroyResourceOp"):
                 continue
@@ -102,6 +104,45 @@ def _variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple
                 consumers.append((node, slot))
     order = ir.order
     return sorted(set(writes), key=order.get), sorted(set(consumers), key=lambda c: (order[c[0]], c[1]))
+
+
+_BODY_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
+               "While": ("body",), "StatelessWhile": ("body",), "Case": ("branches",),
+               "StatelessCase": ("branches",)}
+
+
+def _body_writes(ir: GraphIR, nd, slot: int, depth: int = 0) -> bool:
+    """True when the control-flow op ``nd`` writes the resource it reads at input ``slot``
+    inside one of its bodies (e.g. LossScaleOptimizer's update under ``If``)."""
+    if depth > 8 or nd.op not in _BODY_ATTRS:
+        return False
+    index = slot if "While" in nd.op else slot - 1
+    names = []
+    for attr in _BODY_ATTRS[nd.op]:
+        value = nd.attr[attr]
+        names += [f.name for f in value.list.func] if value.list.func else [value.func.name]
+    return any(_function_writes(ir, name, index, depth) for name in names)
+
+
+def _function_writes(ir: GraphIR, name: str, index: int, depth: int) -> bool:
+    fdef = ir.functions.get(name)
+    if fdef is None or index < 0 or index >= len(fdef.signature.input_arg):
+        return False
+    aliases = {fdef.signature.input_arg[index].name}
+    for _ in range(2):  # node_defs are not sorted; two passes settle Identity chains
+        for n in fdef.node_def:
+            srcs = [i.split(":")[0] for i in n.input if not i.startswith("^")]
+            if n.op == "Identity" and srcs and srcs[0] in aliases:
+                aliases.add(n.name)
+    for n in fdef.node_def:
+        srcs = [i.split(":")[0] for i in n.input if not i.startswith("^")]
+        if _is_write(n.op) and srcs and srcs[0] in aliases:
+            return True
+        if n.op in _BODY_ATTRS:
+            for k, src in enumerate(srcs):
+                if src in aliases and _body_writes(ir, n, k, depth + 1):
+                    return True
+    return False
 
 
 def _write_values(ir: GraphIR, shapes: dict[str, TensorInfo], write: str) -> list[Tensor]:
@@ -183,8 +224,32 @@ def analyze(step: LoadedStep) -> Analysis:
     stateful = sorted(
         step.variables[p].name for p, ws in writes.items()
         if p not in trainable and any(w in downstream for w in ws))
+    loss_scale = _find_loss_scale(ir, shapes, step, [c.match.g for c in forward if c.match],
+                                  ancestors_of)
     return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
-                    forward=forward, stateful_optimizer_vars=stateful)
+                    forward=forward, stateful_optimizer_vars=stateful,
+                    loss_scale=loss_scale[0] if loss_scale else None,
+                    loss_scale_variable=loss_scale[1] if loss_scale else None)
+
+
+def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor], ancestors_of):
+    """The read of the loss-scale variable when float16 gradients are scaled (mixed precision).
+
+    Structurally: a scalar float non-trainable variable whose read is an ancestor of every
+    float16 upstream gradient g (LossScaleOptimizer multiplies the loss by it).
+    """
+    half = [g for g in gs if shapes[f"{g[0]}:{g[1]}"][0] == tf.float16]
+    if not half:
+        return None
+    found = []
+    for p, info in sorted(step.variables.items()):
+        if info.trainable or info.shape != () or not info.dtype.is_floating:
+            continue
+        for node, _ in ir.consumers((p, 0)):
+            if ir.op(node) == "ReadVariableOp" and all(node in ancestors_of(g) for g in half):
+                found.append(((node, 0), info.name))
+                break
+    return found[0] if len(found) == 1 else None
 
 
 def _match(ir: GraphIR, c: Consumer, update_path: set[str] | None, ancestors_of) -> None:

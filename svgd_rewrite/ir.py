@@ -37,6 +37,7 @@ class GraphIR:
         self.graph_def = graph_def
         self.g = nx.MultiDiGraph()
         self.order: dict[str, int] = {}
+        self.functions = {f.signature.name: f for f in graph_def.library.function}
         for i, node in enumerate(graph_def.node):
             self.g.add_node(node.name, node=node)
             self.order[node.name] = i

@@ -25,6 +25,8 @@ class PlannedSite:
     reduce_axes: tuple[int, ...]
     accumulator_shape: tuple[int, ...]
     broadcast_shape: tuple[int, ...] | None  # reshape r before scaling g (None: broadcasts as is)
+    loss_scale: str | None = None  # divide g by this before squaring (mixed precision)
+    guard_finite: bool = False  # keep r when g is not finite (float16/bfloat16 g)
 
 
 @dataclass
@@ -91,9 +93,12 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
         g_name = f"{c.match.g[0]}:{c.match.g[1]}"
         g_dtype = analysis.shapes[g_name][0]
         index = len(sites)
+        scale = analysis.loss_scale if g_dtype == tf.float16 else None
         sites.append(PlannedSite(index=index, forward=c.node, variable=c.variable, match=c.match,
                                  g_dtype=g_dtype, reduce_axes=reduce_axes,
-                                 accumulator_shape=acc_shape, broadcast_shape=bshape))
+                                 accumulator_shape=acc_shape, broadcast_shape=bshape,
+                                 loss_scale=f"{scale[0]}:{scale[1]}" if scale else None,
+                                 guard_finite=g_dtype != tf.float32))
         site_reports.append(SiteReport(
             index=index, node=c.node, op=c.op, variable=vname, param_input=c.slot,
             gradient_op=c.match.grad_op, gradient_op_type=analysis.ir.op(c.match.grad_op),
@@ -113,6 +118,12 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
         transformed_params=sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64))
                                for p in transformed),
         adam_bytes=2 * param_bytes, rmsprop_bytes=param_bytes)
+    if any(s.loss_scale for s in sites):
+        warnings.append(f"mixed precision: accumulators square g / {analysis.loss_scale_variable}"
+                        " (the loss scale) and keep their value on steps with non-finite g")
+    elif any(s.g_dtype == tf.float16 for s in sites):
+        warnings.append("float16 gradients but no loss-scale variable was found: accumulators "
+                        "square g as it is")
     if analysis.stateful_optimizer_vars:
         warnings.append(
             "the virtual gradients feed an optimizer with state ("

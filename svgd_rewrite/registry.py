@@ -51,51 +51,99 @@ def _channels_last(node: NodeDef, rank: int) -> int:
     return 1 if _data_format(node).startswith("NC") else rank - 1
 
 
-def _matmul_batch_axis(node: NodeDef, slot: int, rank: int) -> int:
-    # MatMul's output is [rows of a, cols of b]: the batch axis comes from x, the other operand.
-    return 0 if slot == 1 else 1
+def _first(node, slot, rank) -> int:
+    return 0
 
+
+def _channel(node, slot, rank) -> int:
+    return _channels_last(node, rank)
+
+
+def _matmul_batch_axis(node: NodeDef, slot: int, rank: int) -> int:
+    # The output is [..., rows of a, cols of b]: with θ as b the rows (or the leading batch
+    # dimensions) come from x; with θ as a and no batch dimensions, the columns do.
+    return 1 if slot == 0 and rank == 2 else 0
+
+
+def _matmul_channel_axis(node: NodeDef, slot: int, rank: int) -> int:
+    return rank - 1 if slot == 1 else rank - 2
+
+
+def _einsum_axes(node: NodeDef, slot: int) -> tuple[str, str, str]:
+    equation = node.attr["equation"].s.decode().replace(" ", "")
+    inputs, _, output = equation.partition("->")
+    operands = inputs.split(",")
+    return operands[slot], operands[1 - slot], output
+
+
+def _einsum_batch_axis(node: NodeDef, slot: int, rank: int) -> int:
+    theta, _, output = _einsum_axes(node, slot)
+    if "." in output:
+        return 0
+    return next((i for i, c in enumerate(output) if c not in theta), 0)
+
+
+def _einsum_channel_axis(node: NodeDef, slot: int, rank: int) -> int:
+    theta, _, output = _einsum_axes(node, slot)
+    if "." in output:
+        return rank - 1
+    return max((i for i, c in enumerate(output) if c in theta), default=rank - 1)
+
+
+_BINARY = ((0, 1), (1, 0))  # P reads x in one slot and g in the other
+_FILTER_GRAD = ((0, 2),)    # Conv*BackpropFilter(x, filter_sizes, g)
+_TRANSPOSED = ((2, 0),)     # Conv*BackpropFilter(g, filter_sizes, x) for a transposed conv
 
 REGISTRY: dict[str, OpSpec] = {
     spec.op: spec
     for spec in (
-        OpSpec(
-            op="MatMul",
-            param_slots=(0, 1),
-            grad_ops=(GradOp("MatMul", ((0, 1), (1, 0))),),
-            default=True,
-            batch_axis=_matmul_batch_axis,
-            channel_axis=lambda node, slot, rank: 1 - _matmul_batch_axis(node, slot, rank),
-            x_slot=lambda slot: 1 - slot,
-            description="Dense kernel (either operand, any transpose_a/transpose_b)",
-        ),
-        OpSpec(
-            op="Conv2D",
-            param_slots=(1,),
-            grad_ops=(GradOp("Conv2DBackpropFilter", ((0, 2),)),),
-            default=True,
-            batch_axis=lambda node, slot, rank: 0,
-            channel_axis=lambda node, slot, rank: _channels_last(node, rank),
-            x_slot=lambda slot: 0,
-            description="Conv2D filter (NHWC or NCHW, any strides, padding, dilations)",
-        ),
-        OpSpec(
-            op="BiasAdd",
-            param_slots=(1,),
-            grad_ops=(GradOp("BiasAddGrad", ((None, 0),)),),
-            default=False,
-            batch_axis=lambda node, slot, rank: 0,
-            channel_axis=lambda node, slot, rank: _channels_last(node, rank),
-            x_slot=lambda slot: None,
-            description="bias (opt-in)",
-        ),
+        OpSpec("MatMul", (0, 1), (GradOp("MatMul", _BINARY),), True,
+               _matmul_batch_axis, _matmul_channel_axis, lambda slot: 1 - slot,
+               "Dense kernel (either operand, any transpose_a/transpose_b; Dense on rank ≥ 3 "
+               "inputs through Tensordot)"),
+        OpSpec("BatchMatMulV2", (0, 1), (GradOp("BatchMatMulV2", _BINARY),), True,
+               _matmul_batch_axis, _matmul_channel_axis, lambda slot: 1 - slot,
+               "kernel of EinsumDense / MultiHeadAttention / Dense on rank-3 input (adj_x/adj_y)"),
+        OpSpec("BatchMatMulV3", (0, 1), (GradOp("BatchMatMulV3", _BINARY),), True,
+               _matmul_batch_axis, _matmul_channel_axis, lambda slot: 1 - slot,
+               "BatchMatMulV3 kernel"),
+        OpSpec("BatchMatMul", (0, 1), (GradOp("BatchMatMul", _BINARY),), True,
+               _matmul_batch_axis, _matmul_channel_axis, lambda slot: 1 - slot,
+               "BatchMatMul kernel"),
+        OpSpec("Einsum", (0, 1), (GradOp("Einsum", _BINARY),), True,
+               _einsum_batch_axis, _einsum_channel_axis, lambda slot: 1 - slot,
+               "kernel operand of a two-operand einsum"),
+        OpSpec("Conv2D", (1,), (GradOp("Conv2DBackpropFilter", _FILTER_GRAD),), True,
+               _first, _channel, lambda slot: 0,
+               "Conv2D filter (NHWC/NCHW, strides, padding, dilations); Conv1D on expanded dims; "
+               "the pointwise kernel of SeparableConv2D"),
+        OpSpec("Conv3D", (1,), (GradOp("Conv3DBackpropFilterV2", _FILTER_GRAD),
+                                GradOp("Conv3DBackpropFilter", _FILTER_GRAD)), True,
+               _first, _channel, lambda slot: 0, "Conv3D filter (NDHWC/NCDHW)"),
+        OpSpec("DepthwiseConv2dNative", (1,),
+               (GradOp("DepthwiseConv2dNativeBackpropFilter", _FILTER_GRAD),), True,
+               _first, _channel, lambda slot: 0,
+               "DepthwiseConv2D kernel, the depthwise kernel of SeparableConv2D"),
+        OpSpec("Conv2DBackpropInput", (1,), (GradOp("Conv2DBackpropFilter", _TRANSPOSED),), True,
+               _first, _channel, lambda slot: 2,
+               "Conv2DTranspose filter (the transposed convolution as a forward op)"),
+        OpSpec("Conv3DBackpropInputV2", (1,), (GradOp("Conv3DBackpropFilterV2", _TRANSPOSED),),
+               True, _first, _channel, lambda slot: 2, "Conv3DTranspose filter"),
+        OpSpec("BiasAdd", (1,), (GradOp("BiasAddGrad", ((None, 0),)),), False,
+               _first, _channel, lambda slot: None, "bias (opt-in)"),
     )
 }
 
 DEFAULT_OPS: tuple[str, ...] = tuple(name for name, spec in REGISTRY.items() if spec.default)
 
-# Ops that only view a variable's value on its way to a consumer (looked through).
-VIEW_OPS = frozenset({"ReadVariableOp", "Identity", "Cast", "Snapshot"})
+# Ops that only view (cast, reshape) a variable's value on its way to a consumer: looked
+# through, since a forward op linear in the view is linear in θ.
+VIEW_OPS = frozenset({"ReadVariableOp", "Identity", "Cast", "Snapshot", "ExpandDims", "Reshape",
+                      "Squeeze", "Transpose"})
+
+# Control flow: θ used inside a function body that is not inlined.
+CONTROL_FLOW_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case",
+                              "StatelessCase"})
 
 # Ops that read only a tensor's shape (not a consumer of θ's value).
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"})
@@ -110,6 +158,9 @@ ELEMENTWISE_OPS = frozenset({"Mul", "AddV2", "Add", "Sub", "BiasAdd", "RealDiv",
 
 def identity_reason(op: str) -> str:
     """Why a consumer of θ with no registry entry keeps the identity transform."""
+    if op in CONTROL_FLOW_OPS:
+        return (f"θ is used inside a {op} body (control flow): sites there are not rewritten; "
+                "move the layer out of the loop/branch to transform it")
     if op in GATHER_OPS:
         return f"{op} is a gather (embedding lookup): θ's rows are selected, not a linear kernel"
     if op in ELEMENTWISE_OPS:

@@ -80,6 +80,9 @@ def _site_nodes(site: PlannedSite, options: Options) -> tuple[list[node_def_pb2.
     if site.g_dtype != f32:
         g32 = p + "g_float32"
         nodes.append(_node(g32, "Cast", [g], SrcT=site.g_dtype, DstT=f32, Truncate=False))
+    if site.loss_scale is not None:  # square the unscaled gradient
+        nodes.append(_node(p + "g_unscaled", "RealDiv", [g32, site.loss_scale], T=f32))
+        g32 = p + "g_unscaled"
     nodes += [
         _node(p + "g_squared", "Square", [g32], T=f32),
         _const(p + "reduce_axes", list(site.reduce_axes), np.int32),
@@ -89,9 +92,20 @@ def _site_nodes(site: PlannedSite, options: Options) -> tuple[list[node_def_pb2.
         _const(p + "one_minus_rho", 1.0 - options.rho, np.float32),
         _node(p + "r_decayed", "Mul", [p + "r", p + "rho"], T=f32),
         _node(p + "r_fresh", "Mul", [p + "mean_g_squared", p + "one_minus_rho"], T=f32),
-        _node(p + "r_new", "AddV2", [p + "r_decayed", p + "r_fresh"], T=f32),
-        _node(p + "assign_r", "AssignVariableOp", [p + "accumulator", p + "r_new"], dtype=f32),
     ]
+    r_new = p + "r_new"
+    if site.guard_finite:  # an overflowing float16 step leaves r as it was
+        nodes += [
+            _node(p + "r_candidate", "AddV2", [p + "r_decayed", p + "r_fresh"], T=f32),
+            _node(p + "is_finite", "IsFinite", [p + "r_candidate"], T=f32),
+            _const(p + "all_axes", list(range(len(site.accumulator_shape))), np.int32),
+            _node(p + "all_finite", "All", [p + "is_finite", p + "all_axes"], Tidx=tf.int32,
+                  keep_dims=False),
+            _node(r_new, "SelectV2", [p + "all_finite", p + "r_candidate", p + "r"], T=f32),
+        ]
+    else:
+        nodes.append(_node(r_new, "AddV2", [p + "r_decayed", p + "r_fresh"], T=f32))
+    nodes.append(_node(p + "assign_r", "AssignVariableOp", [p + "accumulator", r_new], dtype=f32))
     if options.transform == "identity":
         ghat = p + "g_hat"
         nodes.append(_node(ghat, "Identity", [g], T=site.g_dtype))
