@@ -18,6 +18,7 @@ examples:
   svgd-rewrite ./my_model ./my_model_svgd                  rewrite the function `train`
   svgd-rewrite ./my_model ./out --function fit_step --scale 0.01 --granularity channel
   svgd-rewrite ./my_model --dry-run                        only show what would be rewired
+  svgd-rewrite ./my_model ./out --export html,tensorboard  also write pictures to ./out/graphs
   svgd-rewrite --example                                   build the paper's MLP and rewrite it
 
 exit codes: 0 done, 2 bad usage or bad input (nothing written), 1 internal error.
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="analyse and report; write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--export", metavar="FORMAT[,FORMAT...]",
+                   help="also write graph pictures under OUT_DIR/graphs: tensorboard, graphml, "
+                        "graphs-tuple, dot, svg, html, or all (works with --dry-run)")
     p.add_argument("--example", nargs="?", const="svgd_example", metavar="DIR",
                    help="build the paper's MNIST MLP training SavedModel under DIR "
                         "(default ./svgd_example) and rewrite it")
@@ -122,7 +126,9 @@ def _run(args, out) -> int:
         if not args.quiet and not args.json:
             out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
     result = savedmodel.rewrite_saved_model(model_dir, out_dir, options, function=args.function,
-                                            overwrite=overwrite, dry_run=args.dry_run)
+                                            overwrite=overwrite, dry_run=args.dry_run,
+                                            export_formats=args.export)
+    exported = result.exported
     if args.json:
         out.write(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
     elif not args.quiet:
@@ -130,11 +136,21 @@ def _run(args, out) -> int:
                   + (f" (signature {result.function.signature!r})" if result.function.signature
                      else "") + "\n")
         out.write(str(result.report) + "\n")
-        if result.out_dir:
+        if result.out_dir and not args.dry_run:
             out.write(f"wrote {result.out_dir} (report: "
                       f"{os.path.join(result.out_dir, savedmodel.REPORT_FILE)})\n")
-        else:
+        elif not exported:
             out.write("dry run: nothing written\n")
+        if exported:
+            final = os.path.join(result.out_dir, "graphs")
+            out.write(f"graphs in {final}: " + ", ".join(
+                f"{fmt} ({len(files)} file(s))" for fmt, files in exported.files.items()) + "\n")
+            if "html" in exported.files:
+                out.write(f"  open {os.path.join(final, 'index.html')} in a browser\n")
+            if "tensorboard" in exported.files:
+                out.write(f"  tensorboard --logdir {os.path.join(final, 'tensorboard')}\n")
+            for note in exported.notes:
+                out.write(f"  note: {note}\n")
     return EXIT_OK
 
 

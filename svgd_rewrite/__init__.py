@@ -9,7 +9,8 @@ import importlib
 from typing import Any
 
 from .errors import (AlreadyRewrittenError, InvalidOptionError, LoadError, NoGradientsError,
-                     NoSitesError, NoTrainableVariablesError, OutputError, SVGDRewriteError)
+                     ExportError, NoSitesError, NoTrainableVariablesError, OutputError,
+                     SVGDRewriteError)
 
 __version__ = "0.1.0"
 
@@ -17,11 +18,13 @@ _LAZY = {
     "rewrite": "api", "analyze_step": "api", "SVGDStep": "emit", "Report": "report",
     "SiteReport": "report", "SkippedNode": "report", "MemoryReport": "report",
     "REGISTRY": "registry", "DEFAULT_OPS": "registry", "rewrite_saved_model": "savedmodel",
+    "export": "exporters",
 }
 
 __all__ = sorted(_LAZY) + [
     "SVGDRewriteError", "InvalidOptionError", "LoadError", "NoTrainableVariablesError",
-    "NoGradientsError", "NoSitesError", "AlreadyRewrittenError", "OutputError", "__version__",
+    "NoGradientsError", "NoSitesError", "AlreadyRewrittenError", "OutputError", "ExportError",
+    "__version__",
 ]
 
 

@@ -82,6 +82,9 @@ class SVGDStep(tf.Module):
         self.step_variables = [loaded.variable_objects[p] for p in sorted(loaded.variable_objects)]
         self.report = report
         self.graph_def = rewritten.graph_def
+        self.original_graph_def = loaded.graph_def
+        self.variable_infos = dict(loaded.variables)
+        self.accumulator_placeholders = {a.placeholder: a.shape for a in rewritten.accumulators}
         self._wiring = _Wiring(loaded, rewritten)
         self.function = tf.function(_with_parameters(self._run, loaded),
                                     input_signature=loaded.input_signature, autograph=False)

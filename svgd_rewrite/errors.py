@@ -35,3 +35,7 @@ class AlreadyRewrittenError(SVGDRewriteError):
 
 class OutputError(SVGDRewriteError):
     """OUT_DIR cannot be written (exists, inside the input, not writable)."""
+
+
+class ExportError(SVGDRewriteError):
+    """A graph export cannot be written (unknown format, missing optional dependency)."""

@@ -103,7 +103,8 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
             index=index, node=c.node, op=c.op, variable=vname, param_input=c.slot,
             gradient_op=c.match.grad_op, gradient_op_type=analysis.ir.op(c.match.grad_op),
             gradient_input=c.match.g_slot, upstream_gradient=g_name, output_shape=dims,
-            accumulator_shape=list(acc_shape), granularity=gran, note=note))
+            accumulator_shape=list(acc_shape), granularity=gran, note=note,
+            variable_node=c.variable))
         if note:
             warnings.append(f"site {c.node}: {note}")
 

@@ -22,6 +22,7 @@ class SiteReport:
     accumulator_shape: list[int]
     granularity: str
     note: str = ""
+    variable_node: str = ""  # θ's resource placeholder in the graph
 
     @property
     def accumulator_size(self) -> int:

@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
@@ -21,7 +21,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from .analyze import trains
 from .api import rewrite_loaded
 from .emit import SVGDStep
-from .errors import LoadError, NoGradientsError, SVGDRewriteError
+from .errors import LoadError, NoGradientsError, OutputError, SVGDRewriteError
+from .exporters import export, parse_formats
 from .load import LoadedStep, load_concrete_function
 from .options import Options
 from .output_dir import check_output_dir, staged_output
@@ -50,6 +51,11 @@ class SavedModelResult:
     report: Report
     function: TrainFunction
     out_dir: str | None
+    graph_def: Any = None  # the rewritten GraphDef
+    original_graph_def: Any = None
+    variable_infos: dict = field(default_factory=dict)
+    accumulator_placeholders: dict = field(default_factory=dict)
+    exported: Any = None  # an ExportResult when graphs were exported
 
     def to_dict(self) -> dict:
         d = self.report.to_dict()
@@ -204,20 +210,34 @@ def _signature_wrapper(step: SVGDStep, loaded: LoadedStep, sig_cf) -> Any:
 
 def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *,
                         function: str | None = None, overwrite: bool = False,
-                        dry_run: bool = False) -> SavedModelResult:
-    """Rewrite the train function of the SavedModel in ``model_dir`` into ``out_dir``."""
+                        dry_run: bool = False,
+                        export_formats: Iterable[str] | str | None = None) -> SavedModelResult:
+    """Rewrite the train function of the SavedModel in ``model_dir`` into ``out_dir``.
+
+    ``dry_run`` writes no model; with ``export_formats`` the graph pictures still go to
+    ``out_dir/graphs/`` (see ``svgd_rewrite.export``).
+    """
+    formats = parse_formats(export_formats) if export_formats else ()
     check_saved_model_dir(model_dir)
-    if not dry_run:
-        if out_dir is None:
-            raise SVGDRewriteError("OUT_DIR is required (or use --dry-run)")
+    if out_dir is None and (formats or not dry_run):
+        raise OutputError("OUT_DIR is required" + (" for --export (graphs go to OUT_DIR/graphs)"
+                                                   if formats else " (or use --dry-run)"))
+    if out_dir is not None:
         check_output_dir(out_dir, [model_dir], overwrite)
     obj = load_saved_model(model_dir)
     variables = saved_variables(obj)
     chosen = choose_train_function(obj, function, variables)
     loaded = load_concrete_function(chosen.concrete, variables)
     rewritten, report = rewrite_loaded(loaded, options)
-    result = SavedModelResult(report=report, function=chosen, out_dir=None)
+    result = SavedModelResult(
+        report=report, function=chosen, out_dir=None, graph_def=rewritten.graph_def,
+        original_graph_def=loaded.graph_def, variable_infos=dict(loaded.variables),
+        accumulator_placeholders={a.placeholder: a.shape for a in rewritten.accumulators})
     if dry_run:
+        if formats:
+            with staged_output(out_dir, [model_dir], overwrite) as tmp:
+                result.exported = export(result, tmp, formats)
+            result.out_dir = os.path.abspath(out_dir)
         return result
     step = SVGDStep(loaded, rewritten, report)
 
@@ -237,6 +257,8 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
         tf.saved_model.save(root, tmp, signatures=signatures or None)
         with open(os.path.join(tmp, REPORT_FILE), "w") as f:
             json.dump(result.to_dict(), f, indent=2, sort_keys=True)
+        if formats:
+            result.exported = export(result, tmp, formats)
     result.out_dir = os.path.abspath(out_dir)
     log.info("wrote %s", result.out_dir)
     return result

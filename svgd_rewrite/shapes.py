@@ -22,7 +22,10 @@ def infer_shapes(graph_def: graph_pb2.GraphDef, variables: dict[str, VariableInf
             for i, (name, info) in enumerate(sorted(variables.items())):
                 input_map[name] = tf.raw_ops.VarHandleOp(
                     dtype=info.dtype, shape=info.shape, shared_name=f"svgd_probe_{i}")
-        tf.graph_util.import_graph_def(graph_def, input_map=input_map, name="")
+        # import_graph_def adds default attrs to the GraphDef it is given: import a copy
+        copy = graph_pb2.GraphDef()
+        copy.CopyFrom(graph_def)
+        tf.graph_util.import_graph_def(copy, input_map=input_map, name="")
     out: dict[str, TensorInfo] = {}
     names = {n.name for n in graph_def.node}
     for op in scratch.get_operations():

@@ -1,6 +1,7 @@
 """The command line end to end, through the real command in subprocesses."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -207,6 +208,7 @@ def _bad_inputs(models, tmp):
                   tmp / "blocker" / "out"))
     cases.append(("bad option", [good, tmp / "o11", "--rho", "1.5"], tmp / "o11"))
     cases.append(("unknown op", [good, tmp / "o12", "--ops", "Relu"], tmp / "o12"))
+    cases.append(("unknown export format", [good, tmp / "o14", "--export", "png"], tmp / "o14"))
     return cases
 
 
@@ -253,3 +255,18 @@ def test_overwrite_replaces_out_dir(models, tmp_path):
 def test_verbose_shows_traceback_on_error(tmp_path):
     proc = run_cli(tmp_path / "nope", tmp_path / "out", "-v")
     assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_export_with_the_rewrite_and_with_dry_run(models, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(models["small_cnn"], out, "--export", "all", check_rc=0)
+    graphs = out / "graphs"
+    assert (out / "saved_model.pb").exists() and (graphs / "index.html").exists()
+    assert (graphs / "rewritten.graphml").exists() and (graphs / "rewritten_graphs_tuple.npz").exists()
+    assert glob.glob(str(graphs / "tensorboard" / "rewritten" / "events.*"))
+    assert "graphs in" in proc.stdout and "tensorboard --logdir" in proc.stdout
+    dry = tmp_path / "dry"
+    proc = run_cli(models["small_cnn"], dry, "--dry-run", "--export", "svg,html", check_rc=0)
+    assert sorted(os.listdir(dry)) == ["graphs"]  # pictures of what would be rewired, no model
+    assert len(os.listdir(dry / "graphs" / "svg")) == 2 * 4 + 1
+    assert run_cli(models["small_cnn"], "--dry-run", "--export", "svg").returncode == 2

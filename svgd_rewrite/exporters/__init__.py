@@ -1,0 +1,120 @@
+"""Graph visualization export: what was found and what was rewired, in the viewers people use.
+
+``export(result, out_dir, formats=("all",))`` writes under ``out_dir/graphs/``:
+``tensorboard/`` (event files, runs ``rewritten`` and ``original``), ``rewritten.graphml``,
+``rewritten_graphs_tuple.npz`` + ``.json``, ``dot/`` and ``svg/`` (each site before/after and
+an overview collapsed by name scope), ``index.html``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..errors import ExportError
+from . import dot as dot_mod
+from .graphml import write_graphml
+from .graphs_tuple import check_available, write_graphs_tuple
+from .html_page import write_html
+from .roles import ROLE_TITLES, annotated_graph, source_of
+from .tensorboard import write_tensorboard
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("tensorboard", "graphml", "graphs-tuple", "dot", "svg", "html")
+
+
+@dataclass
+class ExportResult:
+    """Files written, by format, and notes (e.g. Graphviz missing)."""
+
+    directory: str
+    files: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
+    """Validate formats (``all`` means every one); raise ExportError naming the valid ones."""
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",")]
+    wanted: list[str] = []
+    for f in (x.strip() for x in formats):
+        if f == "all":
+            wanted += FORMATS
+        elif f in FORMATS:
+            wanted.append(f)
+        else:
+            raise ExportError(f"unknown export format {f!r}: choose from {', '.join(FORMATS)} "
+                              "or all")
+    if not wanted:
+        raise ExportError(f"no export format given: choose from {', '.join(FORMATS)} or all")
+    out = tuple(f for f in FORMATS if f in wanted)
+    if "graphs-tuple" in out:
+        check_available()
+    return out
+
+
+def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> ExportResult:
+    """Export the graphs of ``result`` (an ``SVGDStep`` or a ``SavedModelResult``) to
+    ``out_dir/graphs/``. Reads the result only; never changes it."""
+    chosen = parse_formats(formats)
+    source = source_of(result)
+    base = os.path.join(out_dir, "graphs")
+    os.makedirs(base, exist_ok=True)
+    out = ExportResult(directory=base)
+    if "tensorboard" in chosen:
+        out.files["tensorboard"] = write_tensorboard(source, base)
+    needs_graph = {"graphml", "graphs-tuple", "dot", "svg", "html"} & set(chosen)
+    if not needs_graph:
+        return out
+    graphs = {"rewritten": annotated_graph(source, "rewritten")}
+    if "graphml" in chosen:
+        out.files["graphml"] = [write_graphml(graphs["rewritten"], base)]
+    if "graphs-tuple" in chosen:
+        out.files["graphs-tuple"] = list(write_graphs_tuple(graphs["rewritten"], base))
+    if not {"dot", "svg", "html"} & set(chosen):
+        return out
+    graphs["original"] = annotated_graph(source, "original")
+    dot_dir = os.path.join(base, "dot")
+    os.makedirs(dot_dir, exist_ok=True)
+    render = bool({"svg", "html"} & set(chosen))
+    if render and not dot_mod.have_graphviz():
+        out.notes.append("Graphviz `dot` was not found: wrote .dot files only (install the "
+                         "graphviz package for SVG)")
+    pictures = {"sites": []}
+    dots, svgs = [], []
+
+    def write(name: str, text: str) -> tuple[str, str | None]:
+        path = os.path.join(dot_dir, name + ".dot")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        dots.append(path)
+        svg = dot_mod.render_svg(path) if render else None
+        if svg:
+            final = os.path.join(base, "svg", os.path.basename(svg))
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(svg, final)
+            svgs.append(final)
+            svg = final
+        return svg, text
+
+    for site in source.report.sites:
+        before = write(f"site_{site.index}_before",
+                       dot_mod.site_dot(source, graphs, site, "before"))
+        after = write(f"site_{site.index}_after", dot_mod.site_dot(source, graphs, site, "after"))
+        pictures["sites"].append((site, before[0], before[1], after[0], after[1]))
+    pictures["overview"] = write("overview", dot_mod.overview_dot(graphs["rewritten"]))
+    if "dot" in chosen or not svgs:
+        out.files["dot"] = dots
+    if "svg" in chosen and svgs:
+        out.files["svg"] = svgs
+    if "html" in chosen:
+        colors = {ROLE_TITLES[r]: c for r, c in dot_mod.COLORS.items() if r in ROLE_TITLES}
+        out.files["html"] = [write_html(source.report, pictures, base, colors)]
+    if "dot" not in chosen and svgs:  # .dot files were only the input of the SVGs
+        for path in dots:
+            os.remove(path)
+        os.rmdir(dot_dir)
+    log.info("exported %s to %s", ", ".join(chosen), base)
+    return out

@@ -1,0 +1,156 @@
+"""Graphviz pictures: each site before/after its rewrite (the paper's Figure 6) and an overview
+of the rewritten graph collapsed by name scope."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections import Counter
+
+import networkx as nx
+
+from ..ir import GraphIR, parse_input
+from ..report import SiteReport
+from ..surgery import SCOPE
+from .roles import ExportSource
+
+COLORS = {"leaf": "#fde68a", "site": "#93c5fd", "upstream_gradient": "#fca5a5",
+          "param_gradient_op": "#c4b5fd", "inserted": "#86efac", "other": "#f3f4f6",
+          "consumer": "#e5e7eb"}
+MAX_OVERVIEW_NODES = 60  # the overview collapses name scopes until it has at most this many
+
+
+def _q(s: str) -> str:
+    """A DOT string; ``\\n`` in ``s`` stays a DOT line break."""
+    return '"' + s.replace('"', '\\"') + '"'
+
+
+def _label(graph: nx.MultiDiGraph, name: str) -> str:
+    d = graph.nodes[name]
+    short = name if len(name) <= 40 else "…" + name[-39:]
+    shape = f"\\n{d['dtype']} {d['shape']}" if d.get("dtype") else ""
+    return f"{d['op']}\\n{short}{shape}"
+
+
+def _site_nodes(ir: GraphIR, site: SiteReport) -> dict[str, str]:
+    """The nodes of one site's picture, by role (before the rewrite)."""
+    nodes: dict[str, str] = {site.node: "site", site.gradient_op: "param_gradient_op"}
+    g = parse_input(site.upstream_gradient.removesuffix(":0"))
+    nodes[g[0]] = "upstream_gradient"
+    # θ's view chain up to its placeholder, and F's other operands
+    for slot, t in enumerate(ir.data_inputs(site.node)):
+        cur = t[0]
+        if slot == site.param_input:
+            while cur not in nodes and ir.op(cur) != "Placeholder" and ir.data_inputs(cur):
+                nodes[cur] = "other"
+                cur = ir.data_inputs(cur)[0][0]
+            nodes.setdefault(cur, "leaf")
+        elif ir.op(cur) != "Const":
+            nodes.setdefault(cur, "other")
+    # other consumers of g (the input-gradient op among them) keep g
+    for consumer, _ in ir.consumers(g)[:3]:
+        nodes.setdefault(consumer, "consumer")
+    for t in ir.data_inputs(site.gradient_op):
+        if ir.op(t[0]) != "Const":
+            nodes.setdefault(t[0], "other")
+    return nodes
+
+
+def site_dot(source: ExportSource, graphs: dict[str, nx.MultiDiGraph], site: SiteReport,
+             which: str) -> str:
+    """DOT text of one site ``before`` or ``after`` the rewrite."""
+    original_ir = GraphIR(source.original)
+    members = _site_nodes(original_ir, site)
+    graph = graphs["original" if which == "before" else "rewritten"]
+    prefix = f"{SCOPE}/site_{site.index}/"
+    if which == "after":  # the inserted nodes, constants (ρ, ε, s, axes) left out
+        members.update({n: "inserted" for n, d in graph.nodes(data=True)
+                        if n.startswith(prefix) and d["op"] != "Const"})
+    ghat = prefix + "g_hat"
+    lines = [f"digraph {_q(f'site_{site.index}_{which}')} {{", "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=9, color="#6b7280"];',
+             f'  label={_q(f"site {site.index} {which}: {site.op} on {site.variable}")}; '
+             'labelloc=t; fontname="Helvetica";']
+    for name, role in members.items():
+        if name not in graph.nodes:
+            continue
+        pen = ', penwidth=2, color="#15803d"' if role == "inserted" else ""
+        lines.append(f"  {_q(name)} [label={_q(_label(graph, name))}, "
+                     f'fillcolor="{COLORS[role]}"{pen}];')
+    for u, v, d in graph.edges(data=True):
+        if u not in members or v not in members or d["control"]:
+            continue
+        attrs = [f'label="{d["input_index"]}"']
+        if which == "after" and u == ghat and v == site.gradient_op:
+            attrs += ['color="#dc2626"', "penwidth=3", 'xlabel="rerouted ĝ"', 'fontcolor="#dc2626"']
+        elif which == "before" and v == site.gradient_op and d["input_index"] == site.gradient_input:
+            attrs += ['color="#dc2626"', 'style=dashed', 'xlabel="g → P (rerouted)"',
+                      'fontcolor="#dc2626"']
+        lines.append(f"  {_q(u)} -> {_q(v)} [{', '.join(attrs)}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _scope(name: str, op: str, depth: int) -> str:
+    """The name scope at ``depth``; a node named at or above that depth joins its parent
+    scope's box for its op type (``AddN_1`` … ``AddN_22`` → ``[AddN]``)."""
+    parts = name.split("/")
+    if len(parts) > depth:
+        return "/".join(parts[:depth])
+    return "/".join(parts[:-1] + [f"[{op}]"])
+
+
+def overview_dot(graph: nx.MultiDiGraph, max_nodes: int = MAX_OVERVIEW_NODES) -> str:
+    """The rewritten graph collapsed by name scope to at most ``max_nodes`` boxes."""
+    depth = 1
+    for d in range(1, 8):
+        if len({_scope(n, a["op"], d) for n, a in graph.nodes(data=True)}) > max_nodes:
+            break
+        depth = d
+    group = {n: _scope(n, a["op"], depth) for n, a in graph.nodes(data=True)}
+    sizes = Counter(group.values())
+    if len(sizes) > max_nodes:  # keep the largest scopes (and every inserted one), merge the rest
+        keep = {group[n] for n, d in graph.nodes(data=True) if d["role"] == "inserted"}
+        for scope, _ in sizes.most_common():
+            if len(keep) >= max_nodes - 1:
+                break
+            keep.add(scope)
+        merged = len(sizes) - len(keep)
+        group = {n: g if g in keep else f"({merged} small scopes)" for n, g in group.items()}
+        sizes = Counter(group.values())
+    inserted = {group[n] for n, d in graph.nodes(data=True) if d["role"] == "inserted"}
+    marked = {group[n] for n, d in graph.nodes(data=True)
+              if d["role"] in ("site", "param_gradient_op")}
+    edges = Counter((group[u], group[v]) for u, v, d in graph.edges(data=True)
+                    if not d["control"] and group[u] != group[v])
+    lines = ["digraph overview {", "  rankdir=LR;",
+             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+             '  edge [color="#9ca3af", fontname="Helvetica", fontsize=8];',
+             f'  label={_q(f"rewritten graph: {graph.number_of_nodes()} nodes in {len(sizes)} scopes")}; '
+             'labelloc=t; fontname="Helvetica";']
+    for scope, count in sorted(sizes.items()):
+        color = COLORS["inserted"] if scope in inserted else (
+            COLORS["site"] if scope in marked else COLORS["other"])
+        label = _q(scope + "\\n" + f"{count} nodes")
+        lines.append(f'  {_q(scope)} [label={label}, fillcolor="{color}"];')
+    for (u, v), count in sorted(edges.items()):
+        lines.append(f"  {_q(u)} -> {_q(v)} [label=\"{count}\"];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def have_graphviz() -> bool:
+    return shutil.which("dot") is not None
+
+
+def render_svg(dot_path: str) -> str | None:
+    """Render ``dot_path`` to SVG beside it with Graphviz; None when ``dot`` is missing."""
+    if not have_graphviz():
+        return None
+    svg = os.path.splitext(dot_path)[0] + ".svg"
+    subprocess.run(["dot", "-Tsvg", dot_path, "-o", svg], check=True, capture_output=True,
+                   timeout=300)
+    return svg
+
+

@@ -1,0 +1,99 @@
+"""``index.html``: one self-contained page (report table and each site's before/after SVG
+inline), that opens from disk with no server."""
+from __future__ import annotations
+
+import html
+import os
+import re
+
+from ..report import Report
+
+_STYLE = """
+body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#111827;max-width:1400px}
+table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #d1d5db;padding:3px 8px;
+font-size:13px;text-align:left}th{background:#f3f4f6}section.site{border-top:2px solid #e5e7eb;
+padding-top:8px;margin-top:16px}.pair{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+.pair figure{margin:0;border:1px solid #e5e7eb;padding:6px;flex:1 1 45%;min-width:320px}
+svg.graph{width:100%;height:auto;max-height:900px}figure{margin:0}
+.warn{color:#b45309}pre{background:#f9fafb;padding:8px;overflow:auto;font-size:11px}
+.legend span{display:inline-block;padding:2px 8px;margin-right:6px;border-radius:4px;font-size:12px}
+"""
+
+# Marks the page once loaded: how many sections and how many images failed to load.
+_CHECK = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; });
+  document.body.setAttribute('data-images', String(imgs.length));
+  document.body.setAttribute('data-broken-images', String(broken.length));
+  document.body.setAttribute('data-sites', String(document.querySelectorAll('section.site').length));
+});
+"""
+
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _inline_svg(path: str | None, dot_source: str) -> str:
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            svg = f.read()
+        svg = re.sub(r"^.*?(<svg)", r"\1", svg, count=1, flags=re.S)
+        # scale to the figure: drop Graphviz's fixed size, keep its viewBox
+        return re.sub(r'<svg width="[^"]*" height="[^"]*"', '<svg class="graph"', svg, count=1)
+    return f"<pre>{_esc(dot_source)}</pre><p class=warn>Graphviz (dot) was not found: DOT source shown.</p>"
+
+
+def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, str]) -> str:
+    """``pictures``: {"sites": [(site, before_svg, before_dot, after_svg, after_dot)],
+    "overview": (svg, dot)}."""
+    o, m = report.options, report.memory
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+             "<title>svgd-rewrite report</title>", f"<style>{_STYLE}</style>",
+             f"<script>{_CHECK}</script></head><body>",
+             "<h1>svgd-rewrite: what was found and what was rewired</h1>",
+             f"<p>{len(report.sites)} site(s) transformed, {len(report.skipped)} V<sub>θ→σ</sub> "
+             f"node(s) kept as identity. transform={_esc(o['transform'])}, "
+             f"s={_esc(o['scale'])}, ρ={_esc(o['rho'])}, ε={_esc(o['epsilon'])}, "
+             f"granularity={_esc(o['granularity'])}, ops={_esc(', '.join(o['ops']))}.</p>",
+             "<p class=legend>" + "".join(
+                 f"<span style='background:{c}'>{_esc(r)}</span>" for r, c in colors.items())
+             + "</p>", "<h2>Sites</h2><table><tr><th>#</th><th>site σ'</th><th>op</th>"
+             "<th>variable θ</th><th>gradient op P [g input]</th><th>σ' shape</th>"
+             "<th>accumulator</th><th>note</th></tr>"]
+    for s in report.sites:
+        parts.append(f"<tr><td><a href='#site-{s.index}'>{s.index}</a></td><td>{_esc(s.node)}</td>"
+                     f"<td>{_esc(s.op)}</td><td>{_esc(s.variable)}</td>"
+                     f"<td>{_esc(s.gradient_op)} [{s.gradient_input}]</td>"
+                     f"<td>{_esc(s.output_shape)}</td><td>{_esc(s.accumulator_shape)}</td>"
+                     f"<td>{_esc(s.note)}</td></tr>")
+    parts.append("</table><h2>Optimizer state</h2><table><tr><th>method</th><th>bytes</th></tr>"
+                 f"<tr><td>SVGD accumulators ({m.accumulator_floats:,} floats)</td>"
+                 f"<td>{m.accumulator_bytes:,}</td></tr>"
+                 f"<tr><td>RMSProp (1 × {m.params:,} params)</td><td>{m.rmsprop_bytes:,}</td></tr>"
+                 f"<tr><td>Adam (2 × {m.params:,} params)</td><td>{m.adam_bytes:,}</td></tr></table>")
+    if report.warnings:
+        parts.append("<h2>Warnings</h2><ul>" + "".join(
+            f"<li class=warn>{_esc(w)}</li>" for w in report.warnings) + "</ul>")
+    if report.skipped:
+        parts.append("<h2>Kept as identity</h2><table><tr><th>node</th><th>op</th>"
+                     "<th>variable θ</th><th>reason</th></tr>" + "".join(
+                         f"<tr><td>{_esc(k.node)}</td><td>{_esc(k.op)}</td>"
+                         f"<td>{_esc(k.variable)}</td><td>{_esc(k.reason)}</td></tr>"
+                         for k in report.skipped) + "</table>")
+    for site, before_svg, before_dot, after_svg, after_dot in pictures["sites"]:
+        parts.append(f"<section class='site' id='site-{site.index}'><h2>Site {site.index}: "
+                     f"{_esc(site.op)} on {_esc(site.variable)}</h2><p>σ' = {_esc(site.node)}; "
+                     f"P = {_esc(site.gradient_op)}; g = {_esc(site.upstream_gradient)}; "
+                     f"accumulator {_esc(site.accumulator_shape)}</p><div class=pair>"
+                     f"<figure><figcaption>before</figcaption>{_inline_svg(before_svg, before_dot)}"
+                     f"</figure><figure><figcaption>after</figcaption>"
+                     f"{_inline_svg(after_svg, after_dot)}</figure></div></section>")
+    svg, dot = pictures["overview"]
+    parts.append("<section class='overview'><h2>Overview (collapsed by name scope)</h2>"
+                 f"<figure>{_inline_svg(svg, dot)}</figure></section></body></html>")
+    path = os.path.join(out_dir, "index.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+    return path
