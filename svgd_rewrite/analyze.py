@@ -145,15 +145,6 @@ def _function_writes(ir: GraphIR, name: str, index: int, depth: int) -> bool:
     return False
 
 
-def _write_values(ir: GraphIR, shapes: dict[str, TensorInfo], write: str) -> list[Tensor]:
-    out = []
-    for t in ir.data_inputs(write):
-        info = shapes.get(f"{t[0]}:{t[1]}")
-        if info is None or info[0] != tf.resource:
-            out.append(t)
-    return out
-
-
 def trains(step: LoadedStep) -> bool:
     """True when the step writes at least one trainable variable (it applies gradients)."""
     ir = GraphIR(step.graph_def)
@@ -179,27 +170,29 @@ def analyze(step: LoadedStep) -> Analysis:
             "the step updates no trainable variable (no gradients are applied): pass the "
             "training step, not an inference function")
 
-    update_path: dict[str, set[str] | None] = {}
-    for p in trainable:
-        if writes[p]:
-            values = [t for w in writes[p] for t in _write_values(ir, shapes, w)]
-            update_path[p] = ir.ancestors(values)
-        else:
-            update_path[p] = None  # not updated here: the update-path condition is not applied
+    # Which variables' updates each node feeds (port-aware through IdentityN), in one pass.
+    order = sorted(trainable, key=ir.order.get)
+    var_bit = {p: i for i, p in enumerate(order)}
+    sinks: dict[str, int] = {}
+    for p in order:
+        for w in writes[p]:
+            sinks[w] = sinks.get(w, 0) | (1 << var_bit[p])
+    feeds = ir.downstream_bits(sinks)
 
-    ancestor_cache: dict[Tensor, set[str]] = {}
-
-    def ancestors_of(t: Tensor) -> set[str]:
-        if t not in ancestor_cache:
-            ancestor_cache[t] = ir.ancestors([t])
-        return ancestor_cache[t]
+    # Which consumers of θ each tensor depends on, in one pass.
+    candidates = [(p, node, slot) for p in order for node, slot in consumers[p]]
+    source_bit: dict[str, int] = {}
+    for _, node, _ in candidates:
+        source_bit.setdefault(node, len(source_bit))
+    reach = ir.reach_bits(source_bit)
 
     all_consumers: list[Consumer] = []
-    for p in sorted(trainable, key=ir.order.get):
-        for node, slot in consumers[p]:
-            c = Consumer(node=node, op=ir.op(node), slot=slot, variable=p)
-            _match(ir, c, update_path[p], ancestors_of)
-            all_consumers.append(c)
+    for p, node, slot in candidates:
+        c = Consumer(node=node, op=ir.op(node), slot=slot, variable=p)
+        _match(ir, c,
+               on_update_path=lambda d, p=p: not writes[p] or bool(feeds.get(d, 0) >> var_bit[p] & 1),
+               depends_on_f=lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1))
+        all_consumers.append(c)
 
     matched_g = [c.match.g for c in all_consumers if c.match]
     backward = ir.descendants(matched_g)
@@ -213,8 +206,9 @@ def analyze(step: LoadedStep) -> Analysis:
             continue
         if c.node in backward or c.node not in reportable:
             continue  # a gradient op, or part of the update: not a member of V_θ→σ
-        if _is_gradient_of_same_op(ir, c, consumers[c.variable]):
-            continue
+        siblings = [n for n, _ in consumers[c.variable] if n != c.node and ir.op(n) == c.op]
+        if any(reach.get(c.node, 0) >> source_bit[n] & 1 for n in siblings):
+            continue  # the input-gradient op of a forward op with no P, e.g. MatMul(g, Wᵀ)
         forward.append(c)
     forward.sort(key=lambda c: (ir.order[c.node], c.slot))
 
@@ -224,15 +218,14 @@ def analyze(step: LoadedStep) -> Analysis:
     stateful = sorted(
         step.variables[p].name for p, ws in writes.items()
         if p not in trainable and any(w in downstream for w in ws))
-    loss_scale = _find_loss_scale(ir, shapes, step, [c.match.g for c in forward if c.match],
-                                  ancestors_of)
+    loss_scale = _find_loss_scale(ir, shapes, step, [c.match.g for c in forward if c.match])
     return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
                     forward=forward, stateful_optimizer_vars=stateful,
                     loss_scale=loss_scale[0] if loss_scale else None,
                     loss_scale_variable=loss_scale[1] if loss_scale else None)
 
 
-def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor], ancestors_of):
+def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor]):
     """The read of the loss-scale variable when float16 gradients are scaled (mixed precision).
 
     Structurally: a scalar float non-trainable variable whose read is an ancestor of every
@@ -241,19 +234,31 @@ def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor], an
     half = [g for g in gs if shapes[f"{g[0]}:{g[1]}"][0] == tf.float16]
     if not half:
         return None
-    found = []
+    reads: dict[str, tuple[str, str]] = {}  # read node -> (variable placeholder, name)
     for p, info in sorted(step.variables.items()):
         if info.trainable or info.shape != () or not info.dtype.is_floating:
             continue
         for node, _ in ir.consumers((p, 0)):
-            if ir.op(node) == "ReadVariableOp" and all(node in ancestors_of(g) for g in half):
-                found.append(((node, 0), info.name))
-                break
-    return found[0] if len(found) == 1 else None
+            if ir.op(node) == "ReadVariableOp":
+                reads[node] = (p, info.name)
+    bit = {node: i for i, node in enumerate(reads)}
+    reach = ir.reach_bits(bit)
+    found = {reads[node] for node in reads
+             if all(ir.bits_of(reach, g) >> bit[node] & 1 for g in half)}
+    if len(found) != 1:
+        return None
+    (placeholder, name), = found
+    node = next(n for n in reads if reads[n][0] == placeholder
+                and all(ir.bits_of(reach, g) >> bit[n] & 1 for g in half))
+    return (node, 0), name
 
 
-def _match(ir: GraphIR, c: Consumer, update_path: set[str] | None, ancestors_of) -> None:
-    """Fill ``c.match`` (P found) or ``c.reason`` for a consumer of θ."""
+def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f) -> None:
+    """Fill ``c.match`` (P found) or ``c.reason`` for a consumer of θ.
+
+    ``on_update_path(node)``: the node feeds θ's update; ``depends_on_f(tensor)``: the tensor
+    has F (``c.node``) among its ancestors.
+    """
     spec = REGISTRY.get(c.op)
     if spec is None:
         c.reason = identity_reason(c.op)
@@ -268,9 +273,9 @@ def _match(ir: GraphIR, c: Consumer, update_path: set[str] | None, ancestors_of)
         if x is not None:
             pool = [(n, s) for a in ir.aliases(x) for n, s in ir.consumers(a) if ir.op(n) == grad.op]
         else:
-            pool = [(n.name, None) for n in ir.nodes() if n.op == grad.op]
+            pool = [(n, None) for n in ir.nodes_of_op(grad.op)]
         for d, x_at in pool:
-            if d == c.node or (update_path is not None and d not in update_path):
+            if d == c.node or not on_update_path(d):
                 continue
             for xs, gs in grad.slots:
                 if xs is not None and xs != x_at:
@@ -278,7 +283,7 @@ def _match(ir: GraphIR, c: Consumer, update_path: set[str] | None, ancestors_of)
                 g = ir.data_input(d, gs)
                 if x is not None and ir.canonical(g) == x:
                     continue
-                if c.node in ancestors_of(g):
+                if depends_on_f(g):
                     found.append(Match(grad_op=d, g_slot=gs, g=g))
     found = sorted(set(found), key=lambda m: (ir.order[m.grad_op], m.g_slot))
     if len(found) == 1:
@@ -288,12 +293,3 @@ def _match(ir: GraphIR, c: Consumer, update_path: set[str] | None, ancestors_of)
     else:
         c.reason = ("ambiguous gradient op: " + ", ".join(m.grad_op for m in found)
                     + " all qualify as P")
-
-
-def _is_gradient_of_same_op(ir: GraphIR, c: Consumer, others: list[tuple[str, int]]) -> bool:
-    """An unmatched consumer downstream of another consumer of θ of the same op type.
-
-    That is the input-gradient op of a forward op with no P (e.g. ``MatMul(g, W^T)``).
-    """
-    same = [(n, 0) for n, _ in others if n != c.node and ir.op(n) == c.op]
-    return bool(same) and c.node in ir.descendants(same)

@@ -31,52 +31,123 @@ def tensor_name(t: Tensor) -> str:
 
 
 class GraphIR:
-    """Read-only graph view of a GraphDef with data/control edges and tensor-level walks."""
+    """Read-only graph view of a GraphDef with data/control edges and tensor-level walks.
+
+    ``g`` is the networkx MultiDiGraph (for exporters and users); the walks use adjacency
+    lists built once, so every walk is linear in the edges it visits.
+    """
 
     def __init__(self, graph_def: graph_pb2.GraphDef):
         self.graph_def = graph_def
         self.g = nx.MultiDiGraph()
         self.order: dict[str, int] = {}
         self.functions = {f.signature.name: f for f in graph_def.library.function}
+        self._nodes: dict[str, node_def_pb2.NodeDef] = {}
+        self._data_in: dict[str, list[Tensor]] = {}
+        self._out: dict[Tensor, list[tuple[str, int]]] = {}
+        self._data_out: dict[str, list[str]] = {}
+        self._ports_of: dict[str, set[int]] = {}
+        self._by_op: dict[str, list[str]] | None = None
         for i, node in enumerate(graph_def.node):
             self.g.add_node(node.name, node=node)
             self.order[node.name] = i
+            self._nodes[node.name] = node
         for node in graph_def.node:
+            data_in = []
             for slot, inp in enumerate(node.input):
                 src, port, control = parse_input(inp)
-                if src not in self.g:
+                if src not in self._nodes:
                     raise ValueError(f"node {node.name!r} reads missing node {src!r}")
                 self.g.add_edge(src, node.name, src_port=port, slot=slot, control=control)
+                if not control:
+                    data_in.append((src, port))
+                    self._out.setdefault((src, port), []).append((node.name, slot))
+                    self._data_out.setdefault(src, []).append(node.name)
+                    self._ports_of.setdefault(src, set()).add(port)
+            self._data_in[node.name] = data_in
 
     def node(self, name: str) -> node_def_pb2.NodeDef:
-        return self.g.nodes[name]["node"]
+        return self._nodes[name]
 
     def op(self, name: str) -> str:
-        return self.node(name).op
+        return self._nodes[name].op
 
     def nodes(self) -> Iterator[node_def_pb2.NodeDef]:
         return iter(self.graph_def.node)
 
+    def nodes_of_op(self, op: str) -> list[str]:
+        """Names of the nodes of op type ``op``, in GraphDef order."""
+        if self._by_op is None:
+            self._by_op = {}
+            for n in self.graph_def.node:
+                self._by_op.setdefault(n.op, []).append(n.name)
+        return self._by_op.get(op, [])
+
     def data_input(self, name: str, slot: int) -> Tensor:
-        src, port, control = parse_input(self.node(name).input[slot])
+        src, port, control = parse_input(self._nodes[name].input[slot])
         assert not control
         return src, port
 
     def data_inputs(self, name: str) -> list[Tensor]:
-        out = []
-        for inp in self.node(name).input:
-            src, port, control = parse_input(inp)
-            if not control:
-                out.append((src, port))
-        return out
+        return self._data_in[name]
 
     def consumers(self, t: Tensor) -> list[tuple[str, int]]:
         """(node, slot) pairs that read tensor ``t``, in GraphDef order."""
-        out = []
-        for _, dst, data in self.g.out_edges(t[0], data=True):
-            if not data["control"] and data["src_port"] == t[1]:
-                out.append((dst, data["slot"]))
-        return sorted(set(out), key=lambda c: (self.order[c[0]], c[1]))
+        return sorted(set(self._out.get(t, ())), key=lambda c: (self.order[c[0]], c[1]))
+
+    def topological_order(self) -> list[str]:
+        """Node names, producers before consumers (data and control edges)."""
+        return list(nx.lexicographical_topological_sort(self.g, key=self.order.get))
+
+    def reach_bits(self, sources: dict[str, int]) -> dict[Tensor | str, int]:
+        """For every node (and every ``IdentityN`` output), the bitset of ``sources`` nodes
+        among its data ancestors, itself included: one pass in topological order.
+
+        ``sources`` maps a node to its bit index. Port-aware through ``IdentityN``: output k
+        carries what input k carries. Look a tensor up with ``bits_of``.
+        """
+        bits: dict = {}
+        for name in self.topological_order():
+            own = 1 << sources[name] if name in sources else 0
+            if self._nodes[name].op == "IdentityN":
+                for k, t in enumerate(self._data_in[name]):
+                    bits[(name, k)] = own | self.bits_of(bits, t)
+                bits[name] = own
+                continue
+            acc = own
+            for t in self._data_in[name]:
+                acc |= self.bits_of(bits, t)
+            bits[name] = acc
+        return bits
+
+    def bits_of(self, bits: dict, t: Tensor) -> int:
+        """The bitset of tensor ``t`` from ``reach_bits``."""
+        if self._nodes[t[0]].op == "IdentityN":
+            return bits.get(t, 0)
+        return bits.get(t[0], 0)
+
+    def downstream_bits(self, sinks: dict[str, int]) -> dict[str, int]:
+        """For every node, the OR of the ``sinks`` bitsets of the nodes its outputs reach by
+        data edges (itself included): one pass in reverse topological order. Port-aware
+        through ``IdentityN``: input k reaches only what output k reaches."""
+        node_bits: dict[str, int] = {}
+        port_bits: dict[Tensor, int] = {}
+        for name in reversed(self.topological_order()):
+            is_idn = self._nodes[name].op == "IdentityN"
+            acc = sinks.get(name, 0)
+            for t in {(name, p) for p in self._ports(name)}:
+                reached = 0
+                for dst, slot in self._out.get(t, ()):
+                    reached |= (port_bits.get((dst, slot), 0) if self._nodes[dst].op == "IdentityN"
+                                else node_bits.get(dst, 0))
+                if is_idn:
+                    port_bits[t] = reached | sinks.get(name, 0)
+                acc |= reached
+            node_bits[name] = acc
+        return node_bits
+
+    def _ports(self, name: str) -> set[int]:
+        return self._ports_of.get(name, set())
 
     def ancestors(self, tensors: Iterable[Tensor], stop: frozenset[str] = frozenset()) -> set[str]:
         """Nodes whose outputs flow (by data edges) into any of ``tensors``, producers included.
@@ -107,15 +178,13 @@ class GraphIR:
     def descendants(self, tensors: Iterable[Tensor]) -> set[str]:
         """Nodes that read (by data edges, transitively) any of ``tensors``."""
         seen: set[str] = set()
-        queue = deque(dst for t in tensors for dst, _ in self.consumers(t))
+        queue = deque(dst for t in tensors for dst, _ in self._out.get(t, ()))
         while queue:
             name = queue.popleft()
             if name in seen:
                 continue
             seen.add(name)
-            for _, dst, data in self.g.out_edges(name, data=True):
-                if not data["control"] and dst not in seen:
-                    queue.append(dst)
+            queue.extend(d for d in self._data_out.get(name, ()) if d not in seen)
         return seen
 
     def aliases(self, t: Tensor) -> list[Tensor]:
