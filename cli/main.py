@@ -19,6 +19,7 @@ examples:
   svgd-rewrite ./my_model ./out --function fit_step --scale 0.01 --granularity channel
   svgd-rewrite ./my_model --dry-run                        only show what would be rewired
   svgd-rewrite ./my_model ./out --export html,tensorboard  also write pictures to ./out/graphs
+  svgd-rewrite ./train_graph.meta ./out --train-op train   a TF1 graph (+ its checkpoint)
   svgd-rewrite --example                                   build the paper's MLP and rewrite it
 
 exit codes: 0 done, 2 bad usage or bad input (nothing written), 1 internal error.
@@ -43,12 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Rewrite the training function of a SavedModel so that it trains "
                             "with virtual gradients (SVGD, Li & Shu).")
     p.add_argument("model_dir", nargs="?", metavar="MODEL_DIR",
-                   help="SavedModel directory holding a training tf.function")
+                   help="SavedModel directory holding a training tf.function, or a TF1 "
+                        "training graph file (.pb, .pbtxt, .meta)")
     p.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
                    help="where to write the rewritten SavedModel (and svgd_report.json)")
     p.add_argument("--function", metavar="NAME",
                    help="train function: attribute or signature key (default: `train`, else "
                         "the only function that computes gradients)")
+    p.add_argument("--train-op", metavar="NAME",
+                   help="TF1 graphs (.pb/.pbtxt/.meta): the training op (default: the op that "
+                        "runs every variable update)")
     p.add_argument("--scale", type=float, default=0.1, metavar="S", help="s (default 0.1)")
     p.add_argument("--rho", type=float, default=0.9, metavar="R", help="ρ (default 0.9)")
     p.add_argument("--epsilon", type=float, default=1e-6, metavar="E", help="ε (default 1e-6)")
@@ -125,20 +130,32 @@ def _run(args, out) -> int:
         overwrite = True
         if not args.quiet and not args.json:
             out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
-    result = savedmodel.rewrite_saved_model(model_dir, out_dir, options, function=args.function,
-                                            overwrite=overwrite, dry_run=args.dry_run,
-                                            export_formats=args.export)
+    if os.path.isfile(model_dir):  # a TF1 graph: .pb, .pbtxt or .meta
+        from svgd_rewrite import graphdef
+
+        result = graphdef.rewrite_graph_file(
+            model_dir, out_dir, options=options.to_dict(), train_op=args.train_op,
+            overwrite=overwrite, dry_run=args.dry_run, export_formats=args.export)
+        what = (f"train op: {result.train_op} ({result.variable_kind} variables); initialize "
+                f"the accumulators with {result.init_op}"
+                + (f" (also run by {', '.join(result.graph_init_ops)})"
+                   if result.graph_init_ops else ""))
+    else:
+        result = savedmodel.rewrite_saved_model(
+            model_dir, out_dir, options, function=args.function, overwrite=overwrite,
+            dry_run=args.dry_run, export_formats=args.export)
+        what = (f"function: {result.function.name}"
+                + (f" (signature {result.function.signature!r})" if result.function.signature
+                   else ""))
     exported = result.exported
     if args.json:
         out.write(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
     elif not args.quiet:
-        out.write(f"function: {result.function.name}"
-                  + (f" (signature {result.function.signature!r})" if result.function.signature
-                     else "") + "\n")
+        out.write(what + "\n")
         out.write(str(result.report) + "\n")
         if result.out_dir and not args.dry_run:
             out.write(f"wrote {result.out_dir} (report: "
-                      f"{os.path.join(result.out_dir, savedmodel.REPORT_FILE)})\n")
+                      f"{os.path.join(result.out_dir, 'svgd_report.json')})\n")
         elif not exported:
             out.write("dry run: nothing written\n")
         if exported:
@@ -166,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"{PROG}: %(message)s")
     try:
         return _run(args, sys.stdout)
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head)
+        return EXIT_OK
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted; nothing was written\n")
         return 130

@@ -84,7 +84,8 @@ def _variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple
                 values.append((node, 0))
             elif _is_write(op) or (op in CONTROL_FLOW_OPS and _body_writes(ir, ir.node(node), slot)):
                 writes.append(node)
-            elif op in ("VarIsInitializedOp", "VariableShape", "DestroyResourceOp"):
+            elif op in ("VarIsInitializedOp", "IsVariableInitialized", "VariableShape",
+                        "DestroyResourceOp", "SaveV2", "Save", "SaveSlices"):
                 continue
             else:
                 consumers.append((node, slot))
@@ -148,7 +149,9 @@ def _function_writes(ir: GraphIR, name: str, index: int, depth: int) -> bool:
 def trains(step: LoadedStep) -> bool:
     """True when the step writes at least one trainable variable (it applies gradients)."""
     ir = GraphIR(step.graph_def)
-    return any(_variable_uses(ir, p)[0] for p, v in step.variables.items() if v.trainable)
+    scope = step.train_scope
+    return any(w for p, v in step.variables.items() if v.trainable
+               for w in _variable_uses(ir, p)[0] if scope is None or w in scope)
 
 
 def analyze(step: LoadedStep) -> Analysis:
@@ -165,6 +168,8 @@ def analyze(step: LoadedStep) -> Analysis:
     consumers: dict[str, list[tuple[str, int]]] = {}
     for placeholder in step.variables:
         writes[placeholder], consumers[placeholder] = _variable_uses(ir, placeholder)
+        if step.train_scope is not None:  # a TF1 graph: only the train op's updates count
+            writes[placeholder] = [w for w in writes[placeholder] if w in step.train_scope]
     if not any(writes[p] for p in trainable):
         raise NoGradientsError(
             "the step updates no trainable variable (no gradients are applied): pass the "

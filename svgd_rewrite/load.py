@@ -44,6 +44,7 @@ class LoadedStep:
     captures: list[tuple[str, Any]] = field(default_factory=list)
     variables: dict[str, VariableInfo] = field(default_factory=dict)
     variable_objects: dict[str, tf.Variable] = field(default_factory=dict)
+    train_scope: frozenset[str] | None = None  # TF1 graphs: the train op and its ancestors
 
 
 def is_rewritten(graph_def: graph_pb2.GraphDef) -> bool:

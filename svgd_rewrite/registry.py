@@ -149,7 +149,11 @@ CONTROL_FLOW_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "C
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"})
 
 # Ops that write a variable through its handle, and the slots that hold the handle.
-WRITE_OP_PREFIXES = ("Assign", "ResourceApply", "ResourceSparseApply", "ResourceScatter")
+WRITE_OP_PREFIXES = ("Assign", "Apply", "SparseApply", "ResourceApply", "ResourceSparseApply",
+                     "Scatter", "ResourceScatter")
+
+# TF1 graphs: variables as nodes of the graph (ref or resource).
+VARIABLE_OPS = {"VariableV2": "ref", "Variable": "ref", "VarHandleOp": "resource"}
 
 
 GATHER_OPS = frozenset({"ResourceGather", "GatherV2", "Gather", "GatherNd", "ResourceGatherNd"})

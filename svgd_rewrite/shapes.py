@@ -18,8 +18,11 @@ def infer_shapes(graph_def: graph_pb2.GraphDef, variables: dict[str, VariableInf
     scratch = tf.Graph()
     with scratch.as_default():
         input_map = {}
+        placeholders = {n.name for n in graph_def.node if n.op == "Placeholder"}
         with tf.name_scope("svgd_shape_probe"):
             for i, (name, info) in enumerate(sorted(variables.items())):
+                if name not in placeholders:  # a variable node of a TF1 graph has its shape
+                    continue
                 input_map[name] = tf.raw_ops.VarHandleOp(
                     dtype=info.dtype, shape=info.shape, shared_name=f"svgd_probe_{i}")
         # import_graph_def adds default attrs to the GraphDef it is given: import a copy

@@ -53,6 +53,8 @@ def _node(name: str, op: str, inputs: list[str], **attrs) -> node_def_pb2.NodeDe
             attr.type = value.as_datatype_enum
         elif isinstance(value, bool):
             attr.b = value
+        elif isinstance(value, bytes):
+            attr.s = value
         elif isinstance(value, tf.TensorShape):
             attr.shape.CopyFrom(value.as_proto())
         elif isinstance(value, np.ndarray):
@@ -67,15 +69,36 @@ def _const(name: str, value, dtype) -> node_def_pb2.NodeDef:
     return _node(name, "Const", [], dtype=tf.as_dtype(array.dtype), value=array)
 
 
-def _site_nodes(site: PlannedSite, options: Options) -> tuple[list[node_def_pb2.NodeDef], str, Accumulator]:
+def _accumulator_nodes(p: str, shape: tuple[int, ...], kind: str) -> list[node_def_pb2.NodeDef]:
+    """The accumulator r, its initializer (graph variables) and its read ``p + "r"``.
+
+    ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
+    (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables.
+    """
+    f32, acc = tf.float32, p + "accumulator"
+    if kind == "placeholder":
+        return [_node(acc, "Placeholder", [], dtype=tf.resource, shape=tf.TensorShape([])),
+                _node(p + "r", "ReadVariableOp", [acc], dtype=f32)]
+    zeros = _const(p + "zeros", np.zeros(shape, np.float32), np.float32)
+    if kind == "resource":
+        return [_node(acc, "VarHandleOp", [], dtype=f32, shape=tf.TensorShape(shape),
+                      shared_name=acc.encode(), container=b""), zeros,
+                _node(p + "initializer", "AssignVariableOp", [acc, p + "zeros"], dtype=f32),
+                _node(p + "r", "ReadVariableOp", [acc], dtype=f32)]
+    return [_node(acc, "VariableV2", [], dtype=f32, shape=tf.TensorShape(shape),
+                  shared_name=b"", container=b""), zeros,
+            _node(p + "initializer", "Assign", [acc, p + "zeros"], T=f32, validate_shape=True,
+                  use_locking=True),
+            _node(p + "r", "Identity", [acc], T=f32)]
+
+
+def _site_nodes(site: PlannedSite, options: Options,
+                kind: str) -> tuple[list[node_def_pb2.NodeDef], str, Accumulator]:
     """The inserted nodes of one site, and the name of ĝ."""
     p = f"{SCOPE}/site_{site.index}/"
     f32 = tf.float32
     g = tensor_name(site.match.g)
-    nodes = [
-        _node(p + "accumulator", "Placeholder", [], dtype=tf.resource, shape=tf.TensorShape([])),
-        _node(p + "r", "ReadVariableOp", [p + "accumulator"], dtype=f32),
-    ]
+    nodes = _accumulator_nodes(p, site.accumulator_shape, kind)
     g32 = g
     if site.g_dtype != f32:
         g32 = p + "g_float32"
@@ -105,7 +128,12 @@ def _site_nodes(site: PlannedSite, options: Options) -> tuple[list[node_def_pb2.
         ]
     else:
         nodes.append(_node(r_new, "AddV2", [p + "r_decayed", p + "r_fresh"], T=f32))
-    nodes.append(_node(p + "assign_r", "AssignVariableOp", [p + "accumulator", r_new], dtype=f32))
+    if kind == "ref":
+        nodes.append(_node(p + "assign_r", "Assign", [p + "accumulator", r_new], T=f32,
+                           validate_shape=True, use_locking=True))
+    else:
+        nodes.append(_node(p + "assign_r", "AssignVariableOp", [p + "accumulator", r_new],
+                           dtype=f32))
     if options.transform == "identity":
         ghat = p + "g_hat"
         nodes.append(_node(ghat, "Identity", [g], T=site.g_dtype))
@@ -135,14 +163,15 @@ def _site_nodes(site: PlannedSite, options: Options) -> tuple[list[node_def_pb2.
     return nodes, ghat, acc
 
 
-def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options) -> Rewritten:
+def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
+                  accumulator_kind: str = "placeholder") -> Rewritten:
     """Insert every site's accumulator and scaling nodes and reroute P's g input to ĝ."""
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     by_name = {n.name: n for n in out.node}
     accumulators = []
     for site in plan.sites:
-        nodes, ghat, acc = _site_nodes(site, options)
+        nodes, ghat, acc = _site_nodes(site, options, accumulator_kind)
         out.node.extend(nodes)
         accumulators.append(acc)
         p_node = by_name[site.match.grad_op]

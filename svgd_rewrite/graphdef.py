@@ -1,0 +1,320 @@
+"""GraphDef and TF1 training graphs: the same pipeline, with a loader for graphs whose
+variables are nodes (``VariableV2`` ref or ``VarHandleOp`` resource variables) and whose step
+is a train op run in a ``Session``.
+
+The accumulators are variables of the same kind as the graph's; the train op gains a control
+dependency on every accumulator update; their initializers join the graph's init op (found
+structurally) and a ``svgd_rewrite/init`` op.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import networkx as nx
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+from .analyze import _variable_uses
+from .errors import LoadError, NoGradientsError, OutputError
+from .inline import inline_calls
+from .ir import GraphIR
+from .load import LoadedStep, VariableInfo, is_rewritten
+from .errors import AlreadyRewrittenError
+from .options import make_options
+from .api import plan_step
+from .report import Report
+from .surgery import SCOPE, apply_surgery
+from .registry import VARIABLE_OPS
+
+INIT_OP = f"{SCOPE}/init"
+REPORT_FILE = "svgd_report.json"
+
+
+@dataclass
+class GraphDefResult:
+    """A rewritten TF1 graph: run ``init_op`` (or the graph's own init op, which now includes
+    it) once, then the train op as before."""
+
+    graph_def: graph_pb2.GraphDef
+    original_graph_def: graph_pb2.GraphDef
+    train_op: str
+    init_op: str
+    graph_init_ops: list[str]
+    accumulators: list[tuple[str, tuple[int, ...]]]
+    accumulator_reads: list[str]  # tensors that read each accumulator's current value
+    variable_kind: str
+    report: Report
+    variable_infos: dict
+    accumulator_placeholders: dict
+    out_dir: str | None = None
+    exported: Any = None
+
+    def to_dict(self) -> dict:
+        d = self.report.to_dict()
+        d.update(train_op=self.train_op, init_op=self.init_op,
+                 graph_init_ops=self.graph_init_ops, variable_kind=self.variable_kind)
+        return d
+
+
+def _variables(gd: graph_pb2.GraphDef, trainable: Iterable[str] | None) -> dict[str, VariableInfo]:
+    names = None if trainable is None else {t.split(":")[0] for t in trainable}
+    out = {}
+    for n in gd.node:
+        if n.op not in VARIABLE_OPS:
+            continue
+        dtype = tf.as_dtype(n.attr["dtype"].type)
+        shape = tuple(d.size for d in n.attr["shape"].shape.dim)
+        is_trainable = (n.name in names) if names is not None else dtype.is_floating
+        out[n.name] = VariableInfo(placeholder=n.name, name=n.name, shape=shape, dtype=dtype,
+                                   trainable=is_trainable)
+    return out
+
+
+def _reads_a_variable(ir: GraphIR, write: str, variables: dict) -> bool:
+    """An update (not an initializer): its value depends on some variable."""
+    values = ir.data_inputs(write)[1:]
+    ancestors = ir.ancestors(values)
+    return any(a in variables for a in ancestors)
+
+
+def _updates(ir: GraphIR, variables: dict[str, VariableInfo]) -> dict[str, list[str]]:
+    """Per variable, its writes that are updates (not initializers)."""
+    out = {p: [w for w in _variable_uses(ir, p)[0] if _reads_a_variable(ir, w, variables)]
+           for p in variables}
+    return {p: ws for p, ws in out.items() if ws}
+
+
+def find_train_op(ir: GraphIR, updates: dict[str, list[str]], train_op: str | None) -> str:
+    """``train_op`` checked, or the one sink that runs updates of the most variables; a
+    one-line error lists the candidates otherwise."""
+    if train_op is not None:
+        name = train_op.split(":")[0].lstrip("^")
+        if name not in ir.order:
+            raise LoadError(f"the graph has no op named {train_op!r}: check --train-op")
+        return name
+    if not updates:
+        raise NoGradientsError("the graph updates no variable from gradients: a training "
+                               "graph is needed (not a frozen or inference graph)")
+    scores = {}
+    for sink in (n for n in ir.order if ir.g.out_degree(n) == 0):
+        ancestors = nx.ancestors(ir.g, sink) | {sink}
+        scores[sink] = sum(any(w in ancestors for w in ws) for ws in updates.values())
+    best = max(scores.values())
+    candidates = [n for n, score in scores.items() if score == best]
+    if len(candidates) > 1:
+        raise LoadError(f"several ops could be the train op ({', '.join(candidates[:6])}): "
+                        "choose one with --train-op (train_op=...)")
+    return candidates[0]
+
+
+def load_graph_def(graph_def: graph_pb2.GraphDef, train_op: str | None = None,
+                   trainable: Iterable[str] | None = None) -> tuple[LoadedStep, str, str]:
+    """A TF1 training graph as a LoadedStep, with its train op and its variables' kind."""
+    if is_rewritten(graph_def):
+        raise AlreadyRewrittenError("this graph was already rewritten by svgd-rewrite: "
+                                    "rewrite the original graph instead")
+    gd = inline_calls(graph_def)
+    variables = _variables(gd, trainable)
+    if not variables:
+        raise NoGradientsError("the graph has no variables (a frozen inference graph?): a "
+                               "training graph with its variables is needed")
+    ir = GraphIR(gd)
+    updates = _updates(ir, variables)
+    train = find_train_op(ir, updates, train_op)
+    scope = frozenset(nx.ancestors(ir.g, train) | {train})
+    if trainable is None:  # the floating-point variables the train op updates
+        variables = {p: VariableInfo(v.placeholder, v.name, v.shape, v.dtype,
+                                     v.trainable and any(w in scope for w in updates.get(p, ())))
+                     for p, v in variables.items()}
+    kinds = sorted({VARIABLE_OPS[ir.op(p)] for p in variables})
+    kind = "resource" if "resource" in kinds else "ref"
+    # The graph's results (the loss, typically) are its sinks: the V_θ→σ nodes to report are
+    # their ancestors (an L1 penalty's Abs, say).
+    sinks = [f"{n}:0" for n in ir.order if ir.g.out_degree(n) == 0 and ir.op(n) != "NoOp"]
+    loaded = LoadedStep(graph_def=gd, input_placeholders=[], input_signature=(), n_positional=0,
+                        keyword_names=[], output_tensors=sinks, structured_outputs=None,
+                        variables=variables, train_scope=scope)
+    return loaded, train, kind
+
+
+def _init_ops(ir: GraphIR, variables: dict) -> list[str]:
+    """The graph's init ops: NoOps that run an initializer of every variable."""
+    initializers = {w for p in variables for w in _variable_uses(ir, p)[0]
+                    if not _reads_a_variable(ir, w, variables)
+                    and not any(ir.op(a).startswith("Restore")  # a Saver's restore op
+                                for a in ir.ancestors(ir.data_inputs(w)[1:]))}
+    out = []
+    for name in ir.nodes_of_op("NoOp"):
+        deps = {i[1:] for i in ir.node(name).input if i.startswith("^")}
+        if deps and deps <= initializers | {n for n in deps if ir.op(n) == "NoOp"} and deps & initializers:
+            out.append(name)
+    return out
+
+
+def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = None,
+                      trainable: Iterable[str] | None = None, scale: float = 0.1,
+                      rho: float = 0.9, epsilon: float = 1e-6, ops=None,
+                      granularity: str = "full", transform: str = "svgd") -> GraphDefResult:
+    """Rewrite a TF1 training GraphDef so that its train op trains with virtual gradients.
+
+    ``trainable`` names the trainable variables (a MetaGraph's collection); by default every
+    floating-point variable. Same options as ``svgd_rewrite.rewrite``.
+    """
+    options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
+                           granularity=granularity, transform=transform)
+    loaded, train, kind = load_graph_def(graph_def, train_op, trainable)
+    plan = plan_step(loaded, options)
+    rewritten = apply_surgery(loaded.graph_def, plan, options, accumulator_kind=kind)
+    gd = rewritten.graph_def
+    by_name = {n.name: n for n in gd.node}
+    assigns = [f"^{SCOPE}/site_{a.site}/assign_r" for a in rewritten.accumulators]
+    by_name[train].input.extend(assigns)  # running the train op updates the accumulators
+    initializers = [f"^{SCOPE}/site_{a.site}/initializer" for a in rewritten.accumulators]
+    init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")
+    init.input.extend(initializers)
+    gd.node.append(init)
+    graph_inits = _init_ops(GraphIR(loaded.graph_def), loaded.variables)
+    for name in graph_inits:
+        by_name[name].input.append(f"^{INIT_OP}")
+    return GraphDefResult(
+        graph_def=gd, original_graph_def=loaded.graph_def, train_op=train, init_op=INIT_OP,
+        graph_init_ops=graph_inits,
+        accumulators=[(a.placeholder, a.shape) for a in rewritten.accumulators],
+        accumulator_reads=[f"{SCOPE}/site_{a.site}/r:0" for a in rewritten.accumulators],
+        variable_kind=kind, report=plan.report, variable_infos=dict(loaded.variables),
+        accumulator_placeholders={})
+
+
+# --- files: .pb (binary GraphDef), .pbtxt (text GraphDef), .meta (MetaGraphDef + checkpoint) ---
+
+GRAPH_SUFFIXES = (".pb", ".pbtxt", ".meta")
+
+
+def read_graph_file(path: str):
+    """(format, proto) of a ``.pb``, ``.pbtxt`` or ``.meta`` file; one-line LoadError else."""
+    from google.protobuf import text_format
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    fmt = os.path.splitext(path)[1].lstrip(".")
+    if os.path.basename(path) == "saved_model.pb":
+        raise LoadError(f"{path} is a SavedModel's file: pass the SavedModel directory")
+    proto = meta_graph_pb2.MetaGraphDef() if fmt == "meta" else graph_pb2.GraphDef()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if fmt == "pbtxt":
+            text_format.Parse(data.decode("utf-8"), proto)
+        else:
+            proto.ParseFromString(data)
+    except (DecodeError, text_format.ParseError, UnicodeDecodeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoadError(f"{path} is corrupt or not a {fmt} file ({first[:200]}): write the "
+                        "graph again") from None
+    graph = proto.graph_def if fmt == "meta" else proto
+    if not graph.node:
+        raise LoadError(f"{path} holds an empty graph: a training graph is needed")
+    return fmt, proto
+
+
+def _trainable_from_meta(meta) -> list[str] | None:
+    from tensorflow.core.framework import variable_pb2
+
+    if "trainable_variables" not in meta.collection_def:
+        return None
+    names = []
+    for raw in meta.collection_def["trainable_variables"].bytes_list.value:
+        v = variable_pb2.VariableDef()
+        v.ParseFromString(raw)
+        names.append(v.variable_name)
+    return names
+
+
+def _meta_with_accumulators(meta, result: GraphDefResult):
+    from tensorflow.core.framework import variable_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    out = meta_graph_pb2.MetaGraphDef()
+    out.CopyFrom(meta)
+    out.graph_def.CopyFrom(result.graph_def)
+    for (acc, _), read in zip(result.accumulators, result.accumulator_reads):
+        prefix = acc.rsplit("/", 1)[0]
+        v = variable_pb2.VariableDef(
+            variable_name=acc + ":0", initializer_name=prefix + "/initializer",
+            snapshot_name=read, initial_value_name=prefix + "/zeros:0",
+            is_resource=result.variable_kind == "resource", trainable=False)
+        out.collection_def["variables"].bytes_list.value.append(v.SerializeToString())
+    return out
+
+
+def _write_meta(meta, result: GraphDefResult, model_path: str, out_dir: str) -> None:
+    """The output MetaGraph (accumulators in the ``variables`` collection, a Saver over every
+    variable) and, when the input has a checkpoint, a checkpoint with the original values plus
+    zero accumulators."""
+    prefix_in = model_path[: -len(".meta")]
+    prefix_out = os.path.join(out_dir, os.path.basename(prefix_in))
+    has_checkpoint = os.path.exists(prefix_in + ".index")
+    new_meta = _meta_with_accumulators(meta, result)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.train.import_meta_graph(new_meta, clear_devices=True)
+        everything = tf.compat.v1.global_variables()
+        accumulators = {a + ":0" for a, _ in result.accumulators}
+        saver = tf.compat.v1.train.Saver(everything)
+        if not has_checkpoint:
+            saver.export_meta_graph(prefix_out + ".meta")
+            return
+        original = [v for v in everything if v.name not in accumulators]
+        with tf.compat.v1.Session(graph=graph) as sess:
+            tf.compat.v1.train.Saver(original).restore(sess, prefix_in)
+            sess.run(result.init_op)
+            saver.save(sess, prefix_out)
+
+
+def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
+                       train_op: str | None = None, overwrite: bool = False,
+                       dry_run: bool = False, export_formats=None) -> GraphDefResult:
+    """Rewrite a ``.pb``/``.pbtxt``/``.meta`` training graph into ``out_dir`` (same format,
+    same file name, plus ``svgd_report.json`` and, for a MetaGraph, its checkpoint)."""
+    from google.protobuf import text_format
+
+    from .exporters import export, parse_formats
+    from .output_dir import check_output_dir, staged_output
+
+    formats = parse_formats(export_formats) if export_formats else ()
+    if not os.path.exists(model_path):
+        raise LoadError(f"MODEL {model_path} does not exist: give a SavedModel directory or a "
+                        ".pb/.pbtxt/.meta file")
+    if not model_path.endswith(GRAPH_SUFFIXES):
+        raise LoadError(f"MODEL {model_path} is a file but not a .pb, .pbtxt or .meta graph")
+    if out_dir is None and (formats or not dry_run):
+        raise OutputError("OUT_DIR is required" + (" for --export" if formats else
+                                                   " (or use --dry-run)"))
+    if out_dir is not None:
+        check_output_dir(out_dir, [model_path], overwrite)
+    fmt, proto = read_graph_file(model_path)
+    graph = proto.graph_def if fmt == "meta" else proto
+    trainable = _trainable_from_meta(proto) if fmt == "meta" else None
+    result = rewrite_graph_def(graph, train_op=train_op, trainable=trainable, **options)
+    if dry_run and not formats:
+        return result
+    with staged_output(out_dir, [model_path], overwrite) as tmp:
+        if not dry_run:
+            name = os.path.basename(model_path)
+            if fmt == "pb":
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(result.graph_def.SerializeToString(deterministic=True))
+            elif fmt == "pbtxt":
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write(text_format.MessageToString(result.graph_def))
+            else:
+                _write_meta(proto, result, model_path, tmp)
+            with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+                json.dump(result.to_dict(), f, indent=2, sort_keys=True)
+        if formats:
+            result.exported = export(result, tmp, formats)
+    result.out_dir = os.path.abspath(out_dir)
+    return result

@@ -1,0 +1,175 @@
+"""TF1 training graphs (GraphDef / MetaGraph): rewritten, run in a Session, against the oracle."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import svgd_rewrite
+from fixtures import tf1_graphs
+from fixtures.models import random_batch
+from helpers import assert_close, make_module
+from oracle import Oracle
+from svgd_rewrite.graphdef import rewrite_graph_def
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LR = 0.05
+
+
+def _batches(spec, n=3):
+    return [tuple(t.numpy() for t in random_batch(spec, 8, seed=i)) for i in range(n)]
+
+
+def _run_session(graph_def, g: tf1_graphs.TF1Graph, train_op: str, batches, fetch_extra=()):
+    """Import ``graph_def``, run the graph's init op, then the train op once per batch;
+    the parameter values after each step (and the extra fetches at the end)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    snaps = []
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(g.init_op)
+        for x, y in batches:
+            sess.run(train_op, {g.x: x, g.y: y, g.learning_rate: LR})
+            snaps.append({k: sess.run(v) for k, v in g.params.items()})
+        extra = sess.run(list(fetch_extra))
+    return snaps, extra
+
+
+@pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
+def test_tf1_paper_mlp_matches_oracle(resource):
+    g = tf1_graphs.build("paper_mlp", seed=3, resource=resource)
+    result = rewrite_graph_def(g.graph.as_graph_def())
+    assert result.train_op == "train" and result.graph_init_ops == ["init"]
+    assert result.variable_kind == ("resource" if resource else "ref")
+    assert [s.op for s in result.report.sites] == ["MatMul"] * 5
+    assert {k.op for k in result.report.skipped} >= {"Abs"}  # the L1 penalty keeps the identity
+    reference = make_module("paper_mlp", seed=3, lr=LR)
+    batches = _batches(reference.spec)
+    snaps, accs = _run_session(result.graph_def, g, result.train_op, batches,
+                               result.accumulator_reads)
+    oracle = Oracle(reference.spec, reference.params, reference.state, learning_rate=LR)
+    for i, (x, y) in enumerate(batches):
+        oracle.step(tf.constant(x), tf.constant(y))
+        assert_close(snaps[i], {k: v.numpy() for k, v in reference.params.items()}, 1e-5,
+                     f"step {i}")
+    assert_close(dict(enumerate(accs)), {i: a.numpy() for i, a in enumerate(oracle.accumulators)},
+                 1e-5, "accumulators")
+
+
+def test_tf1_identity_transform_matches_original_graph():
+    g = tf1_graphs.build("mlp_l1", seed=1)
+    batches = _batches(make_module("mlp_l1").spec)
+    original, _ = _run_session(g.graph.as_graph_def(), g, g.train_op, batches)
+    result = rewrite_graph_def(g.graph.as_graph_def(), transform="identity")
+    rewritten, accs = _run_session(result.graph_def, g, result.train_op, batches,
+                                   result.accumulator_reads)
+    for a, b in zip(rewritten, original):
+        assert_close(a, b, 1e-7, "identity")
+    assert all(np.any(a > 0) for a in accs)
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "svgd_rewrite", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tf1_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tf1")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    subprocess.run([sys.executable, "-m", "fixtures.tf1_graphs", str(out), "--model", "mlp_l1"],
+                   check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["model.pb", "model.pbtxt"])
+def test_cli_graph_def_round_trip(tf1_files, tmp_path, name):
+    proc = _cli(tf1_files / name, tmp_path / "out", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([name, "svgd_report.json"])
+    g = tf1_graphs.build("mlp_l1")
+    from svgd_rewrite.graphdef import read_graph_file
+
+    _, gd = read_graph_file(str(tmp_path / "out" / name))
+    batches = _batches(make_module("mlp_l1").spec, 2)
+    snaps, accs = _run_session(gd, g, "train", batches, ["svgd_rewrite/site_0/r:0"])
+    assert all(np.all(np.isfinite(v)) for s in snaps for v in s.values()) and np.any(accs[0] > 0)
+
+
+@pytest.mark.slow
+def test_cli_meta_graph_with_checkpoint(tf1_files, tmp_path):
+    proc = _cli(tf1_files / "model.ckpt.meta", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "train op: train" in proc.stdout
+    out = tmp_path / "out"
+    assert (out / "model.ckpt.meta").exists() and (out / "model.ckpt.index").exists()
+    original = tf.train.load_checkpoint(str(tf1_files / "model.ckpt"))
+    x, y = _batches(make_module("mlp_l1").spec, 1)[0]
+    graph = tf.Graph()
+    with graph.as_default():
+        saver = tf.compat.v1.train.import_meta_graph(str(out / "model.ckpt.meta"))
+        names = [v.name for v in tf.compat.v1.global_variables()]
+        assert sum("svgd_rewrite" in n for n in names) == 3  # in the variables collection
+        with tf.compat.v1.Session() as sess:
+            saver.restore(sess, str(out / "model.ckpt"))
+            np.testing.assert_array_equal(sess.run("w0:0"), original.get_tensor("w0"))
+            assert not np.any(sess.run("svgd_rewrite/site_0/r:0"))
+            sess.run("train", {"images:0": x, "labels:0": y, "learning_rate:0": LR})
+            assert np.any(sess.run("svgd_rewrite/site_0/r:0"))
+            sess.run(tf.compat.v1.global_variables_initializer())  # covers the accumulators
+            assert not np.any(sess.run("svgd_rewrite/site_0/r:0"))
+
+
+def _frozen_graph_def():
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 3), name="x")
+        tf.matmul(x, tf.constant(np.ones((3, 2), np.float32)), name="logits")
+    return g.as_graph_def()
+
+
+def _two_train_ops_graph_def():
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 3), name="x")
+        w = tf.compat.v1.Variable(np.ones((3, 2), np.float32), name="w")
+        loss = tf.reduce_sum(tf.matmul(x, w) ** 2)
+        tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss, name="train_a")
+        tf.compat.v1.train.GradientDescentOptimizer(0.2).minimize(loss, name="train_b")
+    return g.as_graph_def()
+
+
+@pytest.mark.slow
+def test_cli_bad_graph_inputs(tf1_files, tmp_path):
+    pb = (tf1_files / "model.pb").read_bytes()
+    (tmp_path / "truncated.pb").write_bytes(pb[: len(pb) // 3])
+    (tmp_path / "garbage.pb").write_bytes(np.random.default_rng(1).bytes(3000))
+    (tmp_path / "garbage.pbtxt").write_text("node { name: ")
+    (tmp_path / "frozen.pb").write_bytes(_frozen_graph_def().SerializeToString())
+    (tmp_path / "two.pb").write_bytes(_two_train_ops_graph_def().SerializeToString())
+    cases = {"truncated.pb": "corrupt", "garbage.pb": "corrupt", "garbage.pbtxt": "corrupt",
+             "frozen.pb": "training graph", "two.pb": "train_a"}
+    for name, expected in cases.items():
+        proc = _cli(tmp_path / name, tmp_path / f"out_{name}")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (name, proc.stderr)
+        assert expected in lines[0] and "Traceback" not in proc.stderr, (name, lines)
+        assert not (tmp_path / f"out_{name}").exists()
+    ok = _cli(tmp_path / "two.pb", tmp_path / "out_two", "--train-op", "train_b", "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert not [p for p in os.listdir(tmp_path) if ".svgd-tmp-" in p]
+
+
+def test_rewriting_a_rewritten_graph_is_refused():
+    g = tf1_graphs.build("mlp_l1")
+    result = rewrite_graph_def(g.graph.as_graph_def())
+    with pytest.raises(svgd_rewrite.AlreadyRewrittenError):
+        rewrite_graph_def(result.graph_def)
