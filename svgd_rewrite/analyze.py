@@ -15,7 +15,8 @@ import tensorflow as tf
 from .errors import NoGradientsError, NoTrainableVariablesError
 from .ir import GraphIR, Tensor
 from .load import LoadedStep, VariableInfo
-from .registry import CONTROL_FLOW_OPS, REGISTRY, SHAPE_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason
+from .registry import (CONTROL_FLOW_OPS, REGISTRY, SHAPE_OPS, VIEW_OPS, WRITE_OP_PREFIXES,
+                       identity_reason)
 from .shapes import TensorInfo, infer_shapes
 
 log = logging.getLogger(__name__)
@@ -248,14 +249,10 @@ def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor]):
                 reads[node] = (p, info.name)
     bit = {node: i for i, node in enumerate(reads)}
     reach = ir.reach_bits(bit)
-    found = {reads[node] for node in reads
-             if all(ir.bits_of(reach, g) >> bit[node] & 1 for g in half)}
-    if len(found) != 1:
+    seeding = [n for n in reads if all(ir.bits_of(reach, g) >> bit[n] & 1 for g in half)]
+    if len({reads[n] for n in seeding}) != 1:
         return None
-    (placeholder, name), = found
-    node = next(n for n in reads if reads[n][0] == placeholder
-                and all(ir.bits_of(reach, g) >> bit[n] & 1 for g in half))
-    return (node, 0), name
+    return (seeding[0], 0), reads[seeding[0]][1]
 
 
 def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f) -> None:

@@ -149,7 +149,7 @@ class GraphIR:
     def _ports(self, name: str) -> set[int]:
         return self._ports_of.get(name, set())
 
-    def ancestors(self, tensors: Iterable[Tensor], stop: frozenset[str] = frozenset()) -> set[str]:
+    def ancestors(self, tensors: Iterable[Tensor]) -> set[str]:
         """Nodes whose outputs flow (by data edges) into any of ``tensors``, producers included.
 
         Port-aware through ``IdentityN``: output k depends on input k only.
@@ -163,16 +163,14 @@ class GraphIR:
                 continue
             seen_t.add(t)
             name, port = t
-            if self.op(name) == "IdentityN":
+            if self._nodes[name].op == "IdentityN":
                 seen_nodes.add(name)
-                if name not in stop:
-                    queue.append(self.data_input(name, port))
+                queue.append(self._data_in[name][port])
                 continue
             if name in seen_nodes:
                 continue
             seen_nodes.add(name)
-            if name not in stop:
-                queue.extend(self.data_inputs(name))
+            queue.extend(self._data_in[name])
         return seen_nodes
 
     def descendants(self, tensors: Iterable[Tensor]) -> set[str]:

@@ -101,15 +101,11 @@ REGISTRY: dict[str, OpSpec] = {
                _matmul_batch_axis, _matmul_channel_axis, lambda slot: 1 - slot,
                "Dense kernel (either operand, any transpose_a/transpose_b; Dense on rank ≥ 3 "
                "inputs through Tensordot)"),
-        OpSpec("BatchMatMulV2", (0, 1), (GradOp("BatchMatMulV2", _BINARY),), True,
-               _matmul_batch_axis, _matmul_channel_axis, lambda slot: 1 - slot,
-               "kernel of EinsumDense / MultiHeadAttention / Dense on rank-3 input (adj_x/adj_y)"),
-        OpSpec("BatchMatMulV3", (0, 1), (GradOp("BatchMatMulV3", _BINARY),), True,
-               _matmul_batch_axis, _matmul_channel_axis, lambda slot: 1 - slot,
-               "BatchMatMulV3 kernel"),
-        OpSpec("BatchMatMul", (0, 1), (GradOp("BatchMatMul", _BINARY),), True,
-               _matmul_batch_axis, _matmul_channel_axis, lambda slot: 1 - slot,
-               "BatchMatMul kernel"),
+        *(OpSpec(op, (0, 1), (GradOp(op, _BINARY),), True, _matmul_batch_axis,
+                 _matmul_channel_axis, lambda slot: 1 - slot,
+                 "kernel of EinsumDense / MultiHeadAttention / tf.matmul on rank ≥ 3 input "
+                 "(adj_x/adj_y)")
+          for op in ("BatchMatMulV2", "BatchMatMulV3", "BatchMatMul")),
         OpSpec("Einsum", (0, 1), (GradOp("Einsum", _BINARY),), True,
                _einsum_batch_axis, _einsum_channel_axis, lambda slot: 1 - slot,
                "kernel operand of a two-operand einsum"),
