@@ -112,7 +112,8 @@ def main() -> None:
     png = plot(results, args.out, args.quick)
     results["settings"] = {"steps": steps, "seeds": seeds, "batch": BATCH,
                            "schedule": "α, α/2 from 27%, α/10 from 60% of the steps",
-                           "split": "60/20/20 stratified, random_state=0", "png": png}
+                           "split": "60/20/20 stratified, random_state=0",
+                           "png": os.path.basename(png)}
     print("wrote", write_results(args.out, "convergence", results, args.quick), "and", png)
 
 

@@ -66,4 +66,4 @@ def test_convergence_quick(tmp_path):
         for r in results[kind].values():
             assert 0 <= r["test_error_mean"] <= 1 and finite(r["test_error_std"])
             assert len(r["steps"]) == len(r["test_error_curve_mean"]) > 0
-    assert os.path.getsize(results["settings"]["png"]) > 10_000
+    assert os.path.getsize(tmp_path / results["settings"]["png"]) > 10_000
