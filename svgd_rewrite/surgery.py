@@ -3,7 +3,8 @@
 For each site, with g = ∂J/∂σ' at P's g input::
 
     r_new = ρ·r + (1-ρ)·mean(g ⊙ g)      (float32; the mean over the batch, or over every
-                                          axis but the channel for granularity="channel")
+                                          axis but the channel for granularity="channel",
+                                          as ‖g‖² / count: one pass over g)
     r    ← r_new
     ĝ    = g · (s·rsqrt(r_new + ε))       (reshaped to broadcast, cast back to g's dtype)
     P's g input ← ĝ                       (every other consumer of g keeps g)
@@ -103,14 +104,27 @@ def _site_nodes(site: PlannedSite, options: Options,
     if site.g_dtype != f32:
         g32 = p + "g_float32"
         nodes.append(_node(g32, "Cast", [g], SrcT=site.g_dtype, DstT=f32, Truncate=False))
-    if site.loss_scale is not None:  # square the unscaled gradient
-        nodes.append(_node(p + "g_unscaled", "RealDiv", [g32, site.loss_scale], T=f32))
-        g32 = p + "g_unscaled"
+    # mean(g ⊙ g) in one pass over g: ‖g‖² along the reduced axes over their element count
     nodes += [
-        _node(p + "g_squared", "Square", [g32], T=f32),
         _const(p + "reduce_axes", list(site.reduce_axes), np.int32),
-        _node(p + "mean_g_squared", "Mean", [p + "g_squared", p + "reduce_axes"],
-              T=f32, Tidx=tf.int32, keep_dims=False),
+        _node(p + "g_norm", "EuclideanNorm", [g32, p + "reduce_axes"], T=f32, Tidx=tf.int32,
+              keep_dims=False),
+        _node(p + "g_size", "Size", [g32], T=f32, out_type=tf.int32),
+        _node(p + "r_size", "Size", [p + "g_norm"], T=f32, out_type=tf.int32),
+        _node(p + "g_size_float", "Cast", [p + "g_size"], SrcT=tf.int32, DstT=f32,
+              Truncate=False),
+        _node(p + "r_size_float", "Cast", [p + "r_size"], SrcT=tf.int32, DstT=f32,
+              Truncate=False),
+        _node(p + "count", "RealDiv", [p + "g_size_float", p + "r_size_float"], T=f32),
+        _node(p + "sum_g_squared", "Square", [p + "g_norm"], T=f32),
+    ]
+    if site.loss_scale is not None:  # the unscaled gradient's square: divide by scale²
+        nodes += [_node(p + "loss_scale_squared", "Square", [site.loss_scale], T=f32),
+                  _node(p + "count_scaled", "Mul", [p + "count", p + "loss_scale_squared"],
+                        T=f32)]
+    count = p + ("count_scaled" if site.loss_scale is not None else "count")
+    nodes += [
+        _node(p + "mean_g_squared", "RealDiv", [p + "sum_g_squared", count], T=f32),
         _const(p + "rho", options.rho, np.float32),
         _const(p + "one_minus_rho", 1.0 - options.rho, np.float32),
         _node(p + "r_decayed", "Mul", [p + "r", p + "rho"], T=f32),
