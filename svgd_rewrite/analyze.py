@@ -61,7 +61,7 @@ def _is_write(op: str) -> bool:
     return op.startswith(WRITE_OP_PREFIXES)
 
 
-def _variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[str, int]]]:
+def variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[str, int]]]:
     """(write ops, value consumers) of the variable behind ``placeholder``.
 
     Value consumers are ``(node, slot)`` pairs past the read and view ops; an op that reads
@@ -152,7 +152,7 @@ def trains(step: LoadedStep) -> bool:
     ir = GraphIR(step.graph_def)
     scope = step.train_scope
     return any(w for p, v in step.variables.items() if v.trainable
-               for w in _variable_uses(ir, p)[0] if scope is None or w in scope)
+               for w in variable_uses(ir, p)[0] if scope is None or w in scope)
 
 
 def analyze(step: LoadedStep) -> Analysis:
@@ -168,7 +168,7 @@ def analyze(step: LoadedStep) -> Analysis:
     writes: dict[str, list[str]] = {}
     consumers: dict[str, list[tuple[str, int]]] = {}
     for placeholder in step.variables:
-        writes[placeholder], consumers[placeholder] = _variable_uses(ir, placeholder)
+        writes[placeholder], consumers[placeholder] = variable_uses(ir, placeholder)
         if step.train_scope is not None:  # a TF1 graph: only the train op's updates count
             writes[placeholder] = [w for w in writes[placeholder] if w in step.train_scope]
     if not any(writes[p] for p in trainable):

@@ -17,17 +17,16 @@ import networkx as nx
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from .analyze import _variable_uses
-from .errors import LoadError, NoGradientsError, OutputError
+from .analyze import variable_uses
+from .api import plan_step
+from .errors import AlreadyRewrittenError, LoadError, NoGradientsError, OutputError
 from .inline import inline_calls
 from .ir import GraphIR
 from .load import LoadedStep, VariableInfo, is_rewritten
-from .errors import AlreadyRewrittenError
 from .options import make_options
-from .api import plan_step
+from .registry import VARIABLE_OPS
 from .report import Report
 from .surgery import SCOPE, apply_surgery
-from .registry import VARIABLE_OPS
 
 INIT_OP = f"{SCOPE}/init"
 REPORT_FILE = "svgd_report.json"
@@ -82,7 +81,7 @@ def _reads_a_variable(ir: GraphIR, write: str, variables: dict) -> bool:
 
 def _updates(ir: GraphIR, variables: dict[str, VariableInfo]) -> dict[str, list[str]]:
     """Per variable, its writes that are updates (not initializers)."""
-    out = {p: [w for w in _variable_uses(ir, p)[0] if _reads_a_variable(ir, w, variables)]
+    out = {p: [w for w in variable_uses(ir, p)[0] if _reads_a_variable(ir, w, variables)]
            for p in variables}
     return {p: ws for p, ws in out.items() if ws}
 
@@ -142,7 +141,7 @@ def load_graph_def(graph_def: graph_pb2.GraphDef, train_op: str | None = None,
 
 def _init_ops(ir: GraphIR, variables: dict) -> list[str]:
     """The graph's init ops: NoOps that run an initializer of every variable."""
-    initializers = {w for p in variables for w in _variable_uses(ir, p)[0]
+    initializers = {w for p in variables for w in variable_uses(ir, p)[0]
                     if not _reads_a_variable(ir, w, variables)
                     and not any(ir.op(a).startswith("Restore")  # a Saver's restore op
                                 for a in ir.ancestors(ir.data_inputs(w)[1:]))}

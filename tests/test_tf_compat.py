@@ -1,0 +1,51 @@
+"""The TensorFlow internals wrapped in svgd_rewrite/tf_compat.py still behave as used."""
+import tensorflow as tf
+
+from svgd_rewrite.inline import inline_calls
+from svgd_rewrite.tf_compat import capture, function_def_to_graph_def, traced_concrete_functions
+
+
+def test_traced_concrete_functions_lists_traces():
+    @tf.function
+    def f(x):
+        return x * 2
+
+    assert traced_concrete_functions(f) == []
+    f(tf.constant(1.0))
+    f(tf.constant([1.0, 2.0]))
+    assert len(traced_concrete_functions(f)) == 2
+
+
+def test_function_def_to_graph_def_and_inline_calls():
+    @tf.function
+    def inner(x):
+        return tf.nn.relu(x) + 1.0
+
+    @tf.function(input_signature=[tf.TensorSpec([None])])
+    def outer(x):
+        return inner(x) * 3.0
+
+    gd = outer.get_concrete_function().graph.as_graph_def()
+    (fdef,) = [f for f in gd.library.function if "inner" in f.signature.name]
+    body, mapping = function_def_to_graph_def(fdef)
+    assert any(n.op == "Relu" for n in body.node) and mapping
+    flat = inline_calls(gd)
+    assert not any(n.op in ("PartitionedCall", "StatefulPartitionedCall") for n in flat.node)
+    assert any(n.op == "Relu" for n in flat.node)
+    # the inlined graph computes the same thing
+    with tf.Graph().as_default() as g:
+        (out,) = tf.graph_util.import_graph_def(flat, return_elements=["Identity:0"], name="")
+        with tf.compat.v1.Session(graph=g) as sess:
+            x = g.get_tensor_by_name("x:0")
+            assert list(sess.run(out, {x: [-1.0, 2.0]})) == [3.0, 9.0]
+
+
+def test_capture_inside_a_function():
+    v = tf.Variable(2.0)
+
+    @tf.function
+    def f():
+        handle = capture(v.handle)
+        return tf.raw_ops.ReadVariableOp(resource=handle, dtype=tf.float32) * 3.0
+
+    assert float(f()) == 6.0
