@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from .analyze import analyze
 from .emit import SVGDStep
-from .errors import AlreadyRewrittenError
+from .errors import already_rewritten
 from .load import LoadedStep, load_step
 from .options import Options, make_options
 from .plan import Plan, make_plan
@@ -48,8 +48,7 @@ def rewrite(train_step, *, scale: float = 0.1, rho: float = 0.9, epsilon: float 
     options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
                            granularity=granularity, transform=transform)
     if isinstance(train_step, SVGDStep):
-        raise AlreadyRewrittenError("this step was already rewritten by svgd-rewrite: "
-                                    "rewrite the original step instead")
+        raise already_rewritten()
     loaded = load_step(train_step, variables)
     rewritten, report = rewrite_loaded(loaded, options)
     return SVGDStep(loaded, rewritten, report)

@@ -33,6 +33,11 @@ class AlreadyRewrittenError(SVGDRewriteError):
     """The step was already rewritten by svgd-rewrite."""
 
 
+def already_rewritten(what: str = "step") -> AlreadyRewrittenError:
+    return AlreadyRewrittenError(f"this {what} was already rewritten by svgd-rewrite: rewrite "
+                                 f"the original {what} instead")
+
+
 class OutputError(SVGDRewriteError):
     """OUT_DIR cannot be written (exists, inside the input, not writable)."""
 

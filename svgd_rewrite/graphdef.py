@@ -19,7 +19,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from .analyze import variable_uses
 from .api import plan_step
-from .errors import AlreadyRewrittenError, LoadError, NoGradientsError, OutputError
+from .errors import LoadError, NoGradientsError, OutputError, already_rewritten
 from .inline import inline_calls
 from .ir import GraphIR
 from .load import LoadedStep, VariableInfo, is_rewritten
@@ -72,18 +72,30 @@ def _variables(gd: graph_pb2.GraphDef, trainable: Iterable[str] | None) -> dict[
     return out
 
 
-def _reads_a_variable(ir: GraphIR, write: str, variables: dict) -> bool:
-    """An update (not an initializer): its value depends on some variable."""
-    values = ir.data_inputs(write)[1:]
-    ancestors = ir.ancestors(values)
-    return any(a in variables for a in ancestors)
+@dataclass
+class _Writes:
+    """The writes of a TF1 graph's variables, told apart in one pass over the graph."""
+
+    updates: dict[str, list[str]]  # variable -> writes whose value depends on a variable
+    initializers: set[str]  # writes from constants (not from a Saver's restore op)
 
 
-def _updates(ir: GraphIR, variables: dict[str, VariableInfo]) -> dict[str, list[str]]:
-    """Per variable, its writes that are updates (not initializers)."""
-    out = {p: [w for w in variable_uses(ir, p)[0] if _reads_a_variable(ir, w, variables)]
-           for p in variables}
-    return {p: ws for p, ws in out.items() if ws}
+def _classify_writes(ir: GraphIR, variables: dict[str, VariableInfo]) -> _Writes:
+    sources = {p: 0 for p in variables}  # bit 0: depends on a variable
+    sources.update({n: 1 for n in ir.order if ir.op(n).startswith("Restore")})  # bit 1
+    reach = ir.reach_bits(sources)
+    updates: dict[str, list[str]] = {}
+    initializers: set[str] = set()
+    for p in variables:
+        for w in variable_uses(ir, p)[0]:
+            bits = 0
+            for t in ir.data_inputs(w)[1:]:
+                bits |= ir.bits_of(reach, t)
+            if bits & 1:
+                updates.setdefault(p, []).append(w)
+            elif not bits & 2:
+                initializers.add(w)
+    return _Writes(updates, initializers)
 
 
 def find_train_op(ir: GraphIR, updates: dict[str, list[str]], train_op: str | None) -> str:
@@ -97,10 +109,10 @@ def find_train_op(ir: GraphIR, updates: dict[str, list[str]], train_op: str | No
     if not updates:
         raise NoGradientsError("the graph updates no variable from gradients: a training "
                                "graph is needed (not a frozen or inference graph)")
-    scores = {}
-    for sink in (n for n in ir.order if ir.g.out_degree(n) == 0):
-        ancestors = nx.ancestors(ir.g, sink) | {sink}
-        scores[sink] = sum(any(w in ancestors for w in ws) for ws in updates.values())
+    bit = {w: k for k, ws in enumerate(updates.values()) for w in ws}  # one bit per variable
+    reach = ir.reach_bits(bit, control=True)
+    scores = {sink: bin(reach.get(sink, 0)).count("1")
+              for sink in ir.order if ir.g.out_degree(sink) == 0}
     best = max(scores.values())
     candidates = [n for n, score in scores.items() if score == best]
     if len(candidates) > 1:
@@ -109,19 +121,29 @@ def find_train_op(ir: GraphIR, updates: dict[str, list[str]], train_op: str | No
     return candidates[0]
 
 
+@dataclass
+class TF1Step:
+    """A TF1 training graph, loaded: the pipeline's LoadedStep plus what the graph adds."""
+
+    loaded: LoadedStep
+    train_op: str
+    variable_kind: str  # "ref" or "resource"
+    init_ops: list[str]  # the graph's own init ops (NoOps running variable initializers)
+
+
 def load_graph_def(graph_def: graph_pb2.GraphDef, train_op: str | None = None,
-                   trainable: Iterable[str] | None = None) -> tuple[LoadedStep, str, str]:
-    """A TF1 training graph as a LoadedStep, with its train op and its variables' kind."""
+                   trainable: Iterable[str] | None = None) -> TF1Step:
+    """A TF1 training graph as a LoadedStep, with its train op, variable kind and init ops."""
     if is_rewritten(graph_def):
-        raise AlreadyRewrittenError("this graph was already rewritten by svgd-rewrite: "
-                                    "rewrite the original graph instead")
+        raise already_rewritten("graph")
     gd = inline_calls(graph_def)
     variables = _variables(gd, trainable)
     if not variables:
         raise NoGradientsError("the graph has no variables (a frozen inference graph?): a "
                                "training graph with its variables is needed")
     ir = GraphIR(gd)
-    updates = _updates(ir, variables)
+    writes = _classify_writes(ir, variables)
+    updates = writes.updates
     train = find_train_op(ir, updates, train_op)
     scope = frozenset(nx.ancestors(ir.g, train) | {train})
     if trainable is None:  # the floating-point variables the train op updates
@@ -136,15 +158,11 @@ def load_graph_def(graph_def: graph_pb2.GraphDef, train_op: str | None = None,
     loaded = LoadedStep(graph_def=gd, input_placeholders=[], input_signature=(), n_positional=0,
                         keyword_names=[], output_tensors=sinks, structured_outputs=None,
                         variables=variables, train_scope=scope)
-    return loaded, train, kind
+    return TF1Step(loaded, train, kind, _init_ops(ir, writes.initializers))
 
 
-def _init_ops(ir: GraphIR, variables: dict) -> list[str]:
-    """The graph's init ops: NoOps that run an initializer of every variable."""
-    initializers = {w for p in variables for w in variable_uses(ir, p)[0]
-                    if not _reads_a_variable(ir, w, variables)
-                    and not any(ir.op(a).startswith("Restore")  # a Saver's restore op
-                                for a in ir.ancestors(ir.data_inputs(w)[1:]))}
+def _init_ops(ir: GraphIR, initializers: set[str]) -> list[str]:
+    """The graph's init ops: NoOps whose control inputs are variable initializers."""
     out = []
     for name in ir.nodes_of_op("NoOp"):
         deps = {i[1:] for i in ir.node(name).input if i.startswith("^")}
@@ -164,9 +182,11 @@ def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = N
     """
     options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
                            granularity=granularity, transform=transform)
-    loaded, train, kind = load_graph_def(graph_def, train_op, trainable)
+    step = load_graph_def(graph_def, train_op, trainable)
+    loaded, train = step.loaded, step.train_op
     plan = plan_step(loaded, options)
-    rewritten = apply_surgery(loaded.graph_def, plan, options, accumulator_kind=kind)
+    rewritten = apply_surgery(loaded.graph_def, plan, options,
+                              accumulator_kind=step.variable_kind)
     gd = rewritten.graph_def
     by_name = {n.name: n for n in gd.node}
     assigns = [f"^{SCOPE}/site_{a.site}/assign_r" for a in rewritten.accumulators]
@@ -175,7 +195,7 @@ def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = N
     init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")
     init.input.extend(initializers)
     gd.node.append(init)
-    graph_inits = _init_ops(GraphIR(loaded.graph_def), loaded.variables)
+    graph_inits = step.init_ops
     for name in graph_inits:
         by_name[name].input.append(f"^{INIT_OP}")
     return GraphDefResult(
@@ -183,7 +203,7 @@ def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = N
         graph_init_ops=graph_inits,
         accumulators=[(a.placeholder, a.shape) for a in rewritten.accumulators],
         accumulator_reads=[f"{SCOPE}/site_{a.site}/r:0" for a in rewritten.accumulators],
-        variable_kind=kind, report=plan.report, variable_infos=dict(loaded.variables),
+        variable_kind=step.variable_kind, report=plan.report, variable_infos=dict(loaded.variables),
         accumulator_placeholders={})
 
 

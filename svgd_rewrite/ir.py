@@ -99,9 +99,10 @@ class GraphIR:
         """Node names, producers before consumers (data and control edges)."""
         return list(nx.lexicographical_topological_sort(self.g, key=self.order.get))
 
-    def reach_bits(self, sources: dict[str, int]) -> dict[Tensor | str, int]:
+    def reach_bits(self, sources: dict[str, int], control: bool = False) -> dict[Tensor | str, int]:
         """For every node (and every ``IdentityN`` output), the bitset of ``sources`` nodes
-        among its data ancestors, itself included: one pass in topological order.
+        among its data ancestors (also control ancestors with ``control``), itself included:
+        one pass in topological order.
 
         ``sources`` maps a node to its bit index. Port-aware through ``IdentityN``: output k
         carries what input k carries. Look a tensor up with ``bits_of``.
@@ -109,6 +110,10 @@ class GraphIR:
         bits: dict = {}
         for name in self.topological_order():
             own = 1 << sources[name] if name in sources else 0
+            if control:
+                for i in self._nodes[name].input:
+                    if i.startswith("^"):
+                        own |= bits.get(i[1:], 0)
             if self._nodes[name].op == "IdentityN":
                 for k, t in enumerate(self._data_in[name]):
                     bits[(name, k)] = own | self.bits_of(bits, t)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from .errors import AlreadyRewrittenError, LoadError
+from .errors import LoadError, already_rewritten
 from .inline import inline_calls
 from .tf_compat import traced_concrete_functions
 
@@ -83,8 +83,7 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
     graph = cf.graph
     graph_def = graph.as_graph_def()
     if is_rewritten(graph_def):
-        raise AlreadyRewrittenError("this step was already rewritten by svgd-rewrite: "
-                                    "rewrite the original step instead")
+        raise already_rewritten()
     captures = list(graph.captures)
     n_user = len(cf.inputs) - len(captures)
     input_placeholders = [t.op.name for t in cf.inputs[:n_user]]
