@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rho", type=float, default=0.9, metavar="R", help="ρ (default 0.9)")
     p.add_argument("--epsilon", type=float, default=1e-6, metavar="E", help="ε (default 1e-6)")
     p.add_argument("--ops", metavar="OP,...",
-                   help="forward op types to transform (default: MatMul,Conv2D; BiasAdd is "
-                        "opt-in)")
+                   help="forward op types to transform (default: every registry op but "
+                        "BiasAdd, which is opt-in; see README)")
     p.add_argument("--granularity", choices=("full", "channel"), default="full",
                    help="accumulator shape: σ' without the batch axis, or channels only")
     p.add_argument("--transform", choices=("svgd", "identity"), default="svgd",
@@ -130,7 +130,7 @@ def _run(args, out) -> int:
         overwrite = True
         if not args.quiet and not args.json:
             out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
-    if os.path.isfile(model_dir):  # a TF1 graph: .pb, .pbtxt or .meta
+    if os.path.lexists(model_dir) and not os.path.isdir(model_dir):  # a TF1 graph file
         from svgd_rewrite import graphdef
 
         result = graphdef.rewrite_graph_file(
@@ -147,11 +147,13 @@ def _run(args, out) -> int:
         what = (f"function: {result.function.name}"
                 + (f" (signature {result.function.signature!r})" if result.function.signature
                    else ""))
+    from svgd_rewrite.errors import one_line
+
     exported = result.exported
     if args.json:
         out.write(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
     elif not args.quiet:
-        out.write(what + "\n")
+        out.write(one_line(what) + "\n")
         out.write(str(result.report) + "\n")
         if result.out_dir and not args.dry_run:
             out.write(f"wrote {result.out_dir} (report: "
@@ -193,11 +195,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.verbose:
             traceback.print_exc()
+        from svgd_rewrite.errors import one_line
+
         if isinstance(e, SVGDRewriteError):
-            sys.stderr.write(f"{PROG}: error: {e}\n")
+            sys.stderr.write(f"{PROG}: error: {one_line(e)}\n")
             return EXIT_USAGE
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {first[:300]} "
+        sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {one_line(first[:300])} "
                          "(rerun with -v for the traceback, and please report it)\n")
         return EXIT_INTERNAL
 

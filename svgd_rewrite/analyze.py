@@ -21,6 +21,8 @@ from .shapes import TensorInfo, infer_shapes
 
 log = logging.getLogger(__name__)
 
+MAX_STATE_LEVELS = 4  # optimizer state read by other state read by θ's update, ...
+
 
 @dataclass(frozen=True)
 class Match:
@@ -108,6 +110,24 @@ def variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[
     return sorted(set(writes), key=order.get), sorted(set(consumers), key=lambda c: (order[c[0]], c[1]))
 
 
+def variable_reads(ir: GraphIR, placeholder: str) -> list[str]:
+    """The ``ReadVariableOp`` nodes (and ref-variable ``Identity`` reads) of a variable."""
+    reads, handles, seen = [], [(placeholder, 0)], set()
+    while handles:
+        h = handles.pop()
+        if h in seen:
+            continue
+        seen.add(h)
+        for node, _ in ir.consumers(h):
+            op = ir.op(node)
+            if op == "ReadVariableOp":
+                reads.append(node)
+            elif op == "Identity":
+                reads.append(node)
+                handles.append((node, 0))
+    return reads
+
+
 _BODY_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
                "While": ("body",), "StatelessWhile": ("body",), "Case": ("branches",),
                "StatelessCase": ("branches",)}
@@ -176,14 +196,32 @@ def analyze(step: LoadedStep) -> Analysis:
             "the step updates no trainable variable (no gradients are applied): pass the "
             "training step, not an inference function")
 
-    # Which variables' updates each node feeds (port-aware through IdentityN), in one pass.
+    # Which variables' updates each node feeds (port-aware through IdentityN). An optimizer
+    # with state writes the gradient into a slot variable (momentum, Adam's m and v, ...) that
+    # θ's update then reads: a write of a non-trainable variable whose reads feed θ's update
+    # feeds it too. One linear pass per level of such state (two for Adam).
     order = sorted(trainable, key=ir.order.get)
     var_bit = {p: i for i, p in enumerate(order)}
     sinks: dict[str, int] = {}
     for p in order:
         for w in writes[p]:
             sinks[w] = sinks.get(w, 0) | (1 << var_bit[p])
+    state_reads = {p: variable_reads(ir, p) for p in step.variables
+                   if p not in trainable and writes[p]}
     feeds = ir.downstream_bits(sinks)
+    for _ in range(MAX_STATE_LEVELS):
+        changed = False
+        for p, reads in state_reads.items():
+            bits = 0
+            for r in reads:
+                bits |= feeds.get(r, 0)
+            for w in writes[p]:
+                if bits & ~sinks.get(w, 0):
+                    sinks[w] = sinks.get(w, 0) | bits
+                    changed = True
+        if not changed:
+            break
+        feeds = ir.downstream_bits(sinks)
 
     # Which consumers of θ each tensor depends on, in one pass.
     candidates = [(p, node, slot) for p in order for node, slot in consumers[p]]
@@ -197,7 +235,9 @@ def analyze(step: LoadedStep) -> Analysis:
         c = Consumer(node=node, op=ir.op(node), slot=slot, variable=p)
         _match(ir, c,
                on_update_path=lambda d, p=p: not writes[p] or bool(feeds.get(d, 0) >> var_bit[p] & 1),
-               depends_on_f=lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1))
+               depends_on_f=lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1),
+               shape_of=lambda t: (shapes[f"{t[0]}:{t[1]}"][1] if f"{t[0]}:{t[1]}" in shapes
+                                   else None))
         all_consumers.append(c)
 
     matched_g = [c.match.g for c in all_consumers if c.match]
@@ -255,7 +295,29 @@ def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor]):
     return (seeding[0], 0), reads[seeding[0]][1]
 
 
-def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f) -> None:
+def _own_gradient(ir: GraphIR, c: Consumer, found: list[Match], shape_of) -> list[Match]:
+    """Of several P candidates (sibling layers reading the same x, whose gradients all reach
+    every update through a shared ``If`` or clipping), keep the ones whose g is the gradient of
+    F's own output: g has the shape of F's output, and g is also read by F's input-gradient op
+    (the op that reads g and θ's view)."""
+    out_shape = shape_of((c.node, 0))
+    if out_shape is not None and out_shape.is_fully_defined():
+        same = [m for m in found if (shape_of(m.g) is not None
+                                     and shape_of(m.g).is_fully_defined()
+                                     and shape_of(m.g).as_list() == out_shape.as_list())]
+        found = same or found
+    if len(found) > 1:
+        theta = set(ir.aliases(ir.canonical(ir.data_input(c.node, c.slot))))
+
+        def beside_theta(m: Match) -> bool:
+            return any(n != c.node and any(t in theta for t in ir.data_inputs(n))
+                       for a in ir.aliases(ir.canonical(m.g)) for n, _ in ir.consumers(a))
+
+        found = [m for m in found if beside_theta(m)] or found
+    return found
+
+
+def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lambda t: None) -> None:
     """Fill ``c.match`` (P found) or ``c.reason`` for a consumer of θ.
 
     ``on_update_path(node)``: the node feeds θ's update; ``depends_on_f(tensor)``: the tensor
@@ -288,6 +350,8 @@ def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f) -> None:
                 if depends_on_f(g):
                     found.append(Match(grad_op=d, g_slot=gs, g=g))
     found = sorted(set(found), key=lambda m: (ir.order[m.grad_op], m.g_slot))
+    if len(found) > 1:
+        found = _own_gradient(ir, c, found, shape_of)
     if len(found) == 1:
         c.match = found[0]
     elif not found:

@@ -11,7 +11,7 @@ from .emit import SVGDStep
 from .errors import already_rewritten
 from .load import LoadedStep, load_step
 from .options import Options, make_options
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, require_sites
 from .report import Report
 from .surgery import Rewritten, apply_surgery
 
@@ -29,7 +29,7 @@ def plan_step(loaded: LoadedStep, options: Options) -> Plan:
 
 def rewrite_loaded(loaded: LoadedStep, options: Options) -> tuple[Rewritten, Report]:
     """The surgery on a loaded step: the rewritten GraphDef and the report."""
-    plan = plan_step(loaded, options)
+    plan = require_sites(plan_step(loaded, options))
     return apply_surgery(loaded.graph_def, plan, options), plan.report
 
 
@@ -56,6 +56,7 @@ def rewrite(train_step, *, scale: float = 0.1, rho: float = 0.9, epsilon: float 
 
 def analyze_step(train_step, *, ops: Iterable[str] | None = None, granularity: str = "full",
                  variables: Sequence[tf.Variable] | None = None, **kwargs) -> Report:
-    """The report of what ``rewrite`` would do, without rewriting anything."""
+    """The report of what ``rewrite`` would do, without rewriting anything (also when no
+    site is found: the report then says why)."""
     options = make_options(ops=ops, granularity=granularity, **kwargs)
     return plan_step(load_step(train_step, variables), options).report

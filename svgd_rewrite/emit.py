@@ -38,6 +38,24 @@ class _Wiring:
         self.import_graph_def.CopyFrom(rewritten.graph_def)
         del self.import_graph_def.node[:]
         self.import_graph_def.node.extend(n for n in rewritten.graph_def.node if n.name not in fed)
+        _drop_colocation_with(self.import_graph_def, fed)
+
+
+def _drop_colocation_with(graph_def: graph_pb2.GraphDef, removed: set[str]) -> None:
+    """Colocation constraints (``_class: loc:@name``) that name a node fed through
+    ``input_map`` (and so not imported) are dropped: TensorFlow refuses them on import."""
+    for node in graph_def.node:
+        if "_class" not in node.attr:
+            continue
+        entries = list(node.attr["_class"].list.s)
+        kept = [e for e in entries if e.decode(errors="replace").removeprefix("loc:@") not in removed]
+        if len(kept) == len(entries):
+            continue
+        if kept:
+            del node.attr["_class"].list.s[:]
+            node.attr["_class"].list.s.extend(kept)
+        else:
+            del node.attr["_class"]
 
 
 def _with_parameters(run, loaded: LoadedStep):

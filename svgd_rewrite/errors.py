@@ -44,3 +44,16 @@ class OutputError(SVGDRewriteError):
 
 class ExportError(SVGDRewriteError):
     """A graph export cannot be written (unknown format, missing optional dependency)."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with every non-printable character (newline, ANSI escape, ...) written as its
+    Python escape, so that a name echoed from the input stays on one line."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+class SurgeryError(RuntimeError):
+    """The rewritten graph failed validation: a bug of the tool (exit 1), never bad input."""

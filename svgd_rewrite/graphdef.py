@@ -19,18 +19,19 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from .analyze import variable_uses
 from .api import plan_step
-from .errors import LoadError, NoGradientsError, OutputError, already_rewritten
+from .plan import require_sites
+from .errors import LoadError, NoGradientsError, OutputError, already_rewritten, one_line
 from .inline import inline_calls
 from .ir import GraphIR
 from .load import LoadedStep, VariableInfo, is_rewritten
 from .options import make_options
+from .output_dir import REPORT_FILE
 from .registry import VARIABLE_OPS
 from .report import Report
 from .surgery import SCOPE, apply_surgery
+from .validate import check_input_graph
 
 INIT_OP = f"{SCOPE}/init"
-REPORT_FILE = "svgd_report.json"
-
 
 @dataclass
 class GraphDefResult:
@@ -44,6 +45,7 @@ class GraphDefResult:
     graph_init_ops: list[str]
     accumulators: list[tuple[str, tuple[int, ...]]]
     accumulator_reads: list[str]  # tensors that read each accumulator's current value
+    accumulator_init_values: list[str]  # the zeros each accumulator starts from
     variable_kind: str
     report: Report
     variable_infos: dict
@@ -132,11 +134,22 @@ class TF1Step:
 
 
 def load_graph_def(graph_def: graph_pb2.GraphDef, train_op: str | None = None,
-                   trainable: Iterable[str] | None = None) -> TF1Step:
-    """A TF1 training graph as a LoadedStep, with its train op, variable kind and init ops."""
+                   trainable: Iterable[str] | None = None,
+                   what: str = "the GraphDef") -> TF1Step:
+    """A TF1 training graph as a LoadedStep, with its train op, variable kind and init ops.
+
+    The graph is validated first (``what`` names it in the error)."""
     if is_rewritten(graph_def):
         raise already_rewritten("graph")
+    check_input_graph(graph_def, what)
     gd = inline_calls(graph_def)
+    if trainable is not None:
+        names = {n.name for n in gd.node if n.op in VARIABLE_OPS}
+        unknown = sorted({t.split(":")[0] for t in trainable} - names)
+        if unknown:
+            raise LoadError(f"{one_line(what)}: the trainable_variables collection names "
+                            f"variables the graph does not have ({one_line(', '.join(unknown[:4]))}"
+                            "): export the MetaGraph again")
     variables = _variables(gd, trainable)
     if not variables:
         raise NoGradientsError("the graph has no variables (a frozen inference graph?): a "
@@ -174,7 +187,8 @@ def _init_ops(ir: GraphIR, initializers: set[str]) -> list[str]:
 def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = None,
                       trainable: Iterable[str] | None = None, scale: float = 0.1,
                       rho: float = 0.9, epsilon: float = 1e-6, ops=None,
-                      granularity: str = "full", transform: str = "svgd") -> GraphDefResult:
+                      granularity: str = "full", transform: str = "svgd",
+                      what: str = "the GraphDef") -> GraphDefResult:
     """Rewrite a TF1 training GraphDef so that its train op trains with virtual gradients.
 
     ``trainable`` names the trainable variables (a MetaGraph's collection); by default every
@@ -182,16 +196,16 @@ def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = N
     """
     options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
                            granularity=granularity, transform=transform)
-    step = load_graph_def(graph_def, train_op, trainable)
+    step = load_graph_def(graph_def, train_op, trainable, what)
     loaded, train = step.loaded, step.train_op
-    plan = plan_step(loaded, options)
+    plan = require_sites(plan_step(loaded, options))
     rewritten = apply_surgery(loaded.graph_def, plan, options,
                               accumulator_kind=step.variable_kind)
     gd = rewritten.graph_def
     by_name = {n.name: n for n in gd.node}
-    assigns = [f"^{SCOPE}/site_{a.site}/assign_r" for a in rewritten.accumulators]
+    assigns = ["^" + a.assign for a in rewritten.accumulators]
     by_name[train].input.extend(assigns)  # running the train op updates the accumulators
-    initializers = [f"^{SCOPE}/site_{a.site}/initializer" for a in rewritten.accumulators]
+    initializers = ["^" + a.initializer for a in rewritten.accumulators]
     init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")
     init.input.extend(initializers)
     gd.node.append(init)
@@ -202,7 +216,8 @@ def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = N
         graph_def=gd, original_graph_def=loaded.graph_def, train_op=train, init_op=INIT_OP,
         graph_init_ops=graph_inits,
         accumulators=[(a.placeholder, a.shape) for a in rewritten.accumulators],
-        accumulator_reads=[f"{SCOPE}/site_{a.site}/r:0" for a in rewritten.accumulators],
+        accumulator_reads=[a.read for a in rewritten.accumulators],
+        accumulator_init_values=[a.initial_value for a in rewritten.accumulators],
         variable_kind=step.variable_kind, report=plan.report, variable_infos=dict(loaded.variables),
         accumulator_placeholders={})
 
@@ -225,6 +240,9 @@ def read_graph_file(path: str):
     try:
         with open(path, "rb") as f:
             data = f.read()
+    except OSError as e:
+        raise LoadError(f"cannot read {one_line(path)}: {e.strerror or e}") from None
+    try:
         if fmt == "pbtxt":
             text_format.Parse(data.decode("utf-8"), proto)
         else:
@@ -240,6 +258,7 @@ def read_graph_file(path: str):
 
 
 def _trainable_from_meta(meta) -> list[str] | None:
+    from google.protobuf.message import DecodeError
     from tensorflow.core.framework import variable_pb2
 
     if "trainable_variables" not in meta.collection_def:
@@ -247,7 +266,11 @@ def _trainable_from_meta(meta) -> list[str] | None:
     names = []
     for raw in meta.collection_def["trainable_variables"].bytes_list.value:
         v = variable_pb2.VariableDef()
-        v.ParseFromString(raw)
+        try:
+            v.ParseFromString(raw)
+        except (DecodeError, ValueError, RuntimeError):
+            raise LoadError("the MetaGraph's trainable_variables collection is corrupt: export "
+                            "the MetaGraph again") from None
         names.append(v.variable_name)
     return names
 
@@ -259,14 +282,22 @@ def _meta_with_accumulators(meta, result: GraphDefResult):
     out = meta_graph_pb2.MetaGraphDef()
     out.CopyFrom(meta)
     out.graph_def.CopyFrom(result.graph_def)
-    for (acc, _), read in zip(result.accumulators, result.accumulator_reads):
-        prefix = acc.rsplit("/", 1)[0]
+    for (acc, _), read, zeros in zip(result.accumulators, result.accumulator_reads,
+                                     result.accumulator_init_values):
         v = variable_pb2.VariableDef(
-            variable_name=acc + ":0", initializer_name=prefix + "/initializer",
-            snapshot_name=read, initial_value_name=prefix + "/zeros:0",
+            variable_name=acc + ":0", initializer_name=zeros.replace("zeros:0", "initializer"),
+            snapshot_name=read, initial_value_name=zeros,
             is_resource=result.variable_kind == "resource", trainable=False)
         out.collection_def["variables"].bytes_list.value.append(v.SerializeToString())
     return out
+
+
+def _write_checkpoint_state(out_dir: str, name: str) -> None:
+    """The ``checkpoint`` state file naming ``name`` relative to ``out_dir`` (as ``Saver``
+    writes it), so that ``tf.train.latest_checkpoint`` resolves wherever OUT_DIR moves."""
+    quoted = json.dumps(name)
+    with open(os.path.join(out_dir, "checkpoint"), "w") as f:
+        f.write(f"model_checkpoint_path: {quoted}\nall_model_checkpoint_paths: {quoted}\n")
 
 
 def _write_meta(meta, result: GraphDefResult, model_path: str, out_dir: str) -> None:
@@ -288,9 +319,20 @@ def _write_meta(meta, result: GraphDefResult, model_path: str, out_dir: str) -> 
             return
         original = [v for v in everything if v.name not in accumulators]
         with tf.compat.v1.Session(graph=graph) as sess:
-            tf.compat.v1.train.Saver(original).restore(sess, prefix_in)
+            try:
+                tf.compat.v1.train.Saver(original).restore(sess, prefix_in)
+            except (tf.errors.OpError, ValueError) as e:
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise LoadError(f"the checkpoint {one_line(prefix_in)} is corrupt or does not "
+                                f"match the graph ({one_line(first)}): pass the checkpoint saved "
+                                "with this graph") from None
             sess.run(result.init_op)
-            saver.save(sess, prefix_out)
+            try:
+                saver.save(sess, prefix_out, write_state=False)
+            except tf.errors.OpError as e:
+                raise OutputError(f"cannot write the checkpoint into OUT_DIR: "
+                                  f"{one_line(e.message.splitlines()[0][:200])}") from None
+            _write_checkpoint_state(out_dir, os.path.basename(prefix_out))
 
 
 def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
@@ -307,17 +349,21 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
     if not os.path.exists(model_path):
         raise LoadError(f"MODEL {model_path} does not exist: give a SavedModel directory or a "
                         ".pb/.pbtxt/.meta file")
+    if not os.path.isfile(model_path):
+        raise LoadError(f"MODEL {one_line(model_path)} is not a regular file: give a SavedModel "
+                        "directory or a .pb/.pbtxt/.meta file")
     if not model_path.endswith(GRAPH_SUFFIXES):
         raise LoadError(f"MODEL {model_path} is a file but not a .pb, .pbtxt or .meta graph")
     if out_dir is None and (formats or not dry_run):
         raise OutputError("OUT_DIR is required" + (" for --export" if formats else
                                                    " (or use --dry-run)"))
     if out_dir is not None:
-        check_output_dir(out_dir, [model_path], overwrite)
+        out_dir = check_output_dir(out_dir, [model_path], overwrite)
     fmt, proto = read_graph_file(model_path)
     graph = proto.graph_def if fmt == "meta" else proto
     trainable = _trainable_from_meta(proto) if fmt == "meta" else None
-    result = rewrite_graph_def(graph, train_op=train_op, trainable=trainable, **options)
+    result = rewrite_graph_def(graph, train_op=train_op, trainable=trainable, what=model_path,
+                               **options)
     if dry_run and not formats:
         return result
     with staged_output(out_dir, [model_path], overwrite) as tmp:
@@ -331,9 +377,9 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
                     f.write(text_format.MessageToString(result.graph_def))
             else:
                 _write_meta(proto, result, model_path, tmp)
-            with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-                json.dump(result.to_dict(), f, indent=2, sort_keys=True)
+        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+            json.dump(result.to_dict(), f, indent=2, sort_keys=True)
         if formats:
             result.exported = export(result, tmp, formats)
-    result.out_dir = os.path.abspath(out_dir)
+    result.out_dir = out_dir
     return result

@@ -15,6 +15,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 Tensor = tuple[str, int]
 
 PASS_THROUGH = frozenset({"Identity", "Snapshot", "StopGradient"})
+BACK_EDGE_OPS = frozenset({"NextIteration", "RefNextIteration"})
 
 
 def parse_input(name: str) -> tuple[str, int, bool]:
@@ -48,6 +49,7 @@ class GraphIR:
         self._data_out: dict[str, list[str]] = {}
         self._ports_of: dict[str, set[int]] = {}
         self._by_op: dict[str, list[str]] | None = None
+        self._topo: list[str] | None = None
         for i, node in enumerate(graph_def.node):
             self.g.add_node(node.name, node=node)
             self.order[node.name] = i
@@ -96,8 +98,17 @@ class GraphIR:
         return sorted(set(self._out.get(t, ())), key=lambda c: (self.order[c[0]], c[1]))
 
     def topological_order(self) -> list[str]:
-        """Node names, producers before consumers (data and control edges)."""
-        return list(nx.lexicographical_topological_sort(self.g, key=self.order.get))
+        """Node names, producers before consumers (data and control edges). The back edges of
+        v1 loops (``NextIteration`` → ``Merge``) are left out of the order."""
+        if self._topo is None:
+            dag = self.g
+            back = [(u, v, k) for u, v, k in self.g.edges(keys=True)
+                    if self._nodes[u].op in BACK_EDGE_OPS]
+            if back:
+                dag = self.g.copy()
+                dag.remove_edges_from(back)
+            self._topo = list(nx.lexicographical_topological_sort(dag, key=self.order.get))
+        return self._topo
 
     def reach_bits(self, sources: dict[str, int], control: bool = False) -> dict[Tensor | str, int]:
         """For every node (and every ``IdentityN`` output), the bitset of ``sources`` nodes

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Iterable
+
+import numpy as np
 
 from .errors import InvalidOptionError
 from .registry import DEFAULT_OPS, REGISTRY
@@ -34,21 +37,29 @@ def make_options(scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
                  transform: str = "svgd") -> Options:
     """Validate user options; raise ``InvalidOptionError`` with what to change."""
     def number(name: str, value) -> float:
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise InvalidOptionError(f"{name} must be a number, got {value!r}") from None
-        if not math.isfinite(f):
-            raise InvalidOptionError(f"{name} must be finite, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidOptionError(f"{name} must be a number, got {value!r}")
+        f = float(value)
+        with np.errstate(over="ignore"):
+            f32 = float(np.float32(f)) if math.isfinite(f) else f
+        if not math.isfinite(f32):
+            raise InvalidOptionError(f"{name} must be finite in float32 (|{name}| < 3.4e38), "
+                                     f"got {value!r}")
         return f
 
     scale, rho, epsilon = number("scale", scale), number("rho", rho), number("epsilon", epsilon)
+    if scale == 0:
+        raise InvalidOptionError("scale must be > 0 (0 would stop training): to run the "
+                                 "surgery without scaling use transform='identity'")
     if scale < 0:
-        raise InvalidOptionError(f"scale must be >= 0, got {scale}")
-    if not 0 <= rho < 1:
-        raise InvalidOptionError(f"rho must be in [0, 1), got {rho}")
+        raise InvalidOptionError(f"scale must be > 0, got {scale}")
+    if not 0 <= rho < 1 or float(np.float32(rho)) >= 1:
+        raise InvalidOptionError(f"rho must be in [0, 1) in float32, got {rho}")
     if epsilon <= 0:
         raise InvalidOptionError(f"epsilon must be > 0, got {epsilon}")
+    if epsilon < float(np.finfo(np.float32).tiny):
+        raise InvalidOptionError(f"epsilon must be at least {np.finfo(np.float32).tiny:.3g} (the "
+                                 f"smallest normal float32), got {epsilon:g}")
     if ops is None:
         op_tuple = DEFAULT_OPS
     else:

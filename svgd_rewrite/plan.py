@@ -9,7 +9,7 @@ import tensorflow as tf
 from .analyze import Analysis, Consumer, Match
 from .errors import NoSitesError
 from .options import Options
-from .registry import REGISTRY
+from .registry import CONV_OPS, REGISTRY
 from .report import MemoryReport, Report, SiteReport, SkippedNode
 
 
@@ -131,13 +131,30 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
             + ", ".join(analysis.stateful_optimizer_vars[:6])
             + (", ..." if len(analysis.stateful_optimizer_vars) > 6 else "")
             + "); SVGD as in the paper is plain SGD on virtual gradients")
+    lost = [k for k in skipped if k.op in REGISTRY and "is not in ops" not in k.reason]
+    if lost:
+        warnings.append(f"{len(lost)} node(s) of registry ops were not transformed ("
+                        + ", ".join(f"{k.node} on {k.variable}" for k in lost[:4])
+                        + (", ..." if len(lost) > 4 else "") + "): see the skipped list")
+    if (options.transform == "svgd" and options.scale >= 0.1
+            and any(s.op in CONV_OPS for s in site_reports)):
+        warnings.append(f"convolution sites with scale {options.scale:g}: the paper used "
+                        "s = 0.01 (ResNet-20) and s = 0.001 (VGG) for convolutional nets; if "
+                        "the loss goes NaN, lower the scale")
     report = Report(sites=site_reports, skipped=skipped, memory=memory,
                     options=options.to_dict(), warnings=warnings)
-    if not sites:
+    return Plan(sites=sites, report=report)
+
+
+def require_sites(plan: Plan) -> Plan:
+    """The plan, or ``NoSitesError`` (carrying the report) when it has no site."""
+    if not plan.sites:
+        skipped = plan.report.skipped
         listed = "; ".join(f"{k.node} ({k.op}: {k.reason})" for k in skipped[:8])
         raise NoSitesError(
             "no site to transform was found"
             + (f" among the V_θ→σ nodes: {listed}" if skipped else
                " (no forward op reads a trainable variable)")
-            + "; check the step trains a model with linear layers, or widen ops", report=report)
-    return Plan(sites=sites, report=report)
+            + "; check the step trains a model with linear layers, or widen ops",
+            report=plan.report)
+    return plan

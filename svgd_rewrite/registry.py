@@ -132,10 +132,17 @@ REGISTRY: dict[str, OpSpec] = {
 
 DEFAULT_OPS: tuple[str, ...] = tuple(name for name, spec in REGISTRY.items() if spec.default)
 
+# Convolutions (the paper's s for them is 0.01–0.001, not the MLP's 0.1).
+CONV_OPS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput",
+                      "Conv3DBackpropInputV2"})
+
 # Ops that only view (cast, reshape) a variable's value on its way to a consumer: looked
 # through, since a forward op linear in the view is linear in θ.
 VIEW_OPS = frozenset({"ReadVariableOp", "Identity", "Cast", "Snapshot", "ExpandDims", "Reshape",
                       "Squeeze", "Transpose"})
+
+# Function calls that the load stage inlines.
+CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 
 # Control flow: θ used inside a function body that is not inlined.
 CONTROL_FLOW_OPS = frozenset({"While", "StatelessWhile", "If", "StatelessIf", "Case",
@@ -152,6 +159,9 @@ WRITE_OP_PREFIXES = ("Assign", "Apply", "SparseApply", "ResourceApply", "Resourc
 VARIABLE_OPS = {"VariableV2": "ref", "Variable": "ref", "VarHandleOp": "resource"}
 
 
+# v1 control flow: a tensor entering a while loop's frame.
+LOOP_ENTRY_OPS = frozenset({"Enter", "RefEnter"})
+
 GATHER_OPS = frozenset({"ResourceGather", "GatherV2", "Gather", "GatherNd", "ResourceGatherNd"})
 ELEMENTWISE_OPS = frozenset({"Mul", "AddV2", "Add", "Sub", "BiasAdd", "RealDiv", "Neg"})
 
@@ -161,6 +171,9 @@ def identity_reason(op: str) -> str:
     if op in CONTROL_FLOW_OPS:
         return (f"θ is used inside a {op} body (control flow): sites there are not rewritten; "
                 "move the layer out of the loop/branch to transform it")
+    if op in LOOP_ENTRY_OPS:
+        return ("θ is used inside a tf.compat.v1.while_loop (it enters the loop frame): sites "
+                "inside loops are not rewritten; move the layer out of the loop to transform it")
     if op in GATHER_OPS:
         return f"{op} is a gather (embedding lookup): θ's rows are selected, not a linear kernel"
     if op in ELEMENTWISE_OPS:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from .errors import one_line
+
 
 @dataclass(frozen=True)
 class SiteReport:
@@ -101,7 +103,7 @@ class Report:
                      f"({_bytes(m.accumulator_bytes)}); for the {m.params:,} trained parameters "
                      f"Adam would hold {_bytes(m.adam_bytes)}, RMSProp {_bytes(m.rmsprop_bytes)}")
         for w in self.warnings:
-            lines.append(f"warning: {w}")
+            lines.append(f"warning: {one_line(w)}")
         return "\n".join(lines)
 
 
@@ -114,6 +116,7 @@ def _bytes(n: int) -> str:
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    rows = [tuple(one_line(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for k, r in enumerate(rows):

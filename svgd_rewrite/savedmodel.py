@@ -25,12 +25,10 @@ from .errors import LoadError, NoGradientsError, OutputError, SVGDRewriteError
 from .exporters import export, parse_formats
 from .load import LoadedStep, load_concrete_function
 from .options import Options
-from .output_dir import check_output_dir, staged_output
+from .output_dir import REPORT_FILE, check_output_dir, staged_output
 from .report import Report
 
 log = logging.getLogger(__name__)
-
-REPORT_FILE = "svgd_report.json"
 
 
 @dataclass
@@ -223,7 +221,7 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
         raise OutputError("OUT_DIR is required" + (" for --export (graphs go to OUT_DIR/graphs)"
                                                    if formats else " (or use --dry-run)"))
     if out_dir is not None:
-        check_output_dir(out_dir, [model_dir], overwrite)
+        out_dir = check_output_dir(out_dir, [model_dir], overwrite)
     obj = load_saved_model(model_dir)
     variables = saved_variables(obj)
     chosen = choose_train_function(obj, function, variables)
@@ -236,8 +234,10 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
     if dry_run:
         if formats:
             with staged_output(out_dir, [model_dir], overwrite) as tmp:
+                with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+                    json.dump(result.to_dict(), f, indent=2, sort_keys=True)
                 result.exported = export(result, tmp, formats)
-            result.out_dir = os.path.abspath(out_dir)
+            result.out_dir = out_dir
         return result
     step = SVGDStep(loaded, rewritten, report)
 
@@ -254,11 +254,14 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
         else:
             signatures[key] = sig
     with staged_output(out_dir, [model_dir], overwrite) as tmp:
-        tf.saved_model.save(root, tmp, signatures=signatures or None)
+        # Keras optimizers' update functions carry custom gradients that cannot be saved.
+        tf.saved_model.save(root, tmp, signatures=signatures or None,
+                            options=tf.saved_model.SaveOptions(
+                                experimental_custom_gradients=False))
         with open(os.path.join(tmp, REPORT_FILE), "w") as f:
             json.dump(result.to_dict(), f, indent=2, sort_keys=True)
         if formats:
             result.exported = export(result, tmp, formats)
-    result.out_dir = os.path.abspath(out_dir)
+    result.out_dir = out_dir
     log.info("wrote %s", result.out_dir)
     return result

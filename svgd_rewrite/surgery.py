@@ -1,16 +1,20 @@
 """Rewrite stage: the GraphDef surgery of the paper's Figure 6 (right), one site at a time.
 
-For each site, with g = ∂J/∂σ' at P's g input::
+For each site, with g = ∂J/∂σ' at P's g input, the transform T (``svgd_transform``, written
+once as TensorFlow code and traced per site) is::
 
-    r_new = ρ·r + (1-ρ)·mean(g ⊙ g)      (float32; the mean over the batch, or over every
-                                          axis but the channel for granularity="channel",
-                                          as ‖g‖² / count: one pass over g)
+    m     = mean(g ⊙ g)                     (float32; over the batch axis, or every axis but
+                                             the channel for granularity="channel")
+    r'    = ρ·r + (1-ρ)·m                   (m divided by the loss scale² under mixed precision)
+    r_new = r' where r' < ∞, else r         (a step with non-finite g leaves r as it was)
     r    ← r_new
-    ĝ    = g · (s·rsqrt(r_new + ε))       (reshaped to broadcast, cast back to g's dtype)
-    P's g input ← ĝ                       (every other consumer of g keeps g)
+    ĝ     = g · (s·rsqrt(r_new + ε))        (reshaped to broadcast, cast back to g's dtype)
+    P's g input ← ĝ                         (every other consumer of g keeps g)
 
-With ``transform="identity"`` ĝ = g and the accumulators are still updated. Accumulators
-enter as resource placeholders ``svgd_rewrite/site_K/accumulator``.
+Every inserted op is compiled by XLA and is a TFLite builtin (``INSERTED_OPS``). The traced
+nodes are renamed into ``svgd_rewrite/site_K/`` (``inserted_name``) and spliced in; the
+placeholder standing for g is replaced by g itself. With ``transform="identity"`` ĝ = g and
+the accumulators are still updated.
 """
 from __future__ import annotations
 
@@ -25,18 +29,50 @@ from .ir import parse_input, tensor_name
 from .load import MARKER_NODE
 from .options import Options
 from .plan import Plan, PlannedSite
+from .validate import check_rewritten_graph
 
 SCOPE = "svgd_rewrite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+# The op types T inserts (besides the accumulator's own variable/placeholder), for the README
+# table and the portability tests: each compiles with XLA and is a TFLite builtin.
+INSERTED_OPS = ("Cast", "Square", "Mean", "Mul", "AddV2", "RealDiv", "Less", "SelectV2",
+                "Rsqrt", "Reshape", "ReadVariableOp", "AssignVariableOp", "Identity", "Const")
+
+# Placeholders of the traced template that the splice replaces by tensors of the graph.
+_G, _LOSS_SCALE = "g", "loss_scale"
+
+
+def inserted_name(site: int, role: str) -> str:
+    """The name of an inserted node: ``role`` is ``accumulator``, ``r``, ``r_new``,
+    ``assign_r``, ``g_hat``, ``initializer`` or ``zeros`` (graph variables)."""
+    return f"{SCOPE}/site_{site}/{role}"
 
 
 @dataclass(frozen=True)
 class Accumulator:
-    """An accumulator r: the placeholder its handle is fed through, and its shape."""
+    """An accumulator r of one site: its variable (or the placeholder its handle is fed
+    through), its shape, and the names of its read, update and (graph variables) initializer."""
 
     placeholder: str
     shape: tuple[int, ...]
     site: int
+
+    @property
+    def read(self) -> str:
+        return inserted_name(self.site, "r") + ":0"
+
+    @property
+    def assign(self) -> str:
+        return inserted_name(self.site, "assign_r")
+
+    @property
+    def initializer(self) -> str:
+        return inserted_name(self.site, "initializer")
+
+    @property
+    def initial_value(self) -> str:
+        return inserted_name(self.site, "zeros") + ":0"
 
 
 @dataclass
@@ -45,155 +81,133 @@ class Rewritten:
     accumulators: list[Accumulator]
 
 
-def _node(name: str, op: str, inputs: list[str], **attrs) -> node_def_pb2.NodeDef:
-    node = node_def_pb2.NodeDef(name=name, op=op)
-    node.input.extend(inputs)
-    for key, value in sorted(attrs.items()):
-        attr = node.attr[key]
-        if isinstance(value, tf.DType):
-            attr.type = value.as_datatype_enum
-        elif isinstance(value, bool):
-            attr.b = value
-        elif isinstance(value, bytes):
-            attr.s = value
-        elif isinstance(value, tf.TensorShape):
-            attr.shape.CopyFrom(value.as_proto())
-        elif isinstance(value, np.ndarray):
-            attr.tensor.CopyFrom(tf.make_tensor_proto(value))
-        else:
-            raise TypeError(f"unsupported attr {key}={value!r}")
-    return node
+def svgd_transform(g: tf.Tensor, r: tf.Tensor, site: PlannedSite, options: Options,
+                   loss_scale: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """T of Algorithm 1 for one site, in graph mode: returns (r_new, ĝ)."""
+    f32, raw = tf.float32, tf.raw_ops
+    g32 = g if site.g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
+    axes = tf.constant(list(site.reduce_axes), tf.int32, name="reduce_axes")
+    mean_sq = raw.Mean(input=raw.Square(x=g32, name="g_squared"), axis=axes, keep_dims=False,
+                       name="mean_g_squared")
+    coef = tf.constant(1.0 - options.rho, f32, name="one_minus_rho")
+    if loss_scale is not None:  # the unscaled gradient's square: divide by scale²
+        coef = raw.RealDiv(x=coef, y=raw.Square(x=loss_scale, name="loss_scale_squared"),
+                           name="coef")
+    r_candidate = raw.AddV2(
+        x=raw.Mul(x=r, y=tf.constant(options.rho, f32, name="rho"), name="r_decayed"),
+        y=raw.Mul(x=mean_sq, y=coef, name="r_fresh"), name="r_candidate")
+    finite = raw.Less(x=r_candidate, y=tf.constant(np.inf, f32, name="infinity"),
+                      name="is_finite")  # False for inf and NaN
+    r_new = raw.SelectV2(condition=finite, t=r_candidate, e=r, name="r_new")
+    if options.transform == "identity":
+        return r_new, raw.Identity(input=g, name="g_hat")
+    factor = raw.Mul(
+        x=raw.Rsqrt(x=raw.AddV2(x=r_new, y=tf.constant(options.epsilon, f32, name="epsilon"),
+                                name="r_plus_epsilon"), name="rsqrt"),
+        y=tf.constant(options.scale, f32, name="scale"), name="factor")
+    if site.broadcast_shape is not None:
+        factor = raw.Reshape(tensor=factor, name="factor_broadcast", shape=tf.constant(
+            list(site.broadcast_shape), tf.int32, name="broadcast_shape"))
+    if site.g_dtype != f32:
+        factor = raw.Cast(x=factor, DstT=site.g_dtype, name="factor_cast")
+    return r_new, raw.Mul(x=g, y=factor, name="g_hat")
 
 
-def _const(name: str, value, dtype) -> node_def_pb2.NodeDef:
-    array = np.asarray(value, dtype=dtype)
-    return _node(name, "Const", [], dtype=tf.as_dtype(array.dtype), value=array)
-
-
-def _accumulator_nodes(p: str, shape: tuple[int, ...], kind: str) -> list[node_def_pb2.NodeDef]:
-    """The accumulator r, its initializer (graph variables) and its read ``p + "r"``.
+def _trace_site(site: PlannedSite, options: Options, kind: str, accumulator: str) -> graph_pb2.GraphDef:
+    """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed).
 
     ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
     (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables.
     """
-    f32, acc = tf.float32, p + "accumulator"
-    if kind == "placeholder":
-        return [_node(acc, "Placeholder", [], dtype=tf.resource, shape=tf.TensorShape([])),
-                _node(p + "r", "ReadVariableOp", [acc], dtype=f32)]
-    zeros = _const(p + "zeros", np.zeros(shape, np.float32), np.float32)
-    if kind == "resource":
-        return [_node(acc, "VarHandleOp", [], dtype=f32, shape=tf.TensorShape(shape),
-                      shared_name=acc.encode(), container=b""), zeros,
-                _node(p + "initializer", "AssignVariableOp", [acc, p + "zeros"], dtype=f32),
-                _node(p + "r", "ReadVariableOp", [acc], dtype=f32)]
-    return [_node(acc, "VariableV2", [], dtype=f32, shape=tf.TensorShape(shape),
-                  shared_name=b"", container=b""), zeros,
-            _node(p + "initializer", "Assign", [acc, p + "zeros"], T=f32, validate_shape=True,
-                  use_locking=True),
-            _node(p + "r", "Identity", [acc], T=f32)]
+    f32, raw = tf.float32, tf.raw_ops
+    graph = tf.Graph()
+    with graph.as_default():
+        if kind == "placeholder":
+            acc = tf.compat.v1.placeholder(tf.resource, (), name="accumulator")
+        elif kind == "resource":
+            acc = raw.VarHandleOp(dtype=f32, shape=site.accumulator_shape,
+                                  shared_name=accumulator, name="accumulator")
+        else:
+            acc = raw.VariableV2(shape=site.accumulator_shape, dtype=f32, name="accumulator")
+        if kind != "placeholder":
+            zeros = tf.constant(np.zeros(site.accumulator_shape, np.float32), name="zeros")
+            if kind == "resource":
+                raw.AssignVariableOp(resource=acc, value=zeros, name="initializer")
+            else:
+                raw.Assign(ref=acc, value=zeros, validate_shape=True, use_locking=True,
+                           name="initializer")
+        r = (raw.Identity(input=acc, name="r") if kind == "ref"
+             else raw.ReadVariableOp(resource=acc, dtype=f32, name="r"))
+        g = tf.compat.v1.placeholder(site.g_dtype, name=_G)
+        scale = (tf.compat.v1.placeholder(f32, (), name=_LOSS_SCALE)
+                 if site.loss_scale is not None else None)
+        r_new, _ = svgd_transform(g, r, site, options, scale)
+        if kind == "ref":
+            raw.Assign(ref=acc, value=r_new, validate_shape=True, use_locking=True,
+                       name="assign_r")
+        else:
+            raw.AssignVariableOp(resource=acc, value=r_new, name="assign_r")
+    return graph.as_graph_def()
 
 
-def _site_nodes(site: PlannedSite, options: Options,
-                kind: str) -> tuple[list[node_def_pb2.NodeDef], str, Accumulator]:
-    """The inserted nodes of one site, and the name of ĝ."""
-    p = f"{SCOPE}/site_{site.index}/"
-    f32 = tf.float32
-    g = tensor_name(site.match.g)
-    nodes = _accumulator_nodes(p, site.accumulator_shape, kind)
-    g32 = g
-    if site.g_dtype != f32:
-        g32 = p + "g_float32"
-        nodes.append(_node(g32, "Cast", [g], SrcT=site.g_dtype, DstT=f32, Truncate=False))
-    # mean(g ⊙ g) in one pass over g: ‖g‖² along the reduced axes over their element count
-    nodes += [
-        _const(p + "reduce_axes", list(site.reduce_axes), np.int32),
-        _node(p + "g_norm", "EuclideanNorm", [g32, p + "reduce_axes"], T=f32, Tidx=tf.int32,
-              keep_dims=False),
-        _node(p + "g_size", "Size", [g32], T=f32, out_type=tf.int32),
-        _node(p + "r_size", "Size", [p + "g_norm"], T=f32, out_type=tf.int32),
-        _node(p + "g_size_float", "Cast", [p + "g_size"], SrcT=tf.int32, DstT=f32,
-              Truncate=False),
-        _node(p + "r_size_float", "Cast", [p + "r_size"], SrcT=tf.int32, DstT=f32,
-              Truncate=False),
-        _node(p + "count", "RealDiv", [p + "g_size_float", p + "r_size_float"], T=f32),
-        _node(p + "sum_g_squared", "Square", [p + "g_norm"], T=f32),
-    ]
-    if site.loss_scale is not None:  # the unscaled gradient's square: divide by scale²
-        nodes += [_node(p + "loss_scale_squared", "Square", [site.loss_scale], T=f32),
-                  _node(p + "count_scaled", "Mul", [p + "count", p + "loss_scale_squared"],
-                        T=f32)]
-    count = p + ("count_scaled" if site.loss_scale is not None else "count")
-    nodes += [
-        _node(p + "mean_g_squared", "RealDiv", [p + "sum_g_squared", count], T=f32),
-        _const(p + "rho", options.rho, np.float32),
-        _const(p + "one_minus_rho", 1.0 - options.rho, np.float32),
-        _node(p + "r_decayed", "Mul", [p + "r", p + "rho"], T=f32),
-        _node(p + "r_fresh", "Mul", [p + "mean_g_squared", p + "one_minus_rho"], T=f32),
-    ]
-    r_new = p + "r_new"
-    if site.guard_finite:  # an overflowing float16 step leaves r as it was
-        nodes += [
-            _node(p + "r_candidate", "AddV2", [p + "r_decayed", p + "r_fresh"], T=f32),
-            _node(p + "is_finite", "IsFinite", [p + "r_candidate"], T=f32),
-            _const(p + "all_axes", list(range(len(site.accumulator_shape))), np.int32),
-            _node(p + "all_finite", "All", [p + "is_finite", p + "all_axes"], Tidx=tf.int32,
-                  keep_dims=False),
-            _node(r_new, "SelectV2", [p + "all_finite", p + "r_candidate", p + "r"], T=f32),
-        ]
-    else:
-        nodes.append(_node(r_new, "AddV2", [p + "r_decayed", p + "r_fresh"], T=f32))
-    if kind == "ref":
-        nodes.append(_node(p + "assign_r", "Assign", [p + "accumulator", r_new], T=f32,
-                           validate_shape=True, use_locking=True))
-    else:
-        nodes.append(_node(p + "assign_r", "AssignVariableOp", [p + "accumulator", r_new],
-                           dtype=f32))
-    if options.transform == "identity":
-        ghat = p + "g_hat"
-        nodes.append(_node(ghat, "Identity", [g], T=site.g_dtype))
-    else:
-        nodes += [
-            _const(p + "epsilon", options.epsilon, np.float32),
-            _node(p + "r_plus_epsilon", "AddV2", [p + "r_new", p + "epsilon"], T=f32),
-            _node(p + "rsqrt", "Rsqrt", [p + "r_plus_epsilon"], T=f32),
-            _const(p + "scale", options.scale, np.float32),
-            _node(p + "factor", "Mul", [p + "rsqrt", p + "scale"], T=f32),
-        ]
-        factor = p + "factor"
-        if site.broadcast_shape is not None:
-            nodes += [
-                _const(p + "broadcast_shape", list(site.broadcast_shape), np.int32),
-                _node(p + "factor_broadcast", "Reshape", [factor, p + "broadcast_shape"],
-                      T=f32, Tshape=tf.int32),
-            ]
-            factor = p + "factor_broadcast"
-        if site.g_dtype != f32:
-            nodes.append(_node(p + "factor_cast", "Cast", [factor], SrcT=f32, DstT=site.g_dtype,
-                               Truncate=False))
-            factor = p + "factor_cast"
-        ghat = p + "g_hat"
-        nodes.append(_node(ghat, "Mul", [g, factor], T=site.g_dtype))
-    acc = Accumulator(placeholder=p + "accumulator", shape=site.accumulator_shape, site=site.index)
-    return nodes, ghat, acc
+def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str) -> list[node_def_pb2.NodeDef]:
+    """Rename the traced nodes into the site's scope and wire g (and the loss scale) in."""
+    prefix = inserted_name(site.index, "")
+    outside = {_G: tensor_name(site.match.g)}
+    if site.loss_scale is not None:
+        outside[_LOSS_SCALE] = site.loss_scale
+
+    def rename(inp: str) -> str:
+        src, port, control = parse_input(inp)
+        if src in outside:
+            return ("^" + outside[src].split(":")[0]) if control else outside[src]
+        return ("^" if control else "") + prefix + tensor_name((src, port))
+
+    nodes = []
+    for node in traced.node:
+        if node.name in outside:
+            continue
+        new = node_def_pb2.NodeDef()
+        new.CopyFrom(node)
+        new.name = prefix + node.name
+        del new.input[:]
+        new.input.extend(rename(i) for i in node.input)
+        if "_class" in new.attr:  # colocation with the accumulator follows its new name
+            located = [b"loc:@" + prefix.encode() + e.removeprefix(b"loc:@")
+                       for e in new.attr["_class"].list.s]
+            del new.attr["_class"].list.s[:]
+            new.attr["_class"].list.s.extend(located)
+        if device:
+            new.device = device
+        nodes.append(new)
+    return nodes
 
 
 def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
                   accumulator_kind: str = "placeholder") -> Rewritten:
-    """Insert every site's accumulator and scaling nodes and reroute P's g input to ĝ."""
+    """Insert every site's accumulator and T, reroute P's g input to ĝ, and validate."""
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     by_name = {n.name: n for n in out.node}
-    accumulators = []
+    accumulators, reroutes = [], []
     for site in plan.sites:
-        nodes, ghat, acc = _site_nodes(site, options, accumulator_kind)
-        out.node.extend(nodes)
+        acc = Accumulator(placeholder=inserted_name(site.index, "accumulator"),
+                          shape=site.accumulator_shape, site=site.index)
+        traced = _trace_site(site, options, accumulator_kind, acc.placeholder)
+        device = by_name[site.match.g[0]].device
+        out.node.extend(_splice(traced, site, device))
         accumulators.append(acc)
         p_node = by_name[site.match.grad_op]
         old = parse_input(p_node.input[site.match.g_slot])
         assert (old[0], old[1]) == site.match.g, "P's g input moved under the rewrite"
+        ghat = inserted_name(site.index, "g_hat")
         p_node.input[site.match.g_slot] = ghat
+        reroutes.append((site.index, site.match.grad_op, site.match.g_slot, ghat))
     marker = json.dumps({"tool": "svgd-rewrite", "format": FORMAT_VERSION,
                          "options": options.to_dict(), "sites": len(plan.sites)}, sort_keys=True)
-    out.node.append(_node(MARKER_NODE, "Const", [], dtype=tf.string,
-                          value=np.array(marker.encode(), dtype=object)))
+    marker_node = out.node.add(name=MARKER_NODE, op="Const")
+    marker_node.attr["dtype"].type = tf.string.as_datatype_enum
+    marker_node.attr["value"].tensor.CopyFrom(
+        tf.make_tensor_proto(np.array(marker.encode(), dtype=object)))
+    check_rewritten_graph(out, reroutes)
     return Rewritten(graph_def=out, accumulators=accumulators)

@@ -120,12 +120,17 @@ class Oracle:
     def __init__(self, spec: ModelSpec, params: dict[str, tf.Variable],
                  state: dict[str, tf.Variable], *, learning_rate: float, scale: float = 0.1,
                  rho: float = 0.9, epsilon: float = 1e-6, granularity: str = "full",
-                 kinds=("MatMul", "Conv2D"), transform: str = "svgd", dtype=tf.float32):
+                 kinds=("MatMul", "Conv2D"), transform: str = "svgd", dtype=tf.float32,
+                 optimizer=None, loss_scale: float | None = None):
+        """``optimizer``: a Keras optimizer fed the virtual gradients (default: plain SGD at
+        ``learning_rate``); a ``LossScaleOptimizer`` is given the scaled gradients.
+        ``loss_scale``: the float16 loss scale (default: the fixtures' static one)."""
         self.spec, self.params, self.state = spec, params, state
         self.lr, self.s, self.rho, self.eps = learning_rate, scale, rho, epsilon
         self.granularity, self.kinds, self.transform = granularity, set(kinds), transform
         self.dtype = tf.as_dtype(dtype)
-        self.loss_scale = LOSS_SCALE if self.dtype == tf.float16 else 1.0
+        self.loss_scale = (loss_scale or LOSS_SCALE) if self.dtype == tf.float16 else 1.0
+        self.optimizer = optimizer
         self.accumulators: list[tf.Tensor] | None = None
         self.site_params: list[str] = []
 
@@ -138,7 +143,9 @@ class Oracle:
             loss = loss_fn(self.spec, logits, y, self.params)
             scaled = loss * self.loss_scale
         sites = ops.sites
-        grads = tape.gradient(scaled, [s.output for s in sites] + [self.params[k] for k in names])
+        sources = [v if isinstance(v, tf.Variable) else v.value  # a Keras variable's tf.Variable
+                   for v in (self.params[k] for k in names)]
+        grads = tape.gradient(scaled, [s.output for s in sites] + sources)
         total = {k: (g if g is not None else tf.zeros_like(self.params[k]))
                  for k, g in zip(names, grads[len(sites):])}
         if self.accumulators is None:
@@ -166,6 +173,11 @@ class Oracle:
                 out = site.recompute(w)
             vjp = vjp_tape.gradient(out, w, output_gradients=g_hat)
             total[site.param] = total[site.param] + tf.cast(vjp, tf.float32)
+        if self.optimizer is not None:
+            unscale = 1.0 if hasattr(self.optimizer, "scale_loss") else self.loss_scale
+            self.optimizer.apply_gradients(
+                [(total[k] / unscale, self.params[k]) for k in names])
+            return float(loss)
         for k in names:
             self.params[k].assign_sub(self.lr * total[k] / self.loss_scale)
         return float(loss)

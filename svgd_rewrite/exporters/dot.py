@@ -9,6 +9,7 @@ from collections import Counter
 
 import networkx as nx
 
+from ..errors import one_line
 from ..ir import GraphIR, parse_input
 from ..report import SiteReport
 from ..surgery import SCOPE
@@ -21,15 +22,17 @@ MAX_OVERVIEW_NODES = 60  # the overview collapses name scopes until it has at mo
 
 
 def _q(s: str) -> str:
-    """A DOT string; ``\\n`` in ``s`` stays a DOT line break."""
-    return '"' + s.replace('"', '\\"') + '"'
+    """A DOT quoted string per the DOT grammar: backslashes and quotes escaped, a newline in
+    ``s`` becomes a DOT line break, other control characters are dropped."""
+    s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + "".join(c for c in s if c.isprintable()) + '"'
 
 
 def _label(graph: nx.MultiDiGraph, name: str) -> str:
     d = graph.nodes[name]
     short = name if len(name) <= 40 else "…" + name[-39:]
-    shape = f"\\n{d['dtype']} {d['shape']}" if d.get("dtype") else ""
-    return f"{d['op']}\\n{short}{shape}"
+    shape = f"\n{d['dtype']} {d['shape']}" if d.get("dtype") else ""
+    return f"{d['op']}\n{one_line(short)}{shape}"
 
 
 def _site_nodes(ir: GraphIR, site: SiteReport) -> dict[str, str]:
@@ -132,7 +135,7 @@ def overview_dot(graph: nx.MultiDiGraph, max_nodes: int = MAX_OVERVIEW_NODES) ->
     for scope, count in sorted(sizes.items()):
         color = COLORS["inserted"] if scope in inserted else (
             COLORS["site"] if scope in marked else COLORS["other"])
-        label = _q(scope + "\\n" + f"{count} nodes")
+        label = _q(one_line(scope) + "\n" + f"{count} nodes")
         lines.append(f'  {_q(scope)} [label={label}, fillcolor="{color}"];')
     for (u, v), count in sorted(edges.items()):
         lines.append(f"  {_q(u)} -> {_q(v)} [label=\"{count}\"];")

@@ -1,0 +1,78 @@
+"""Graph validation: input graphs before the analysis, rewritten graphs after the surgery.
+
+An input graph that TensorFlow itself cannot import is bad input (``LoadError``: exit 2).
+A rewritten graph that fails validation is a bug of the surgery (``SurgeryError``: exit 1,
+with the site named), and nothing is written.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from .errors import LoadError, SurgeryError, one_line
+from .ir import parse_input
+
+_IMPORT_ERRORS = (ValueError, TypeError, KeyError, IndexError, tf.errors.OpError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return one_line(text.splitlines()[0][:240] if text else type(e).__name__)
+
+
+def _dangling(graph_def: graph_pb2.GraphDef) -> str | None:
+    """The first input that names no node or a malformed port, as a message; None if none."""
+    names = {n.name for n in graph_def.node}
+    for node in graph_def.node:
+        for inp in node.input:
+            try:
+                src, port, _ = parse_input(inp)
+            except ValueError:
+                return f"node {node.name!r} has a malformed input {inp!r}"
+            if src not in names:
+                return f"node {node.name!r} reads missing node {src!r}"
+            if port < -1:
+                return f"node {node.name!r} has a malformed input {inp!r}"
+    return None
+
+
+def _import(graph_def: graph_pb2.GraphDef) -> None:
+    with tf.Graph().as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+
+
+def check_input_graph(graph_def: graph_pb2.GraphDef, what: str) -> None:
+    """Refuse (``LoadError``) a GraphDef that names missing nodes or that TensorFlow cannot
+    import (unknown ops, missing attributes, wrong input counts, cycles, missing functions)."""
+    problem = _dangling(graph_def)
+    if problem is None:
+        try:
+            _import(graph_def)
+        except _IMPORT_ERRORS as e:
+            problem = _first_line(e)
+    if problem is not None:
+        raise LoadError(f"{one_line(what)} is not a valid TensorFlow graph ({one_line(problem)}): "
+                        "export the graph again")
+
+
+def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
+                          reroutes: Iterable[tuple[int, str, int, str]]) -> None:
+    """After surgery: no dangling input, every P reads its ĝ, and the graph imports.
+
+    ``reroutes``: (site index, P's name, P's g slot, ĝ's tensor name) per site.
+    """
+    problem = _dangling(graph_def)
+    if problem is not None:
+        raise SurgeryError(f"the rewritten graph is broken: {problem}")
+    by_name = {n.name: n for n in graph_def.node}
+    for index, p_name, slot, ghat in reroutes:
+        p = by_name.get(p_name)
+        if p is None or slot >= len(p.input) or p.input[slot] != ghat:
+            raise SurgeryError(f"site {index}: the gradient op {p_name!r} does not read ĝ "
+                               f"({ghat}) at input {slot} after the surgery")
+    try:
+        _import(graph_def)
+    except _IMPORT_ERRORS as e:
+        raise SurgeryError(f"the rewritten graph does not import: {_first_line(e)}") from None
