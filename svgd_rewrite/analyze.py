@@ -335,7 +335,7 @@ def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lamb
     found: list[Match] = []
     for grad in spec.grad_ops:
         if x is not None:
-            pool = [(n, s) for a in ir.aliases(x) for n, s in ir.consumers(a) if ir.op(n) == grad.op]
+            pool = ir.consumers_of_op(x, grad.op)
         else:
             pool = [(n, None) for n in ir.nodes_of_op(grad.op)]
         for d, x_at in pool:

@@ -105,7 +105,8 @@ class SVGDStep(tf.Module):
         self.accumulator_placeholders = {a.placeholder: a.shape for a in rewritten.accumulators}
         self._wiring = _Wiring(loaded, rewritten)
         self.function = tf.function(_with_parameters(self._run, loaded),
-                                    input_signature=loaded.input_signature, autograph=False)
+                                    input_signature=loaded.input_signature, autograph=False,
+                                    jit_compile=loaded.jit_compile)
 
     def __call__(self, *args) -> Any:
         return self.function(*args)

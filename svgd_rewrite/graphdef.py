@@ -292,6 +292,20 @@ def _meta_with_accumulators(meta, result: GraphDefResult):
     return out
 
 
+def _check_meta_graph(meta, path: str) -> None:
+    """Refuse a MetaGraph whose graph or collections TensorFlow cannot import."""
+    from google.protobuf.message import DecodeError
+
+    check_input_graph(meta.graph_def, path)
+    try:
+        with tf.Graph().as_default():
+            tf.compat.v1.train.import_meta_graph(meta, clear_devices=True)
+    except (ValueError, TypeError, KeyError, IndexError, DecodeError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LoadError(f"{one_line(path)} is not a valid MetaGraph ({one_line(first)}): export "
+                        "it again") from None
+
+
 def _write_checkpoint_state(out_dir: str, name: str) -> None:
     """The ``checkpoint`` state file naming ``name`` relative to ``out_dir`` (as ``Saver``
     writes it), so that ``tf.train.latest_checkpoint`` resolves wherever OUT_DIR moves."""
@@ -361,6 +375,8 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
         out_dir = check_output_dir(out_dir, [model_path], overwrite)
     fmt, proto = read_graph_file(model_path)
     graph = proto.graph_def if fmt == "meta" else proto
+    if fmt == "meta":
+        _check_meta_graph(proto, model_path)
     trainable = _trainable_from_meta(proto) if fmt == "meta" else None
     result = rewrite_graph_def(graph, train_op=train_op, trainable=trainable, what=model_path,
                                **options)

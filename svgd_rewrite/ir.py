@@ -50,6 +50,8 @@ class GraphIR:
         self._ports_of: dict[str, set[int]] = {}
         self._by_op: dict[str, list[str]] | None = None
         self._topo: list[str] | None = None
+        self._aliases: dict[Tensor, list[Tensor]] = {}
+        self._consumers_of_op: dict[tuple[Tensor, str], list[tuple[str, int]]] = {}
         for i, node in enumerate(graph_def.node):
             self.g.add_node(node.name, node=node)
             self.order[node.name] = i
@@ -205,7 +207,10 @@ class GraphIR:
         """``t`` and the tensors that pass it on unchanged (``Identity``, ``IdentityN`` port k).
 
         Inlined function calls turn arguments and results into such pass-through ops.
+        Memoized: sibling layers share their input's (possibly large) alias tree.
         """
+        if t in self._aliases:
+            return self._aliases[t]
         out, queue, seen = [], deque([t]), set()
         while queue:
             cur = queue.popleft()
@@ -219,7 +224,17 @@ class GraphIR:
                     queue.append((dst, 0))
                 elif op == "IdentityN":
                     queue.append((dst, slot))
+        self._aliases[t] = out
         return out
+
+    def consumers_of_op(self, t: Tensor, op: str) -> list[tuple[str, int]]:
+        """(node, slot) pairs of op type ``op`` that read ``t`` or one of its aliases
+        (memoized per tensor and op type)."""
+        key = (t, op)
+        if key not in self._consumers_of_op:
+            self._consumers_of_op[key] = [(n, s) for a in self.aliases(t)
+                                          for n, s in self.consumers(a) if self.op(n) == op]
+        return self._consumers_of_op[key]
 
     def canonical(self, t: Tensor) -> Tensor:
         """Follow ``t`` back through pass-through ops to the tensor that produced its value."""

@@ -45,6 +45,7 @@ class LoadedStep:
     variables: dict[str, VariableInfo] = field(default_factory=dict)
     variable_objects: dict[str, tf.Variable] = field(default_factory=dict)
     train_scope: frozenset[str] | None = None  # TF1 graphs: the train op and its ancestors
+    jit_compile: bool | None = None  # the step was declared with jit_compile=True
 
 
 def is_rewritten(graph_def: graph_pb2.GraphDef) -> bool:
@@ -115,6 +116,8 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
             objects[name] = v
 
     out_tensors = [t.name for t in cf.outputs]
+    xla = cf.function_def.attr.get("_XlaMustCompile")
+    jit_compile = True if xla is not None and xla.b else None
     flat_graph = inline_calls(graph_def)
     return LoadedStep(
         graph_def=flat_graph,
@@ -127,6 +130,7 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
         captures=capture_pairs,
         variables=infos,
         variable_objects=objects,
+        jit_compile=jit_compile,
     )
 
 

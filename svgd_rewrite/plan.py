@@ -1,7 +1,7 @@
 """Plan stage: apply the options to the analysis; fix each site's accumulator shape and axes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -33,6 +33,7 @@ class PlannedSite:
 class Plan:
     sites: list[PlannedSite]
     report: Report
+    tensor_types: dict = field(default_factory=dict)  # "node:port" -> (dtype, static shape)
 
 
 def _shape_list(shape: tf.TensorShape) -> list[int | None] | None:
@@ -143,7 +144,7 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
                         "the loss goes NaN, lower the scale")
     report = Report(sites=site_reports, skipped=skipped, memory=memory,
                     options=options.to_dict(), warnings=warnings)
-    return Plan(sites=sites, report=report)
+    return Plan(sites=sites, report=report, tensor_types=analysis.shapes)
 
 
 def require_sites(plan: Plan) -> Plan:

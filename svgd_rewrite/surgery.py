@@ -117,8 +117,22 @@ def _trace_site(site: PlannedSite, options: Options, kind: str, accumulator: str
     """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed).
 
     ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
-    (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables.
+    (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables. Sites with
+    the same geometry share one trace.
     """
+    key = (site.g_dtype, site.reduce_axes, site.broadcast_shape, site.loss_scale is not None,
+           options, kind) + ((site.accumulator_shape, accumulator) if kind != "placeholder" else ())
+    if key not in _TRACES:
+        if len(_TRACES) >= 512:
+            _TRACES.clear()
+        _TRACES[key] = _trace(site, options, kind, accumulator)
+    return _TRACES[key]
+
+
+_TRACES: dict[tuple, graph_pb2.GraphDef] = {}
+
+
+def _trace(site: PlannedSite, options: Options, kind: str, accumulator: str) -> graph_pb2.GraphDef:
     f32, raw = tf.float32, tf.raw_ops
     graph = tf.Graph()
     with graph.as_default():
@@ -209,5 +223,5 @@ def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
     marker_node.attr["dtype"].type = tf.string.as_datatype_enum
     marker_node.attr["value"].tensor.CopyFrom(
         tf.make_tensor_proto(np.array(marker.encode(), dtype=object)))
-    check_rewritten_graph(out, reroutes)
+    check_rewritten_graph(out, reroutes, SCOPE + "/", plan.tensor_types)
     return Rewritten(graph_def=out, accumulators=accumulators)

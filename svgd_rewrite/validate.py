@@ -57,12 +57,48 @@ def check_input_graph(graph_def: graph_pb2.GraphDef, what: str) -> None:
                         "export the graph again")
 
 
-def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
-                          reroutes: Iterable[tuple[int, str, int, str]]) -> None:
-    """After surgery: no dangling input, every P reads its ĝ, and the graph imports.
+def _local_graph(graph_def: graph_pb2.GraphDef, members: set[str],
+                 types: dict[str, tuple[tf.DType, tf.TensorShape]]) -> graph_pb2.GraphDef:
+    """The ``members`` nodes with every tensor they read from outside fed by a placeholder of
+    that tensor's dtype and shape (control inputs from outside dropped)."""
+    local = graph_pb2.GraphDef()
+    local.versions.CopyFrom(graph_def.versions)
+    fed: dict[str, str] = {}
+    for node in graph_def.node:
+        if node.name not in members:
+            continue
+        new = local.node.add()
+        new.CopyFrom(node)
+        del new.input[:]
+        for inp in node.input:
+            src, port, control = parse_input(inp)
+            if src in members:
+                new.input.append(inp)
+                continue
+            if control:
+                continue
+            key = f"{src}:{port}"
+            if key not in fed:
+                fed[key] = f"svgd_validate/fed_{len(fed)}"
+                dtype, shape = types[key]
+                ph = local.node.add(name=fed[key], op="Placeholder")
+                ph.attr["dtype"].type = dtype.as_datatype_enum
+                ph.attr["shape"].shape.CopyFrom(shape.as_proto())
+            new.input.append(fed[key])
+    return local
 
-    ``reroutes``: (site index, P's name, P's g slot, ĝ's tensor name) per site.
+
+def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
+                          reroutes: Iterable[tuple[int, str, int, str]], inserted_prefix: str,
+                          types: dict[str, tuple[tf.DType, tf.TensorShape]]) -> None:
+    """After surgery: no dangling input, every P reads its ĝ, and the inserted nodes with the
+    P ops import into a scratch graph (dtypes, shapes and attributes checked by TensorFlow)
+    with the tensors they read from the rest of the graph fed at their inferred types.
+
+    ``reroutes``: (site index, P's name, P's g slot, ĝ's tensor name) per site; ``types``:
+    dtype and static shape of the original graph's tensors (``"node:port"``).
     """
+    reroutes = list(reroutes)
     problem = _dangling(graph_def)
     if problem is not None:
         raise SurgeryError(f"the rewritten graph is broken: {problem}")
@@ -72,7 +108,9 @@ def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
         if p is None or slot >= len(p.input) or p.input[slot] != ghat:
             raise SurgeryError(f"site {index}: the gradient op {p_name!r} does not read ĝ "
                                f"({ghat}) at input {slot} after the surgery")
+    members = {n.name for n in graph_def.node if n.name.startswith(inserted_prefix)}
+    members |= {p for _, p, _, _ in reroutes}
     try:
-        _import(graph_def)
+        _import(_local_graph(graph_def, members, types))
     except _IMPORT_ERRORS as e:
         raise SurgeryError(f"the rewritten graph does not import: {_first_line(e)}") from None
