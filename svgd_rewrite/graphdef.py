@@ -80,24 +80,62 @@ class _Writes:
 
     updates: dict[str, list[str]]  # variable -> writes whose value depends on a variable
     initializers: set[str]  # writes from constants (not from a Saver's restore op)
+    trained: dict[str, list[str]]  # variable -> updates that apply a gradient to it
+
+
+# Where a training graph's data comes from: a gradient depends on one of these.
+DATA_SOURCE_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "IteratorGetNext",
+                             "IteratorGetNextSync", "IteratorGetNextAsOptional"})
+
+
+def _handle_slots(ir: GraphIR, placeholder: str) -> dict[str, set[int]]:
+    """For each op reading the variable's handle (through ``Identity``), the input slots."""
+    out: dict[str, set[int]] = {}
+    stack, seen = [(placeholder, 0)], set()
+    while stack:
+        h = stack.pop()
+        if h in seen:
+            continue
+        seen.add(h)
+        for node, slot in ir.consumers(h):
+            if ir.op(node) == "Identity":
+                stack.append((node, 0))
+            else:
+                out.setdefault(node, set()).add(slot)
+    return out
 
 
 def _classify_writes(ir: GraphIR, variables: dict[str, VariableInfo]) -> _Writes:
+    """Updates vs initializers, and which updates train their variable: a fused optimizer op
+    (``ApplyMomentum``, ``ResourceApplyAdam``, ...) trains the variable of its first input (the
+    others are its slots); any other write trains its variable when its value depends on the
+    data (a gradient does; Adam's β-power updates, say, do not)."""
     sources = {p: 0 for p in variables}  # bit 0: depends on a variable
     sources.update({n: 1 for n in ir.order if ir.op(n).startswith("Restore")})  # bit 1
+    sources.update({n: 2 for n in ir.order if ir.op(n) in DATA_SOURCE_OPS  # bit 2: on data
+                    and ir.node(n).attr["dtype"].type != tf.resource.as_datatype_enum})
     reach = ir.reach_bits(sources)
     updates: dict[str, list[str]] = {}
+    trained: dict[str, list[str]] = {}
     initializers: set[str] = set()
     for p in variables:
+        slots = _handle_slots(ir, p)
         for w in variable_uses(ir, p)[0]:
             bits = 0
             for t in ir.data_inputs(w)[1:]:
                 bits |= ir.bits_of(reach, t)
             if bits & 1:
                 updates.setdefault(p, []).append(w)
+                fused = ir.op(w).startswith(FUSED_APPLY_PREFIXES)
+                if (0 in slots.get(w, ())) if fused else bool(bits & 4):
+                    trained.setdefault(p, []).append(w)
             elif not bits & 2:
                 initializers.add(w)
-    return _Writes(updates, initializers)
+    return _Writes(updates, initializers, trained)
+
+
+# Fused optimizer ops: input 0 is the trained variable, other variable inputs are its state.
+FUSED_APPLY_PREFIXES = ("Apply", "SparseApply", "ResourceApply", "ResourceSparseApply")
 
 
 def find_train_op(ir: GraphIR, updates: dict[str, list[str]], train_op: str | None) -> str:
@@ -159,9 +197,10 @@ def load_graph_def(graph_def: graph_pb2.GraphDef, train_op: str | None = None,
     updates = writes.updates
     train = find_train_op(ir, updates, train_op)
     scope = frozenset(nx.ancestors(ir.g, train) | {train})
-    if trainable is None:  # the floating-point variables the train op updates
+    if trainable is None:  # the floating-point variables the train op applies gradients to
         variables = {p: VariableInfo(v.placeholder, v.name, v.shape, v.dtype,
-                                     v.trainable and any(w in scope for w in updates.get(p, ())))
+                                     v.trainable and any(w in scope
+                                                         for w in writes.trained.get(p, ())))
                      for p, v in variables.items()}
     kinds = sorted({VARIABLE_OPS[ir.op(p)] for p in variables})
     kind = "resource" if "resource" in kinds else "ref"

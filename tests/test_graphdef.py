@@ -172,3 +172,78 @@ def test_rewriting_a_rewritten_graph_is_refused():
     result = rewrite_graph_def(g.graph.as_graph_def())
     with pytest.raises(svgd_rewrite.AlreadyRewrittenError):
         rewrite_graph_def(result.graph_def)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_tf1_stateful_optimizers_match_oracle(optimizer):
+    """TF1 MomentumOptimizer / AdamOptimizer (fused ApplyMomentum / ApplyAdam): the oracle feeds
+    the virtual gradients to the Keras optimizer with the same update rule."""
+    import keras
+
+    g = tf1_graphs.build("mlp_l1", seed=4, optimizer=optimizer)
+    result = rewrite_graph_def(g.graph.as_graph_def())
+    assert [s.variable for s in result.report.sites] == ["w0", "w1", "w2"]
+    assert result.report.memory.params == sum(
+        int(np.prod(v.shape)) for v in make_module("mlp_l1").params.values())
+    warning = next(w for w in result.report.warnings if "optimizer with state" in w)
+    assert ("Momentum" if optimizer == "momentum" else "Adam") in warning
+    reference = make_module("mlp_l1", seed=4, lr=LR)
+    keras_opt = (keras.optimizers.SGD(LR, momentum=0.9) if optimizer == "momentum"
+                 else keras.optimizers.Adam(LR, epsilon=1e-7))
+    batches = _batches(reference.spec, 4)
+    snaps, accs = _run_session(result.graph_def, g, result.train_op, batches,
+                               result.accumulator_reads)
+    oracle = Oracle(reference.spec, reference.params, reference.state, learning_rate=LR,
+                    optimizer=keras_opt)
+    for i, (x, y) in enumerate(batches):
+        oracle.step(tf.constant(x), tf.constant(y))
+        assert_close(snaps[i], {k: v.numpy() for k, v in reference.params.items()},
+                     1e-5 if i == 0 else 1e-4, f"step {i}")
+    assert_close(dict(enumerate(accs)), {i: a.numpy() for i, a in enumerate(oracle.accumulators)},
+                 1e-4, "accumulators")
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_tf1_formats_count_the_same_parameters(tmp_path, optimizer):
+    """.pb, .pbtxt and .meta of one graph: the same trained parameters (slots are state, not
+    parameters) and the same warnings."""
+    from svgd_rewrite.graphdef import rewrite_graph_file
+
+    g = tf1_graphs.build("mlp_l1", optimizer=optimizer)
+    with g.graph.as_default(), tf.compat.v1.Session() as sess:
+        sess.run(g.init_op)
+        tf.compat.v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
+        gd = g.graph.as_graph_def()
+    tf.io.write_graph(gd, str(tmp_path), "model.pb", as_text=False)
+    tf.io.write_graph(gd, str(tmp_path), "model.pbtxt", as_text=True)
+    reports = [rewrite_graph_file(str(tmp_path / name), None, options={}, dry_run=True).report
+               for name in ("model.pb", "model.pbtxt", "model.ckpt.meta")]
+    params = sum(int(np.prod(v.shape)) for v in make_module("mlp_l1").params.values())
+    assert [r.memory.params for r in reports] == [params] * 3
+    assert reports[0].warnings == reports[1].warnings == reports[2].warnings
+    assert any("optimizer with state" in w for w in reports[0].warnings)
+
+
+def test_meta_checkpoint_state_resolves_after_a_move(tmp_path):
+    """``tf.train.latest_checkpoint(OUT)`` names a checkpoint inside OUT, also after ``mv``;
+    restoring it gives the original values and zero accumulators."""
+    from svgd_rewrite.graphdef import rewrite_graph_file
+
+    g = tf1_graphs.build("mlp_l1", optimizer="momentum")
+    with g.graph.as_default(), tf.compat.v1.Session() as sess:
+        sess.run(g.init_op)
+        tf.compat.v1.train.Saver().save(sess, str(tmp_path / "in" / "model.ckpt"))
+        original = {k: sess.run(v) for k, v in g.params.items()}
+    result = rewrite_graph_file(str(tmp_path / "in" / "model.ckpt.meta"), str(tmp_path / "out"),
+                                options={})
+    os.rename(tmp_path / "out", tmp_path / "moved")
+    latest = tf.train.latest_checkpoint(str(tmp_path / "moved"))
+    assert latest is not None and latest.startswith(str(tmp_path / "moved"))
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        saver = tf.compat.v1.train.import_meta_graph(latest + ".meta")
+        saver.restore(sess, latest)
+        for k, v in g.params.items():
+            np.testing.assert_array_equal(sess.run(v), original[k])
+        for read in result.accumulator_reads:
+            assert not np.any(sess.run(read))
