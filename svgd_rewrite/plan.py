@@ -122,7 +122,9 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
         adam_bytes=2 * param_bytes, rmsprop_bytes=param_bytes)
     if any(s.loss_scale for s in sites):
         warnings.append(f"mixed precision: accumulators square g / {analysis.loss_scale_variable}"
-                        " (the loss scale) and keep their value on steps with non-finite g")
+                        " (the loss scale) and keep their value on steps with non-finite g; a "
+                        "dynamic loss scale skips the first steps while it halves to fit the "
+                        "normalized virtual gradients (about s·scale per element)")
     elif any(s.g_dtype == tf.float16 for s in sites):
         warnings.append("float16 gradients but no loss-scale variable was found: accumulators "
                         "square g as it is")
@@ -132,7 +134,7 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
             + ", ".join(analysis.stateful_optimizer_vars[:6])
             + (", ..." if len(analysis.stateful_optimizer_vars) > 6 else "")
             + "); SVGD as in the paper is plain SGD on virtual gradients")
-    lost = [k for k in skipped if k.op in REGISTRY and "is not in ops" not in k.reason]
+    lost = [k for k in skipped if k.op in options.ops and "is not in ops" not in k.reason]
     if lost:
         warnings.append(f"{len(lost)} node(s) of registry ops were not transformed ("
                         + ", ".join(f"{k.node} on {k.variable}" for k in lost[:4])

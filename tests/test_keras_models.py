@@ -169,3 +169,30 @@ def test_shared_layer_called_twice_gives_two_sites():
     assert variables.count(shared.kernel.path) == 2 and len(variables) == 3
     x = tf.random.normal([5, 6])
     assert np.isfinite(float(svgd(x, x[:, ::-1], tf.constant([0, 1, 0, 1, 0]))))
+
+
+@pytest.mark.slow
+def test_resnet50_mixed_float16_every_kernel_is_a_site_and_loss_falls():
+    """keras.applications.ResNet50 (weights=None, 32×32, batch 4) under mixed_float16 with
+    LossScaleOptimizer: the sibling convolutions that read one input (each stage's shortcut and
+    first conv) are told apart by their own gradient, so every kernel is a site."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10)
+        opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05, momentum=0.9))
+        step = svgd_rewrite.rewrite(keras_models.train_step(model, opt, l1=0, batch=4),
+                                    scale=0.01)
+        assert len(step.report.sites) == _kernel_count(model) == 54
+        assert not any("not transformed" in w for w in step.report.warnings)
+        rng = np.random.default_rng(1)
+        x = tf.constant(rng.normal(size=(4, 32, 32, 3)).astype(np.float32))
+        y = tf.constant([0, 1, 2, 3], tf.int32)
+        losses = [float(step(x, y)) for _ in range(30)]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # The dynamic loss scale starts at 2**15: the normalized virtual gradients (about s·scale
+    # per element, summed over batch and positions by P) overflow float16 until it has halved
+    # enough, so LossScaleOptimizer skips those steps (the repeated losses), then training moves.
+    assert all(np.isfinite(losses)) and losses[0] > 2.2
+    assert np.mean(losses[-5:]) < 0.9 * losses[0], losses

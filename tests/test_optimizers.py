@@ -115,3 +115,26 @@ def test_report_hints_at_the_scale_for_convolutions():
     assert any("s = 0.01" in w for w in step.report.warnings)
     step = svgd_rewrite.rewrite(make_module("small_cnn").train, scale=0.01)
     assert not any("s = 0.01" in w for w in step.report.warnings)
+
+
+@pytest.mark.slow
+def test_tf_keras_optimizers_in_a_legacy_keras_process():
+    """tf.keras (Keras 2) new and legacy optimizers, in a subprocess with TF_USE_LEGACY_KERAS=1
+    (it must not leak into this process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tf_keras")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, os.path.join(here, "scripts", "tf_keras_optimizers.py")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(results) == ["adam", "legacy_adam", "legacy_momentum", "legacy_sgd",
+                               "momentum", "sgd"]
+    for name, r in results.items():
+        assert r["sites"] == 4, name
+        assert r["errors"][0] <= RTOL_FIRST and max(r["errors"]) <= RTOL_LATER, (name, r)
