@@ -181,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("MODEL_DIR is required")
         if args.out_dir is None and not args.dry_run:
             parser.error("OUT_DIR is required (or pass --dry-run)")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    # Without -v only errors are logged: TensorFlow's warnings (e.g. about custom gradients
+    # of a restored function) are not the user's problem.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format=f"{PROG}: %(message)s")
     try:
         return _run(args, sys.stdout)

@@ -247,6 +247,9 @@ def test_overwrite_replaces_out_dir(models, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    # --overwrite replaces only a previous svgd-rewrite output (DESIGN.md §5, "Trust")
+    run_cli(models["small_cnn"], out, "--overwrite", "-q", check_rc=2)
+    (out / "svgd_report.json").write_text("{}")
     run_cli(models["small_cnn"], out, "--overwrite", "-q", check_rc=0)
     assert not (out / "old.txt").exists() and (out / "saved_model.pb").exists()
     assert not [p for p in os.listdir(tmp_path) if ".svgd-" in p]
@@ -270,3 +273,21 @@ def test_export_with_the_rewrite_and_with_dry_run(models, tmp_path):
     assert sorted(os.listdir(dry)) == ["graphs"]  # pictures of what would be rewired, no model
     assert len(os.listdir(dry / "graphs" / "svg")) == 2 * 4 + 1
     assert run_cli(models["small_cnn"], "--dry-run", "--export", "svg").returncode == 2
+
+
+def test_keras_adam_train_function_saved_model(tmp_path):
+    """A SavedModel whose ``train`` applies a Keras 3 Adam: exit 0; a fresh process loads the
+    output, trains 3 steps (finite, falling loss) and ``infer`` is unchanged."""
+    import keras
+
+    build("mlp_l1", str(tmp_path / "in"), optimizer=keras.optimizers.Adam(0.01))
+    proc = run_cli(tmp_path / "in", tmp_path / "out", check_rc=0)
+    assert "optimizer with state" in proc.stdout and proc.stderr == ""
+    data_path, _ = _batches("mlp_l1", tmp_path, 3)
+    run_script(tmp_path / "out", data_path, 3, tmp_path / "res.npz")
+    losses = np.load(tmp_path / "res.npz")["losses"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    run_script(tmp_path / "in", data_path, 0, tmp_path / "a.npz", "--infer-only")
+    run_script(tmp_path / "out", data_path, 0, tmp_path / "b.npz", "--infer-only")
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    np.testing.assert_array_equal(a["logits"], b["logits"])
