@@ -8,7 +8,7 @@ op (variable updates, accumulator assigns) run, in the original order.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
@@ -80,6 +80,15 @@ def _with_parameters(run, loaded: LoadedStep):
     return step
 
 
+def _zeros_variable(shape: tuple[int, ...], name: str) -> tf.Variable:
+    return tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name=name)
+
+
+def _handle(variable) -> tf.Tensor:
+    """The resource handle of a ``tf.Variable`` or of a Keras variable."""
+    return variable.handle if isinstance(variable, tf.Variable) else variable.value.handle
+
+
 class SVGDStep(tf.Module):
     """A training step rewritten to train with virtual gradients.
 
@@ -89,14 +98,14 @@ class SVGDStep(tf.Module):
     """
 
     def __init__(self, loaded: LoadedStep, rewritten: Rewritten, report: Report,
-                 name: str = "svgd_step"):
+                 name: str = "svgd_step", make_accumulator: Callable | None = None):
+        """``make_accumulator(shape, name)`` creates each accumulator (default: a float32
+        ``tf.Variable`` of zeros); Keras passes its optimizer's ``add_variable``."""
         super().__init__(name=name)
-        with self.name_scope:
-            self.accumulators = [
-                tf.Variable(tf.zeros(a.shape, tf.float32), trainable=False,
-                            name=f"svgd_accumulator_{a.site}")
-                for a in rewritten.accumulators
-            ]
+        make = make_accumulator or _zeros_variable
+        with self.name_scope, tf.init_scope():
+            self.accumulators = [make(a.shape, f"svgd_accumulator_{a.site}")
+                                 for a in rewritten.accumulators]
         self.step_variables = [loaded.variable_objects[p] for p in sorted(loaded.variable_objects)]
         self.report = report
         self.graph_def = rewritten.graph_def
@@ -120,7 +129,7 @@ class SVGDStep(tf.Module):
         for name, external in w.captures:
             input_map[f"{name}:0"] = capture(external)
         for name, acc in zip(w.accumulator_placeholders, self.accumulators):
-            input_map[f"{name}:0"] = capture(acc.handle)
+            input_map[f"{name}:0"] = capture(_handle(acc))
         outs = tf.graph_util.import_graph_def(
             w.import_graph_def, input_map=input_map, return_elements=w.output_tensors,
             name=IMPORT_SCOPE)

@@ -1,0 +1,211 @@
+"""Keras ``compile()`` / ``fit()``: train with virtual gradients in the loop most users have.
+
+``enable(model)`` replaces the step that ``fit`` and ``train_on_batch`` run by its SVGD
+rewrite. Keras builds its train function around ``model.train_step`` (the public point of
+customisation): ``enable`` sets an instance ``train_step`` that, the first time ``fit`` traces
+it for a structure of data (tuples, dicts, sample weights), traces the model's own
+``train_step`` (a user's override included) for that data, rewrites it, and calls the
+rewritten step; a new structure is traced and rewritten anew. Everything around the step
+(``steps_per_execution``, ``jit_compile``, callbacks, logs, metrics, ``evaluate``,
+``predict``) stays Keras's own.
+
+The accumulators are training state: they are variables of the model's optimizer (of the
+innermost one under a ``LossScaleOptimizer``), so ``save_weights``, ``BackupAndRestore``,
+``ModelCheckpoint`` and ``tf.train.Checkpoint`` carry them. A backup restored before the first
+step (as ``BackupAndRestore`` does) is applied to the accumulators when the step creates them.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .api import rewrite_loaded
+from .emit import SVGDStep
+from .errors import SVGDRewriteError
+from .load import load_concrete_function
+from .options import Options, make_options
+from .report import Report
+
+__all__ = ["enable", "disable", "VirtualGradients", "KerasSVGD"]
+
+_ENABLED: "weakref.WeakKeyDictionary[keras.Model, KerasSVGD]" = weakref.WeakKeyDictionary()
+
+
+def _innermost(optimizer):
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+class KerasSVGD:
+    """What ``enable`` returns: the rewritten steps of one model, one per data structure.
+
+    ``report`` is the report of the step traced last (``None`` until ``fit`` or
+    ``train_on_batch`` has traced one); ``accumulators`` are the optimizer variables that
+    hold r, in site order, over every traced step.
+    """
+
+    def __init__(self, model: keras.Model, options: Options):
+        self.model = model
+        self.options = options
+        self.steps: dict[str, SVGDStep] = {}
+        self.report: Report | None = None
+        self.accumulators: list = []
+        self._pending: dict[int, np.ndarray] = {}  # restored before the accumulator existed
+        self._own_variables = 0  # optimizer variables that are not accumulators, at the load
+
+    def __repr__(self) -> str:
+        return (f"<svgd_rewrite.keras.KerasSVGD of {self.model.name!r}: "
+                f"{len(self.steps)} traced step(s)>")
+
+    def __str__(self) -> str:
+        return str(self.report) if self.report is not None else (
+            "svgd-rewrite: enabled; the step is rewritten when fit/train_on_batch first traces it")
+
+    # --- the train step Keras calls --------------------------------------------------------
+    def train_step(self, data):
+        if tf.executing_eagerly():
+            raise SVGDRewriteError("the model runs eagerly (run_eagerly=True): there is no graph "
+                                   "to rewrite; compile it with run_eagerly=False")
+        leaves = tf.nest.flatten(data)
+        tensors = [t for t in leaves if t is not None]
+        if not all(tf.is_tensor(t) and not isinstance(t, tf.SparseTensor) for t in tensors):
+            raise SVGDRewriteError("fit's data holds non-dense tensors (sparse or ragged): "
+                                   "feed dense tensors to train with virtual gradients")
+        specs = tuple(tf.TensorSpec(t.shape, t.dtype, name=f"data_{k}")
+                      for k, t in enumerate(tensors))
+        structure = tf.nest.map_structure(lambda t: None if t is None else "tensor", data)
+        key = repr((structure, specs))
+        step = self.steps.get(key)
+        if step is None:  # traced in its own graph (not under init_scope: it stops tapes)
+            step = self._rewrite(structure, specs)
+            self.steps[key] = step
+            self.report = step.report
+        return step.function(*tensors)
+
+    def _rewrite(self, structure, specs) -> SVGDStep:
+        model = self.model
+        original = type(model).train_step  # the class's step: a user's override included
+
+        def flat_step(*tensors):
+            it = iter(tensors)
+            data = tf.nest.map_structure(lambda t: None if t is None else next(it), structure)
+            return original(model, data)
+
+        traced = tf.function(flat_step, input_signature=specs, autograph=False)
+        cf = traced.get_concrete_function()
+        loaded = load_concrete_function(cf)
+        loaded.jit_compile = None  # Keras's own function carries jit_compile around the step
+        rewritten, report = rewrite_loaded(loaded, self.options)
+        return SVGDStep(loaded, rewritten, report, name="svgd_keras_step",
+                        make_accumulator=self._make_accumulator)
+
+    def _make_accumulator(self, shape: tuple[int, ...], name: str):
+        variable = _innermost(self.model.optimizer).add_variable(
+            shape=shape, initializer="zeros", dtype="float32", name=name)
+        index = len(self.accumulators)
+        self.accumulators.append(variable)
+        if index in self._pending:
+            variable.assign(self._pending.pop(index))
+        return variable
+
+    # --- restoring a backup taken with the accumulators ------------------------------------
+    def load_optimizer_variables(self, store) -> None:
+        """The optimizer's ``load_own_variables``: a store that holds accumulators not created
+        yet (a backup restored before the first step) loads the optimizer's own variables and
+        keeps the accumulators' values for when the step creates them."""
+        optimizer = self.model.optimizer
+        variables = list(optimizer.variables)
+        if len(store.keys()) == len(variables):
+            for i, v in enumerate(variables):
+                v.assign(store[str(i)])
+            return
+        own = len(variables) - len(self.accumulators)
+        extra = len(store.keys()) - own
+        if extra <= 0 or own <= 0:
+            type(optimizer).load_own_variables(optimizer, store)  # Keras's own warning
+            return
+        for i, v in enumerate(variables[:own]):
+            v.assign(store[str(i)])
+        for j in range(extra):
+            value = np.asarray(store[str(own + j)])
+            if j < len(self.accumulators):
+                self.accumulators[j].assign(value)
+            else:
+                self._pending[j] = value
+
+
+def enable(model: keras.Model, *, scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
+           ops: Iterable[str] | None = None, granularity: str = "full") -> KerasSVGD:
+    """Make ``model.fit`` / ``train_on_batch`` train with virtual gradients.
+
+    The model must be compiled (any optimizer, loss, metrics, ``loss_weights``,
+    ``steps_per_execution``, ``jit_compile``, mixed precision) and not run eagerly. Returns a
+    ``KerasSVGD`` whose ``report`` is filled when the step is first traced. Enabling twice
+    replaces the options.
+    """
+    options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
+                           granularity=granularity)
+    if not isinstance(model, keras.Model):
+        raise SVGDRewriteError(f"expected a keras.Model, got {type(model).__name__}")
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
+        raise SVGDRewriteError("the model is not compiled: call model.compile(optimizer=..., "
+                               "loss=...) before svgd_rewrite.keras.enable")
+    if model.run_eagerly:
+        raise SVGDRewriteError("the model runs eagerly (run_eagerly=True): there is no graph to "
+                               "rewrite; compile it with run_eagerly=False")
+    if model in _ENABLED:
+        disable(model)
+    state = KerasSVGD(model, options)
+    _ENABLED[model] = state
+    model.train_step = state.train_step
+    model.optimizer.load_own_variables = state.load_optimizer_variables
+    model.train_function = None  # rebuilt around the new step on the next fit
+    return state
+
+
+def disable(model: keras.Model) -> None:
+    """Back to the compiled model's plain step (the accumulators stay optimizer variables)."""
+    state = _ENABLED.pop(model, None)
+    if state is None:
+        return
+    for obj, attr in ((model, "train_step"), (model.optimizer, "load_own_variables")):
+        if attr in vars(obj):
+            object.__delattr__(obj, attr)
+    model.train_function = None
+
+
+def enabled(model: keras.Model) -> KerasSVGD | None:
+    """The ``KerasSVGD`` of an enabled model, else ``None``."""
+    return _ENABLED.get(model)
+
+
+class VirtualGradients(keras.callbacks.Callback):
+    """``model.fit(..., callbacks=[VirtualGradients(scale=0.1)])``: enable for this fit.
+
+    ``state`` is the ``KerasSVGD`` (its ``report`` once the step is traced). The model stays
+    enabled after ``fit`` (so a later ``fit`` continues with the same accumulators) unless
+    ``disable_at_end=True``.
+    """
+
+    def __init__(self, *, scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
+                 ops: Iterable[str] | None = None, granularity: str = "full",
+                 disable_at_end: bool = False):
+        super().__init__()
+        self.options: dict[str, Any] = dict(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
+                                            granularity=granularity)
+        make_options(**self.options)  # validate now, not at the start of fit
+        self.disable_at_end = disable_at_end
+        self.state: KerasSVGD | None = None
+
+    def on_train_begin(self, logs=None):
+        self.state = enabled(self.model) or enable(self.model, **self.options)
+        self.model.make_train_function(force=True)
+
+    def on_train_end(self, logs=None):
+        if self.disable_at_end:
+            disable(self.model)
