@@ -21,6 +21,7 @@ examples:
   svgd-rewrite ./my_model ./out --export html,tensorboard  also write pictures to ./out/graphs
   svgd-rewrite ./train_graph.meta ./out --train-op train   a TF1 graph (+ its checkpoint)
   svgd-rewrite --example                                   build the paper's MLP and rewrite it
+  svgd-rewrite --example-fit                               Keras fit with SVGD on the digits
 
 exit codes: 0 done, 2 bad usage or bad input (nothing written), 1 internal error.
 """
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example", nargs="?", const="svgd_example", metavar="DIR",
                    help="build the paper's MNIST MLP training SavedModel under DIR "
                         "(default ./svgd_example) and rewrite it")
+    p.add_argument("--example-fit", action="store_true",
+                   help="train a small Keras model on scikit-learn's digits with fit() and "
+                        "virtual gradients (svgd_rewrite.keras), print its history")
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true",
                            help="log progress, TensorFlow's messages and tracebacks")
@@ -119,6 +123,8 @@ def _run(args, out) -> int:
 
     options = make_options(scale=args.scale, rho=args.rho, epsilon=args.epsilon, ops=args.ops,
                            granularity=args.granularity, transform=args.transform)
+    if args.example_fit:
+        return _example_fit(args, out)
     model_dir, out_dir, overwrite = args.model_dir, args.out_dir, args.overwrite
     if args.example is not None:
         from fixtures.saved_models import build
@@ -173,10 +179,27 @@ def _run(args, out) -> int:
     return EXIT_OK
 
 
+def _example_fit(args, out) -> int:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        from svgd_rewrite.errors import SVGDRewriteError
+
+        raise SVGDRewriteError("--example-fit needs scikit-learn (its bundled digits): "
+                               "pip install scikit-learn") from None
+    from fixtures.keras_fit_example import main as example
+
+    history = example(epochs=5, verbose=0 if args.quiet else 2)
+    if not args.quiet:
+        out.write("history: " + json.dumps({k: [round(v, 4) for v in vs]
+                                            for k, vs in sorted(history.items())}) + "\n")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.example is None:
+    if args.example is None and not args.example_fit:
         if args.model_dir is None:
             parser.error("MODEL_DIR is required")
         if args.out_dir is None and not args.dry_run:

@@ -432,8 +432,8 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
                     f.write(text_format.MessageToString(result.graph_def))
             else:
                 _write_meta(proto, result, model_path, tmp)
-        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-            json.dump(result.to_dict(), f, indent=2, sort_keys=True)
+            with open(os.path.join(tmp, REPORT_FILE), "w") as f:
+                json.dump(result.to_dict(), f, indent=2, sort_keys=True)
         if formats:
             result.exported = export(result, tmp, formats)
     result.out_dir = out_dir

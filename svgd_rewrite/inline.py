@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 
 from .errors import LoadError
@@ -31,14 +32,28 @@ def _call_target(node: node_def_pb2.NodeDef) -> str:
 class _Inliner:
     def __init__(self, graph_def: graph_pb2.GraphDef):
         self.functions = {f.signature.name: f for f in graph_def.library.function}
+        self.library, self.versions = graph_def.library, graph_def.versions
+        self._scratch: tf.Graph | None = None
         self.bodies: dict[str, tuple[graph_pb2.GraphDef, dict[str, str]]] = {}
         self.out: list[node_def_pb2.NodeDef] = []
         self.count = 0
 
     def body(self, name: str):
         if name not in self.bodies:
-            self.bodies[name] = function_def_to_graph_def(self.functions[name])
+            with self.scratch().as_default():
+                self.bodies[name] = function_def_to_graph_def(self.functions[name])
         return self.bodies[name]
+
+    def scratch(self) -> tf.Graph:
+        """A graph holding the library (so that calls inside a body resolve)."""
+        if self._scratch is None:
+            self._scratch = tf.Graph()
+            library = graph_pb2.GraphDef()
+            library.versions.CopyFrom(self.versions)
+            library.library.CopyFrom(self.library)
+            with self._scratch.as_default():
+                tf.graph_util.import_graph_def(library, name="")
+        return self._scratch
 
     def is_call(self, node: node_def_pb2.NodeDef) -> bool:
         return node.op in CALL_OPS and _call_target(node) in self.functions

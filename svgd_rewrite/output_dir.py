@@ -42,7 +42,14 @@ def _inside(path: str, parent: str) -> bool:
 
 
 def _holds_previous_output(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, REPORT_FILE))
+    """A previous output holds the report (a dry run's export: only ``graphs/index.html``
+    or ``graphs/dot``)."""
+    if os.path.isfile(os.path.join(path, REPORT_FILE)):
+        return True
+    graphs = os.path.join(path, "graphs")
+    return (_entries(path) == ["graphs"] and os.path.isdir(graphs)
+            and any(os.path.exists(os.path.join(graphs, f)) for f in ("index.html", "dot", "svg",
+                                                                       "tensorboard")))
 
 
 def _entries(path: str) -> list[str]:

@@ -234,8 +234,6 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
     if dry_run:
         if formats:
             with staged_output(out_dir, [model_dir], overwrite) as tmp:
-                with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-                    json.dump(result.to_dict(), f, indent=2, sort_keys=True)
                 result.exported = export(result, tmp, formats)
             result.out_dir = out_dir
         return result

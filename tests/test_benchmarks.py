@@ -34,7 +34,8 @@ def test_step_time_quick(tmp_path):
     assert set(results) == {"mnist_mlp", "cifar_vgg", "resnet20"}
     for r in results.values():
         for key in ("sgd_ms", "svgd_ms", "rmsprop_ms", "adam_ms", "svgd_over_sgd",
-                    "rmsprop_over_sgd", "adam_over_sgd"):
+                    "rmsprop_over_sgd", "adam_over_sgd", "baseline_ms", "svgd_over_baseline",
+                    "sgd_xla_ms", "svgd_xla_ms", "adam_xla_ms", "svgd_over_sgd_xla"):
             assert finite(r[key]) and r[key] > 0, key
     assert "SVGD/SGD" in stdout
 
@@ -57,6 +58,15 @@ def test_rewrite_time_quick(tmp_path):
         for key in ("nodes", "trace_s", "rewrite_s", "rewrite_over_trace", "rewrite_us_per_node"):
             assert finite(results[k][key]) and results[k][key] > 0
     assert finite(results["summary"]["per_node_max_over_min"])
+    trees = [k for k in results if k.startswith("tree_depth")]
+    assert len(trees) == 2 and all(results[k]["sites"] > 0 for k in trees)
+
+
+def test_fit_throughput_quick(tmp_path):
+    results, stdout = run_quick("fit_throughput", tmp_path)
+    r = results["mnist_mlp"]
+    assert finite(r["sgd_steps_per_s"]) and finite(r["svgd_steps_per_s"])
+    assert "SVGD/SGD" in stdout
 
 
 def test_convergence_quick(tmp_path):

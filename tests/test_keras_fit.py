@@ -228,3 +228,28 @@ def test_a_custom_train_step_override_is_rewritten():
     history = model.fit(x, np.arange(16) % 3, batch_size=8, epochs=2, verbose=0)
     assert "doubled_loss" in history.history and model.calls >= 1
     assert [s.op for s in state.report.sites] == ["MatMul"]
+
+
+def test_readme_fit_example_on_digits_learns():
+    pytest.importorskip("sklearn")
+    from fixtures.keras_fit_example import main
+
+    history = main(epochs=2, verbose=0)
+    assert history["val_accuracy"][-1] > 0.8 and history["loss"][1] < history["loss"][0]
+
+
+@pytest.mark.slow
+def test_example_fit_command_prints_the_history():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("sklearn")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "svgd_rewrite", "--example-fit"],
+                          capture_output=True, text=True, timeout=600, cwd=root,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    history = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("history: "))
+    assert history["val_accuracy"][-1] > 0.9
