@@ -10,6 +10,8 @@ import sys
 import traceback
 from typing import Iterator, Sequence
 
+from svgd_rewrite.errors import one_line  # no TensorFlow import: start-up stays quiet
+
 PROG = "svgd-rewrite"
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -118,6 +120,9 @@ def _import_library(verbose: bool):
 
 
 def _run(args, out) -> int:
+    from svgd_rewrite.progress import stage
+
+    stage("import")  # TensorFlow's import is the first wait
     svgd_rewrite, savedmodel = _import_library(args.verbose)
     from svgd_rewrite.options import make_options
 
@@ -153,8 +158,6 @@ def _run(args, out) -> int:
         what = (f"function: {result.function.name}"
                 + (f" (signature {result.function.signature!r})" if result.function.signature
                    else ""))
-    from svgd_rewrite.errors import one_line
-
     exported = result.exported
     if args.json:
         out.write(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -196,6 +199,38 @@ def _example_fit(args, out) -> int:
     return EXIT_OK
 
 
+class _ProgressLines(logging.Handler):
+    """Stage lines on stderr: always with -v; on a terminal once the run has taken about
+    two seconds (the stages before that are shown then); never with -q."""
+
+    DELAY = 2.0
+
+    def __init__(self, stream, always: bool):
+        super().__init__()
+        self.stream, self.always, self.held = stream, always, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stage = getattr(record, "stage", None) or record.getMessage()
+        line = f"{PROG}: [{getattr(record, 'elapsed', 0.0):6.1f} s] {stage}"
+        if self.always or getattr(record, "elapsed", 0.0) >= self.DELAY:
+            for held in self.held + [line]:
+                self.stream.write(one_line(held) + "\n")
+            self.held = []
+            self.stream.flush()
+        else:
+            self.held.append(line)
+
+
+def _progress_handler(args) -> logging.Handler | None:
+    if args.quiet or args.json:
+        return None
+    if args.verbose:
+        return _ProgressLines(sys.stderr, always=True)
+    if sys.stderr.isatty():
+        return _ProgressLines(sys.stderr, always=False)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -208,7 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # of a restored function) are not the user's problem.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format=f"{PROG}: %(message)s")
+    progress = logging.getLogger("svgd_rewrite.progress")
+    handler = _progress_handler(args)
+    if handler is not None:
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
     try:
+        from svgd_rewrite import progress as progress_clock
+
+        progress_clock.begin_run()
         return _run(args, sys.stdout)
     except BrokenPipeError:  # stdout closed early (e.g. piped into head)
         return EXIT_OK
@@ -220,8 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.verbose:
             traceback.print_exc()
-        from svgd_rewrite.errors import one_line
-
         if isinstance(e, SVGDRewriteError):
             sys.stderr.write(f"{PROG}: error: {one_line(e)}\n")
             return EXIT_USAGE
@@ -229,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {one_line(first[:300])} "
                          "(rerun with -v for the traceback, and please report it)\n")
         return EXIT_INTERNAL
+    finally:
+        if handler is not None:
+            progress.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from .errors import already_rewritten
 from .load import LoadedStep, load_step
 from .options import Options, make_options
 from .plan import Plan, make_plan, require_sites
+from .progress import stage
 from .report import Report
 from .surgery import Rewritten, apply_surgery
 
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 
 def plan_step(loaded: LoadedStep, options: Options) -> Plan:
     """Analyze a loaded step and plan its rewrite (no graph is changed)."""
+    stage("analyze")
     analysis = analyze(loaded)
+    stage("plan")
     plan = make_plan(analysis, options)
     log.info("planned %d site(s), %d node(s) kept as identity", len(plan.sites),
              len(plan.report.skipped))
@@ -30,6 +33,7 @@ def plan_step(loaded: LoadedStep, options: Options) -> Plan:
 def rewrite_loaded(loaded: LoadedStep, options: Options) -> tuple[Rewritten, Report]:
     """The surgery on a loaded step: the rewritten GraphDef and the report."""
     plan = require_sites(plan_step(loaded, options))
+    stage("surgery")
     return apply_surgery(loaded.graph_def, plan, options), plan.report
 
 
@@ -49,8 +53,10 @@ def rewrite(train_step, *, scale: float = 0.1, rho: float = 0.9, epsilon: float 
                            granularity=granularity, transform=transform)
     if isinstance(train_step, SVGDStep):
         raise already_rewritten()
+    stage("load")
     loaded = load_step(train_step, variables)
     rewritten, report = rewrite_loaded(loaded, options)
+    stage("emit")
     return SVGDStep(loaded, rewritten, report)
 
 

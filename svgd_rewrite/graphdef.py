@@ -20,6 +20,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from .analyze import variable_uses
 from .api import plan_step
 from .plan import require_sites
+from .progress import stage
 from .errors import LoadError, NoGradientsError, OutputError, already_rewritten, one_line
 from .inline import inline_calls
 from .ir import GraphIR
@@ -238,6 +239,7 @@ def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = N
     step = load_graph_def(graph_def, train_op, trainable, what)
     loaded, train = step.loaded, step.train_op
     plan = require_sites(plan_step(loaded, options))
+    stage("surgery")
     rewritten = apply_surgery(loaded.graph_def, plan, options,
                               accumulator_kind=step.variable_kind)
     gd = rewritten.graph_def
@@ -412,6 +414,7 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
                                                    " (or use --dry-run)"))
     if out_dir is not None:
         out_dir = check_output_dir(out_dir, [model_path], overwrite)
+    stage("load")
     fmt, proto = read_graph_file(model_path)
     graph = proto.graph_def if fmt == "meta" else proto
     if fmt == "meta":
@@ -421,6 +424,7 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
                                **options)
     if dry_run and not formats:
         return result
+    stage("write")
     with staged_output(out_dir, [model_path], overwrite) as tmp:
         if not dry_run:
             name = os.path.basename(model_path)

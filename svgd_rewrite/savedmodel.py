@@ -26,6 +26,7 @@ from .exporters import export, parse_formats
 from .load import LoadedStep, load_concrete_function
 from .options import Options
 from .output_dir import REPORT_FILE, check_output_dir, staged_output
+from .progress import stage
 from .report import Report
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
                                                    if formats else " (or use --dry-run)"))
     if out_dir is not None:
         out_dir = check_output_dir(out_dir, [model_dir], overwrite)
+    stage("load")
     obj = load_saved_model(model_dir)
     variables = saved_variables(obj)
     chosen = choose_train_function(obj, function, variables)
@@ -237,6 +239,7 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
                 result.exported = export(result, tmp, formats)
             result.out_dir = out_dir
         return result
+    stage("emit")
     step = SVGDStep(loaded, rewritten, report)
 
     root = tf.Module(name="svgd_saved_model")
@@ -251,6 +254,7 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
                                else _signature_wrapper(step, loaded, sig))
         else:
             signatures[key] = sig
+    stage("write")
     with staged_output(out_dir, [model_dir], overwrite) as tmp:
         # Keras optimizers' update functions carry custom gradients that cannot be saved.
         tf.saved_model.save(root, tmp, signatures=signatures or None,

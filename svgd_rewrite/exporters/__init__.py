@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import ExportError
+from ..progress import stage
 from . import dot as dot_mod
 from .graphml import write_graphml
 from .graphs_tuple import check_available, write_graphs_tuple
@@ -59,6 +60,7 @@ def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> Exp
     """Export the graphs of ``result`` (an ``SVGDStep`` or a ``SavedModelResult``) to
     ``out_dir/graphs/``. Reads the result only; never changes it."""
     chosen = parse_formats(formats)
+    stage("export")
     source = source_of(result)
     base = os.path.join(out_dir, "graphs")
     os.makedirs(base, exist_ok=True)
