@@ -13,6 +13,7 @@ from typing import Any, Callable
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
+from .errors import UnsupportedError
 from .load import LoadedStep
 from .report import Report
 from .surgery import Rewritten
@@ -89,6 +90,18 @@ def _handle(variable) -> tf.Tensor:
     return variable.handle if isinstance(variable, tf.Variable) else variable.value.handle
 
 
+def _refuse_replicas() -> None:
+    """tf.distribute with several replicas needs accumulators per replica and an all-reduce of
+    mean(g²), which this version does not build: refuse rather than train wrong."""
+    if tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        strategy = tf.distribute.get_strategy()
+        if strategy.num_replicas_in_sync > 1:
+            raise UnsupportedError(
+                f"the rewritten step runs under {type(strategy).__name__} with "
+                f"{strategy.num_replicas_in_sync} replicas: tf.distribute is not supported yet "
+                "(single-device steps only)")
+
+
 class SVGDStep(tf.Module):
     """A training step rewritten to train with virtual gradients.
 
@@ -121,6 +134,7 @@ class SVGDStep(tf.Module):
         return self.function(*args)
 
     def _run(self, *values) -> Any:
+        _refuse_replicas()
         w = self._wiring
         args = values[:w.n_positional]
         kwargs = dict(zip(w.keyword_names, values[w.n_positional:]))

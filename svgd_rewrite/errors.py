@@ -42,6 +42,10 @@ class OutputError(SVGDRewriteError):
     """OUT_DIR cannot be written (exists, inside the input, not writable)."""
 
 
+class UnsupportedError(SVGDRewriteError):
+    """The step uses something this version does not support (e.g. tf.distribute replicas)."""
+
+
 class ExportError(SVGDRewriteError):
     """A graph export cannot be written (unknown format, missing optional dependency)."""
 

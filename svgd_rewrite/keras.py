@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from .api import rewrite_loaded
 from .emit import SVGDStep
-from .errors import SVGDRewriteError
+from .errors import SVGDRewriteError, UnsupportedError
 from .load import load_concrete_function
 from .options import Options, make_options
 from .report import Report
@@ -158,6 +158,10 @@ def enable(model: keras.Model, *, scale: float = 0.1, rho: float = 0.9, epsilon:
     if model.run_eagerly:
         raise SVGDRewriteError("the model runs eagerly (run_eagerly=True): there is no graph to "
                                "rewrite; compile it with run_eagerly=False")
+    replicas = model.distribute_strategy.num_replicas_in_sync
+    if replicas > 1:
+        raise UnsupportedError(f"the model is built under a strategy with {replicas} replicas: "
+                               "tf.distribute is not supported yet (single-device fit only)")
     if model in _ENABLED:
         disable(model)
     state = KerasSVGD(model, options)
