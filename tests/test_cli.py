@@ -271,7 +271,7 @@ def test_export_with_the_rewrite_and_with_dry_run(models, tmp_path):
     dry = tmp_path / "dry"
     proc = run_cli(models["small_cnn"], dry, "--dry-run", "--export", "svg,html", check_rc=0)
     assert sorted(os.listdir(dry)) == ["graphs"]  # pictures of what would be rewired, no model
-    assert len(os.listdir(dry / "graphs" / "svg")) == 2 * 4 + 1
+    assert len(os.listdir(dry / "graphs" / "svg")) == 3 * 4 + 1  # before, after, detail; overview
     assert run_cli(models["small_cnn"], "--dry-run", "--export", "svg").returncode == 2
 
 

@@ -20,7 +20,9 @@ from fixtures import keras_models
 from helpers import make_module
 from svgd_rewrite.exporters import dot as dot_module
 
-OVERVIEW_MAX_BOXES = 60        # the overview's size bound: at most 60 boxes ...
+# The overview draws three boxes per site column (F, T, P) and folds runs of consecutive sites
+# beyond 40 columns: at most 3·40 + 1 boxes ...
+OVERVIEW_MAX_BOXES = 3 * 40 + 1
 OVERVIEW_MAX_BYTES = 500_000   # ... and an SVG under 500 kB, whatever the graph's size
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -95,7 +97,8 @@ def test_svg_pictures_name_the_site_nodes(exported):
                 assert f"<title>{name}</title>" in text
         after = (graphs / "svg" / f"site_{site.index}_after.svg").read_text()
         assert f"svgd_rewrite/site_{site.index}/g_hat" in after and "rerouted" in after
-    assert len(result.files["svg"]) == 2 * len(step.report.sites) + 1
+    # before, compact after, detailed after per site, and the overview
+    assert len(result.files["svg"]) == 3 * len(step.report.sites) + 1
     assert (graphs / "dot" / "overview.dot").exists()
 
 
@@ -134,7 +137,8 @@ def test_without_graphviz_dot_files_are_written(monkeypatch, tmp_path):
     result = svgd_rewrite.export(step, str(tmp_path), formats=["svg", "html"])
     assert any("Graphviz" in n for n in result.notes)
     assert sorted(os.listdir(tmp_path / "graphs" / "dot")) == sorted(
-        [f"site_{i}_{w}.dot" for i in range(3) for w in ("before", "after")] + ["overview.dot"])
+        [f"site_{i}_{w}.dot" for i in range(3) for w in ("before", "after", "after_detail")]
+        + ["overview.dot"])
     assert "<pre>" in (tmp_path / "graphs" / "index.html").read_text()
 
 
@@ -152,3 +156,93 @@ def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(svgd_rewrite.ExportError) as exc:
         svgd_rewrite.export(step, str(tmp_path), formats="png")
     assert "choose from" in str(exc.value)
+
+
+# --- pictures a person can read (the layer-level overview, Figure-6-sized site pictures) ---
+
+def _dot_nodes_and_edges(text: str):
+    import re
+
+    nodes = dict(re.findall(r'^  ("[^"]+"|\w+) \[label="((?:[^"\\]|\\.)*)"', text, re.M))
+    edges = re.findall(r'^  ("[^"]+"|\w+) -> ("[^"]+"|\w+)', text, re.M)
+    return nodes, edges
+
+
+@pytest.fixture(scope="module")
+def paper_mlp_export(tmp_path_factory):
+    step = svgd_rewrite.rewrite(make_module("paper_mlp").train)
+    out = tmp_path_factory.mktemp("mlp")
+    svgd_rewrite.export(step, str(out), formats=["dot", "svg", "html"])
+    return step, out / "graphs"
+
+
+def test_overview_of_the_paper_mlp_has_its_five_layers_in_order(paper_mlp_export):
+    step, graphs = paper_mlp_export
+    nodes, edges = _dot_nodes_and_edges((graphs / "dot" / "overview.dot").read_text())
+    sites = [n for n in nodes if n.startswith("site_")]
+    assert sites == [f"site_{i}" for i in range(5)]
+    for i, site in enumerate(step.report.sites):
+        assert f"θ = {site.variable}" in nodes[f"site_{i}"]
+    assert [(a, b) for a, b in edges if a.startswith("site_") and b.startswith("site_")] == [
+        (f"site_{i}", f"site_{i + 1}") for i in range(4)]
+    t_boxes = [n for n in nodes if n.endswith('/g_hat"')]
+    assert len(t_boxes) == 5 and all("mean(g²)" in nodes[t] for t in t_boxes)
+    assert "dense0/bias" in nodes["site_0"]  # other variables attached to the nearest site
+
+
+def test_compact_site_picture_and_detailed_one(paper_mlp_export):
+    step, graphs = paper_mlp_export
+    for site in step.report.sites:
+        nodes, edges = _dot_nodes_and_edges(
+            (graphs / "dot" / f"site_{site.index}_after.dot").read_text())
+        assert len(nodes) <= 10
+        assert f"θ = {site.variable}" in " ".join(nodes.values())
+        assert (f'"svgd_rewrite/site_{site.index}/g_hat"', f'"{site.gradient_op}"') in edges
+        detail = (graphs / "dot" / f"site_{site.index}_after_detail.dot").read_text()
+        inserted = [n.name for n in step.graph_def.node
+                    if n.name.startswith(f"svgd_rewrite/site_{site.index}/")]
+        assert inserted and all(f'"{name}"' in detail for name in inserted)
+
+
+def test_overview_of_resnet20_shows_every_site_and_a_skip_connection(tmp_path):
+    step = svgd_rewrite.rewrite(keras_models.train_step(keras_models.resnet(20), l1=0))
+    svgd_rewrite.export(step, str(tmp_path), formats="dot")
+    nodes, edges = _dot_nodes_and_edges((tmp_path / "graphs" / "dot" / "overview.dot").read_text())
+    columns = [n for n in nodes if n.startswith("site_")]
+    assert len(columns) == len(step.report.sites) == 22
+    forward = [(int(a[5:]), int(b[5:])) for a, b in edges
+               if a.startswith("site_") and b.startswith("site_")]
+    assert any(b - a > 1 for a, b in forward), forward
+
+
+def test_overview_folds_many_sites_and_says_so(monkeypatch):
+    from svgd_rewrite.exporters import layers
+    from svgd_rewrite.exporters.roles import source_of
+
+    step = svgd_rewrite.rewrite(keras_models.train_step(keras_models.resnet(20), l1=0))
+    monkeypatch.setattr(layers, "MAX_COLUMNS", 8)
+    text = layers.overview_dot(source_of(step))
+    nodes, _ = _dot_nodes_and_edges(text)
+    assert len([n for n in nodes if n.startswith("site_")]) == 8
+    assert "folded into 8 columns" in text and "(folded)" in text
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="chromium not installed")
+def test_html_page_shows_the_overview_in_chromium(paper_mlp_export, tmp_path):
+    import matplotlib.image
+
+    _, graphs = paper_mlp_export
+    page = (graphs / "index.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    shot = tmp_path / "page.png"
+    subprocess.run([CHROMIUM, *flags, "--window-size=1400,1200", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120, check=True)
+    pixels = matplotlib.image.imread(str(shot))[..., :3]
+    band = pixels[150:600]  # the overview comes right after the header and legend
+    assert (band < 0.95).any(axis=2).mean() > 0.02, "the overview area is blank"
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert "Overview: the layers" in dom and 'id="overview"' in dom
+    assert dom.count('href="#site-') >= 5 and dom.count('href="#overview"') == 5

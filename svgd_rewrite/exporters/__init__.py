@@ -15,6 +15,7 @@ from typing import Iterable
 from ..errors import ExportError
 from ..progress import stage
 from . import dot as dot_mod
+from . import layers
 from .graphml import write_graphml
 from .graphs_tuple import check_available, write_graphs_tuple
 from .html_page import write_html
@@ -104,9 +105,12 @@ def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> Exp
     for site in source.report.sites:
         before = write(f"site_{site.index}_before",
                        dot_mod.site_dot(source, graphs, site, "before"))
-        after = write(f"site_{site.index}_after", dot_mod.site_dot(source, graphs, site, "after"))
-        pictures["sites"].append((site, before[0], before[1], after[0], after[1]))
-    pictures["overview"] = write("overview", dot_mod.overview_dot(graphs["rewritten"]))
+        after = write(f"site_{site.index}_after", layers.compact_site_dot(source, site))
+        detail = write(f"site_{site.index}_after_detail",
+                       dot_mod.site_dot(source, graphs, site, "after"))
+        pictures["sites"].append((site, before[0], before[1], after[0], after[1],
+                                  detail[0], detail[1]))
+    pictures["overview"] = write("overview", layers.overview_dot(source))
     if "dot" in chosen or not svgs:
         out.files["dot"] = dots
     if "svg" in chosen and svgs:

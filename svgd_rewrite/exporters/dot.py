@@ -1,11 +1,11 @@
-"""Graphviz pictures: each site before/after its rewrite (the paper's Figure 6) and an overview
-of the rewritten graph collapsed by name scope."""
+"""Graphviz pictures of each site before/after its rewrite at full detail (the paper's
+Figure 6, every inserted node drawn); the compact pictures and the overview are in
+``layers``."""
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from collections import Counter
 
 import networkx as nx
 
@@ -18,7 +18,6 @@ from .roles import ExportSource
 COLORS = {"leaf": "#fde68a", "site": "#93c5fd", "upstream_gradient": "#fca5a5",
           "param_gradient_op": "#c4b5fd", "inserted": "#86efac", "other": "#f3f4f6",
           "consumer": "#e5e7eb"}
-MAX_OVERVIEW_NODES = 60  # the overview collapses name scopes until it has at most this many
 
 
 def _q(s: str) -> str:
@@ -66,9 +65,8 @@ def site_dot(source: ExportSource, graphs: dict[str, nx.MultiDiGraph], site: Sit
     members = _site_nodes(original_ir, site)
     graph = graphs["original" if which == "before" else "rewritten"]
     prefix = f"{SCOPE}/site_{site.index}/"
-    if which == "after":  # the inserted nodes, constants (ρ, ε, s, axes) left out
-        members.update({n: "inserted" for n, d in graph.nodes(data=True)
-                        if n.startswith(prefix) and d["op"] != "Const"})
+    if which == "after":  # every inserted node (constants ρ, ε, s and the axes included)
+        members.update({n: "inserted" for n in graph.nodes if n.startswith(prefix)})
     ghat = prefix + "g_hat"
     lines = [f"digraph {_q(f'site_{site.index}_{which}')} {{", "  rankdir=TB;",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
@@ -79,7 +77,10 @@ def site_dot(source: ExportSource, graphs: dict[str, nx.MultiDiGraph], site: Sit
         if name not in graph.nodes:
             continue
         pen = ', penwidth=2, color="#15803d"' if role == "inserted" else ""
-        lines.append(f"  {_q(name)} [label={_q(_label(graph, name))}, "
+        label = _label(graph, name)
+        if role == "leaf" and name in source.variables:  # θ by its variable's name
+            label = f"θ = {one_line(source.variables[name].name)}\n" + label
+        lines.append(f"  {_q(name)} [label={_q(label)}, "
                      f'fillcolor="{COLORS[role]}"{pen}];')
     for u, v, d in graph.edges(data=True):
         if u not in members or v not in members or d["control"]:
@@ -91,54 +92,6 @@ def site_dot(source: ExportSource, graphs: dict[str, nx.MultiDiGraph], site: Sit
             attrs += ['color="#dc2626"', 'style=dashed', 'xlabel="g → P (rerouted)"',
                       'fontcolor="#dc2626"']
         lines.append(f"  {_q(u)} -> {_q(v)} [{', '.join(attrs)}];")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _scope(name: str, op: str, depth: int) -> str:
-    """The name scope at ``depth``; a node named at or above that depth joins its parent
-    scope's box for its op type (``AddN_1`` … ``AddN_22`` → ``[AddN]``)."""
-    parts = name.split("/")
-    if len(parts) > depth:
-        return "/".join(parts[:depth])
-    return "/".join(parts[:-1] + [f"[{op}]"])
-
-
-def overview_dot(graph: nx.MultiDiGraph, max_nodes: int = MAX_OVERVIEW_NODES) -> str:
-    """The rewritten graph collapsed by name scope to at most ``max_nodes`` boxes."""
-    depth = 1
-    for d in range(1, 8):
-        if len({_scope(n, a["op"], d) for n, a in graph.nodes(data=True)}) > max_nodes:
-            break
-        depth = d
-    group = {n: _scope(n, a["op"], depth) for n, a in graph.nodes(data=True)}
-    sizes = Counter(group.values())
-    if len(sizes) > max_nodes:  # keep the largest scopes (and every inserted one), merge the rest
-        keep = {group[n] for n, d in graph.nodes(data=True) if d["role"] == "inserted"}
-        for scope, _ in sizes.most_common():
-            if len(keep) >= max_nodes - 1:
-                break
-            keep.add(scope)
-        merged = len(sizes) - len(keep)
-        group = {n: g if g in keep else f"({merged} small scopes)" for n, g in group.items()}
-        sizes = Counter(group.values())
-    inserted = {group[n] for n, d in graph.nodes(data=True) if d["role"] == "inserted"}
-    marked = {group[n] for n, d in graph.nodes(data=True)
-              if d["role"] in ("site", "param_gradient_op")}
-    edges = Counter((group[u], group[v]) for u, v, d in graph.edges(data=True)
-                    if not d["control"] and group[u] != group[v])
-    lines = ["digraph overview {", "  rankdir=LR;",
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
-             '  edge [color="#9ca3af", fontname="Helvetica", fontsize=8];',
-             f'  label={_q(f"rewritten graph: {graph.number_of_nodes()} nodes in {len(sizes)} scopes")}; '
-             'labelloc=t; fontname="Helvetica";']
-    for scope, count in sorted(sizes.items()):
-        color = COLORS["inserted"] if scope in inserted else (
-            COLORS["site"] if scope in marked else COLORS["other"])
-        label = _q(one_line(scope) + "\n" + f"{count} nodes")
-        lines.append(f'  {_q(scope)} [label={label}, fillcolor="{color}"];')
-    for (u, v), count in sorted(edges.items()):
-        lines.append(f"  {_q(u)} -> {_q(v)} [label=\"{count}\"];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

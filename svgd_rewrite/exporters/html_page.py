@@ -46,8 +46,9 @@ def _inline_svg(path: str | None, dot_source: str) -> str:
 
 
 def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, str]) -> str:
-    """``pictures``: {"sites": [(site, before_svg, before_dot, after_svg, after_dot)],
-    "overview": (svg, dot)}."""
+    """``pictures``: {"sites": [(site, before_svg, before_dot, after_svg, after_dot,
+    detail_svg, detail_dot)], "overview": (svg, dot)}. The overview comes first; its boxes
+    link to each site's section, and each section links back."""
     o, m = report.options, report.memory
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
              "<title>svgd-rewrite report</title>", f"<style>{_STYLE}</style>",
@@ -59,11 +60,17 @@ def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, s
              f"granularity={_esc(o['granularity'])}, ops={_esc(', '.join(o['ops']))}.</p>",
              "<p class=legend>" + "".join(
                  f"<span style='background:{c}'>{_esc(r)}</span>" for r, c in colors.items())
-             + "</p>", "<h2>Sites</h2><table><tr><th>#</th><th>site σ'</th><th>op</th>"
+             + "</p>"]
+    svg, dot = pictures["overview"]
+    parts.append("<section class='overview' id='overview'><h2>Overview: the layers, what was "
+                 "inserted and where (click a box for its site)</h2>"
+                 f"<figure>{_inline_svg(svg, dot)}</figure></section>")
+    parts += ["<h2>Sites</h2><table><tr><th>#</th><th>site σ'</th><th>op</th>"
              "<th>variable θ</th><th>gradient op P [g input]</th><th>σ' shape</th>"
              "<th>accumulator</th><th>note</th></tr>"]
     for s in report.sites:
-        parts.append(f"<tr><td><a href='#site-{s.index}'>{s.index}</a></td><td>{_esc(s.node)}</td>"
+        parts.append(f"<tr><td><a href='#site-{s.index}'>{s.index} (pictures)</a></td>"
+                     f"<td>{_esc(s.node)}</td>"
                      f"<td>{_esc(s.op)}</td><td>{_esc(s.variable)}</td>"
                      f"<td>{_esc(s.gradient_op)} [{s.gradient_input}]</td>"
                      f"<td>{_esc(s.output_shape)}</td><td>{_esc(s.accumulator_shape)}</td>"
@@ -82,17 +89,19 @@ def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, s
                          f"<tr><td>{_esc(k.node)}</td><td>{_esc(k.op)}</td>"
                          f"<td>{_esc(k.variable)}</td><td>{_esc(k.reason)}</td></tr>"
                          for k in report.skipped) + "</table>")
-    for site, before_svg, before_dot, after_svg, after_dot in pictures["sites"]:
+    for (site, before_svg, before_dot, after_svg, after_dot, detail_svg,
+         detail_dot) in pictures["sites"]:
         parts.append(f"<section class='site' id='site-{site.index}'><h2>Site {site.index}: "
                      f"{_esc(site.op)} on {_esc(site.variable)}</h2><p>σ' = {_esc(site.node)}; "
                      f"P = {_esc(site.gradient_op)}; g = {_esc(site.upstream_gradient)}; "
-                     f"accumulator {_esc(site.accumulator_shape)}</p><div class=pair>"
+                     f"accumulator {_esc(site.accumulator_shape)} · "
+                     "<a href='#overview'>↑ overview</a></p><div class=pair>"
                      f"<figure><figcaption>before</figcaption>{_inline_svg(before_svg, before_dot)}"
-                     f"</figure><figure><figcaption>after</figcaption>"
-                     f"{_inline_svg(after_svg, after_dot)}</figure></div></section>")
-    svg, dot = pictures["overview"]
-    parts.append("<section class='overview'><h2>Overview (collapsed by name scope)</h2>"
-                 f"<figure>{_inline_svg(svg, dot)}</figure></section></body></html>")
+                     f"</figure><figure><figcaption>after (T as one box)</figcaption>"
+                     f"{_inline_svg(after_svg, after_dot)}</figure></div>"
+                     f"<details><summary>after, every inserted node</summary>"
+                     f"{_inline_svg(detail_svg, detail_dot)}</details></section>")
+    parts.append("</body></html>")
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
