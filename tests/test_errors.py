@@ -83,6 +83,7 @@ def test_bad_options_are_refused(kwargs):
     _one_line(exc)
 
 
+@pytest.mark.slow
 def test_distributed_replicas_are_refused_not_trained_wrong():
     """tf.distribute with several replicas is not supported yet: the rewritten step and Keras
     enable refuse under MirroredStrategy (2 logical CPUs, in a subprocess)."""

@@ -102,8 +102,13 @@ def test_svg_pictures_name_the_site_nodes(exported):
     assert (graphs / "dot" / "overview.dot").exists()
 
 
-def test_overview_of_resnet20_stays_small(tmp_path):
-    step = svgd_rewrite.rewrite(keras_models.train_step(keras_models.resnet(20), l1=0))
+@pytest.fixture(scope="module")
+def resnet20_step():
+    return svgd_rewrite.rewrite(keras_models.train_step(keras_models.resnet(20), l1=0))
+
+
+def test_overview_of_resnet20_stays_small(resnet20_step, tmp_path):
+    step = resnet20_step
     assert len(step.graph_def.node) > 2500
     svgd_rewrite.export(step, str(tmp_path), formats="svg")
     text = (tmp_path / "graphs" / "svg" / "overview.svg").read_text()
@@ -204,8 +209,8 @@ def test_compact_site_picture_and_detailed_one(paper_mlp_export):
         assert inserted and all(f'"{name}"' in detail for name in inserted)
 
 
-def test_overview_of_resnet20_shows_every_site_and_a_skip_connection(tmp_path):
-    step = svgd_rewrite.rewrite(keras_models.train_step(keras_models.resnet(20), l1=0))
+def test_overview_of_resnet20_shows_every_site_and_a_skip_connection(resnet20_step, tmp_path):
+    step = resnet20_step
     svgd_rewrite.export(step, str(tmp_path), formats="dot")
     nodes, edges = _dot_nodes_and_edges((tmp_path / "graphs" / "dot" / "overview.dot").read_text())
     columns = [n for n in nodes if n.startswith("site_")]
@@ -215,11 +220,11 @@ def test_overview_of_resnet20_shows_every_site_and_a_skip_connection(tmp_path):
     assert any(b - a > 1 for a, b in forward), forward
 
 
-def test_overview_folds_many_sites_and_says_so(monkeypatch):
+def test_overview_folds_many_sites_and_says_so(resnet20_step, monkeypatch):
     from svgd_rewrite.exporters import layers
     from svgd_rewrite.exporters.roles import source_of
 
-    step = svgd_rewrite.rewrite(keras_models.train_step(keras_models.resnet(20), l1=0))
+    step = resnet20_step
     monkeypatch.setattr(layers, "MAX_COLUMNS", 8)
     text = layers.overview_dot(source_of(step))
     nodes, _ = _dot_nodes_and_edges(text)

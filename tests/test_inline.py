@@ -2,6 +2,7 @@
 import time
 
 import numpy as np
+import pytest
 
 import svgd_rewrite
 from fixtures.nested_calls import tree_step
@@ -28,6 +29,7 @@ def test_nested_call_tree_is_flat_and_every_leaf_is_a_site():
     assert np.all(np.isfinite(loss))
 
 
+@pytest.mark.slow
 def test_inlining_time_is_linear_in_the_inlined_size():
     """Doubling the tree doubles the inlined nodes; the time per node may not grow by more
     than 1.6× (a quadratic inliner grows by ~2× per doubling). The full table, up to ~100k

@@ -156,6 +156,7 @@ def test_backup_and_restore_resumes_with_the_accumulators(tmp_path):
                  "accumulators")
 
 
+@pytest.mark.slow
 def test_saved_keras_model_loads_without_svgd_rewrite(tmp_path):
     import subprocess
     import sys

@@ -155,7 +155,7 @@ def test_variable_named_with_a_backslash_exports_to_svg(tmp_path):
     assert result.report.sites[0].variable == "w0\\"
     svgd_rewrite.export(result, str(tmp_path), ["svg", "html"])
     svgs = list((tmp_path / "graphs" / "svg").glob("site_0_*.svg"))
-    assert len(svgs) == 2 and all("w0\\" in p.read_text() for p in svgs)
+    assert len(svgs) == 3 and all("w0\\" in p.read_text() for p in svgs)
 
 
 # --- the fuzz loop: mutated inputs exit 0 or 2, one stderr line, nothing written -------------

@@ -56,8 +56,12 @@ def test_tensorboard_server_serves_both_runs(tensorboard_export):
     pytest.importorskip("tensorboard")
     logdir, _ = tensorboard_export
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-                             "--host", "127.0.0.1", "--port", str(port)],
+    import shutil
+
+    command = shutil.which("tensorboard")  # the README's command (the viz extra installs it)
+    command = [command] if command else [sys.executable, "-m", "tensorboard.main"]
+    proc = subprocess.Popen(command + ["--logdir", str(logdir), "--host", "127.0.0.1",
+                                       "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         runs, deadline = None, time.time() + 90
