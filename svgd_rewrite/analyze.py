@@ -71,27 +71,21 @@ def variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[
     """
     writes: list[str] = []
     consumers: list[tuple[str, int]] = []
-    handles = [(placeholder, 0)]
     values: list[Tensor] = []
     seen: set[Tensor] = set()
-    while handles:
-        h = handles.pop()
-        if h in seen:
+    for node, slot in handle_consumers(ir, placeholder):
+        op = ir.op(node)
+        if op == "Identity":
+            continue  # the handle passed on (its consumers are listed too)
+        if op == "ReadVariableOp":
+            values.append((node, 0))
+        elif _is_write(op) or (op in CONTROL_FLOW_OPS and _body_writes(ir, ir.node(node), slot)):
+            writes.append(node)
+        elif op in ("VarIsInitializedOp", "IsVariableInitialized", "VariableShape",
+                    "DestroyResourceOp", "SaveV2", "Save", "SaveSlices"):
             continue
-        seen.add(h)
-        for node, slot in ir.consumers(h):
-            op = ir.op(node)
-            if op == "Identity":
-                handles.append((node, 0))
-            elif op == "ReadVariableOp":
-                values.append((node, 0))
-            elif _is_write(op) or (op in CONTROL_FLOW_OPS and _body_writes(ir, ir.node(node), slot)):
-                writes.append(node)
-            elif op in ("VarIsInitializedOp", "IsVariableInitialized", "VariableShape",
-                        "DestroyResourceOp", "SaveV2", "Save", "SaveSlices"):
-                continue
-            else:
-                consumers.append((node, slot))
+        else:
+            consumers.append((node, slot))
     while values:
         v = values.pop()
         if v in seen:
@@ -110,22 +104,26 @@ def variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[
     return sorted(set(writes), key=order.get), sorted(set(consumers), key=lambda c: (order[c[0]], c[1]))
 
 
-def variable_reads(ir: GraphIR, placeholder: str) -> list[str]:
-    """The ``ReadVariableOp`` nodes (and ref-variable ``Identity`` reads) of a variable."""
-    reads, handles, seen = [], [(placeholder, 0)], set()
+def handle_consumers(ir: GraphIR, placeholder: str) -> list[tuple[str, int]]:
+    """(node, slot) pairs that read the variable's handle, looking through ``Identity`` (which
+    is listed too: for a ref variable it is also a read)."""
+    out, handles, seen = [], [(placeholder, 0)], set()
     while handles:
         h = handles.pop()
         if h in seen:
             continue
         seen.add(h)
-        for node, _ in ir.consumers(h):
-            op = ir.op(node)
-            if op == "ReadVariableOp":
-                reads.append(node)
-            elif op == "Identity":
-                reads.append(node)
+        for node, slot in ir.consumers(h):
+            if ir.op(node) == "Identity":
                 handles.append((node, 0))
-    return reads
+            out.append((node, slot))
+    return out
+
+
+def variable_reads(ir: GraphIR, placeholder: str) -> list[str]:
+    """The ``ReadVariableOp`` nodes (and ref-variable ``Identity`` reads) of a variable."""
+    return [n for n, _ in handle_consumers(ir, placeholder)
+            if ir.op(n) in ("ReadVariableOp", "Identity")]
 
 
 _BODY_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
@@ -230,10 +228,27 @@ def analyze(step: LoadedStep) -> Analysis:
         source_bit.setdefault(node, len(source_bit))
     reach = ir.reach_bits(source_bit)
 
+    grouped: dict[tuple, dict[int, list]] = {}
+
+    def on_path_pool(x, op, pool, p):
+        """The candidates in ``pool`` whose output feeds p's update, grouped per variable."""
+        if not writes[p]:
+            return pool
+        if (x, op) not in grouped:
+            by_var: dict[int, list] = {}
+            for entry in pool:
+                bits = feeds.get(entry[0], 0)
+                while bits:
+                    low = bits & -bits
+                    by_var.setdefault(low.bit_length() - 1, []).append(entry)
+                    bits ^= low
+            grouped[(x, op)] = by_var
+        return grouped[(x, op)].get(var_bit[p], [])
+
     all_consumers: list[Consumer] = []
     for p, node, slot in candidates:
         c = Consumer(node=node, op=ir.op(node), slot=slot, variable=p)
-        _match(ir, c,
+        _match(ir, c, on_path_pool=lambda x, op, pool, p=p: on_path_pool(x, op, pool, p),
                on_update_path=lambda d, p=p: not writes[p] or bool(feeds.get(d, 0) >> var_bit[p] & 1),
                depends_on_f=lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1),
                shape_of=lambda t: (shapes[f"{t[0]}:{t[1]}"][1] if f"{t[0]}:{t[1]}" in shapes
@@ -317,11 +332,14 @@ def _own_gradient(ir: GraphIR, c: Consumer, found: list[Match], shape_of) -> lis
     return found
 
 
-def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lambda t: None) -> None:
+def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lambda t: None,
+           on_path_pool=lambda x, op, pool: pool) -> None:
     """Fill ``c.match`` (P found) or ``c.reason`` for a consumer of θ.
 
     ``on_update_path(node)``: the node feeds θ's update; ``depends_on_f(tensor)``: the tensor
-    has F (``c.node``) among its ancestors.
+    has F (``c.node``) among its ancestors; ``on_path_pool(x, op, pool)``: the candidates of
+    ``pool`` on θ's update path (grouped once per x, so that many layers reading one x stay
+    linear).
     """
     spec = REGISTRY.get(c.op)
     if spec is None:
@@ -335,7 +353,7 @@ def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lamb
     found: list[Match] = []
     for grad in spec.grad_ops:
         if x is not None:
-            pool = ir.consumers_of_op(x, grad.op)
+            pool = on_path_pool(x, grad.op, ir.consumers_of_op(x, grad.op))
         else:
             pool = [(n, None) for n in ir.nodes_of_op(grad.op)]
         for d, x_at in pool:

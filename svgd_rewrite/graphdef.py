@@ -17,7 +17,7 @@ import networkx as nx
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from .analyze import variable_uses
+from .analyze import handle_consumers, variable_uses
 from .api import plan_step
 from .plan import require_sites
 from .progress import stage
@@ -92,17 +92,8 @@ DATA_SOURCE_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "IteratorG
 def _handle_slots(ir: GraphIR, placeholder: str) -> dict[str, set[int]]:
     """For each op reading the variable's handle (through ``Identity``), the input slots."""
     out: dict[str, set[int]] = {}
-    stack, seen = [(placeholder, 0)], set()
-    while stack:
-        h = stack.pop()
-        if h in seen:
-            continue
-        seen.add(h)
-        for node, slot in ir.consumers(h):
-            if ir.op(node) == "Identity":
-                stack.append((node, 0))
-            else:
-                out.setdefault(node, set()).add(slot)
+    for node, slot in handle_consumers(ir, placeholder):
+        out.setdefault(node, set()).add(slot)
     return out
 
 

@@ -117,13 +117,17 @@ def test_overview_of_resnet20_stays_small(resnet20_step, tmp_path):
     assert "svgd_rewrite" in text
 
 
+def _chromium_flags(tmp_path) -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+
+
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="chromium not installed")
 def test_html_page_renders_in_headless_chromium(exported, tmp_path):
     step, graphs, _, _, _ = exported
     page = (graphs / "index.html").resolve().as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    flags = _chromium_flags(tmp_path)
     shot = tmp_path / "page.png"
     subprocess.run([CHROMIUM, *flags, "--window-size=1400,2000", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120, check=True)
@@ -238,9 +242,7 @@ def test_html_page_shows_the_overview_in_chromium(paper_mlp_export, tmp_path):
 
     _, graphs = paper_mlp_export
     page = (graphs / "index.html").resolve().as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    flags = _chromium_flags(tmp_path)
     shot = tmp_path / "page.png"
     subprocess.run([CHROMIUM, *flags, "--window-size=1400,1200", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120, check=True)
