@@ -254,3 +254,15 @@ def test_example_fit_command_prints_the_history():
     assert proc.returncode == 0, proc.stderr[-2000:]
     history = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("history: "))
     assert history["val_accuracy"][-1] > 0.9
+
+
+def test_train_on_batch_uses_the_rewritten_step():
+    x, y = _conv_data(8)
+    model, reference = conv_dense_model(6), conv_dense_model(6)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=CE)
+    state = svgd_keras.enable(model, scale=S)
+    loss = model.train_on_batch(x, y)
+    oracle = KerasOracle(reference, keras.optimizers.SGD(0.05), scale=S)
+    assert loss == pytest.approx(oracle.step(tf.constant(x), tf.constant(y)), rel=1e-5)
+    assert state.report is not None and len(state.accumulators) == 2
+    assert_close(model_weights(model), oracle.weights(), 1e-5, "train_on_batch")
