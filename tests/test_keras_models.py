@@ -37,6 +37,7 @@ def test_mobilenet_v2_every_kernel_is_a_site_and_loss_falls(batch_images):
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_identity_transform_matches_original(batch_images):
     original = keras_models.mobilenet_v2(seed=3)
     copy = keras_models.mobilenet_v2(seed=3)
