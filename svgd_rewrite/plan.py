@@ -26,7 +26,6 @@ class PlannedSite:
     accumulator_shape: tuple[int, ...]
     broadcast_shape: tuple[int, ...] | None  # reshape r before scaling g (None: broadcasts as is)
     loss_scale: str | None = None  # divide g by this before squaring (mixed precision)
-    guard_finite: bool = False  # keep r when g is not finite (float16/bfloat16 g)
 
 
 @dataclass
@@ -98,8 +97,7 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
         sites.append(PlannedSite(index=index, forward=c.node, variable=c.variable, match=c.match,
                                  g_dtype=g_dtype, reduce_axes=reduce_axes,
                                  accumulator_shape=acc_shape, broadcast_shape=bshape,
-                                 loss_scale=f"{scale[0]}:{scale[1]}" if scale else None,
-                                 guard_finite=g_dtype != tf.float32))
+                                 loss_scale=f"{scale[0]}:{scale[1]}" if scale else None))
         site_reports.append(SiteReport(
             index=index, node=c.node, op=c.op, variable=vname, param_input=c.slot,
             gradient_op=c.match.grad_op, gradient_op_type=analysis.ir.op(c.match.grad_op),
