@@ -1,6 +1,6 @@
 """Analyze stage: find θ leaves, their V_θ→σ consumers, their updates and each site's P.
 
-Identification is structural (DESIGN.md §4): follow θ's read through view ops to a consumer F;
+Identification is structural: follow θ's read through view ops to a consumer F;
 for a registry op, P is a gradient op of a registered type that reads F's other operand x,
 whose g input has F as an ancestor, and that lies on θ's update path (port-aware through
 IdentityN). Node names are never used.

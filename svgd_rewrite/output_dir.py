@@ -1,6 +1,6 @@
 """Safe output directories: staged in a temporary sibling, then claimed atomically.
 
-The rules (DESIGN.md §5, "Trust"): nothing is written into the input; OUT_DIR is resolved
+The rules ("trust"): nothing is written into the input; OUT_DIR is resolved
 once to an absolute path; the tool writes only into a directory it creates, an empty one, or
 one that holds its own previous output (recognised by ``svgd_report.json``, and replaced only
 with ``overwrite``); it never deletes anything else. A failure at any point leaves OUT_DIR as

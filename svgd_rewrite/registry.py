@@ -163,7 +163,7 @@ VARIABLE_OPS = {"VariableV2": "ref", "Variable": "ref", "VarHandleOp": "resource
 LOOP_ENTRY_OPS = frozenset({"Enter", "RefEnter"})
 
 GATHER_OPS = frozenset({"ResourceGather", "GatherV2", "Gather", "GatherNd", "ResourceGatherNd"})
-ELEMENTWISE_OPS = frozenset({"Mul", "AddV2", "Add", "Sub", "BiasAdd", "RealDiv", "Neg"})
+ELEMENTWISE_OPS = frozenset({"Mul", "AddV2", "Add", "Sub", "RealDiv", "Neg"})
 
 
 def identity_reason(op: str) -> str:
