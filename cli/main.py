@@ -10,7 +10,7 @@ import sys
 import traceback
 from typing import Iterator, Sequence
 
-from svgd_rewrite.errors import one_line  # no TensorFlow import: start-up stays quiet
+from svgd_rewrite.errors import first_line, one_line  # no TensorFlow import: start-up stays quiet
 
 PROG = "svgd-rewrite"
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -267,8 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, SVGDRewriteError):
             sys.stderr.write(f"{PROG}: error: {one_line(e)}\n")
             return EXIT_USAGE
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {one_line(first[:300])} "
+        sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {first_line(e, 300)} "
                          "(rerun with -v for the traceback, and please report it)\n")
         return EXIT_INTERNAL
     finally:

@@ -59,5 +59,11 @@ def one_line(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 
+def first_line(e: BaseException, limit: int = 240) -> str:
+    """The first line of an exception's message (its type when empty), escaped to one line."""
+    text = str(e).strip()
+    return one_line(text.splitlines()[0][:limit] if text else type(e).__name__)
+
+
 class SurgeryError(RuntimeError):
     """The rewritten graph failed validation: a bug of the tool (exit 1), never bad input."""

@@ -21,16 +21,17 @@ from .analyze import handle_consumers, variable_uses
 from .api import plan_step
 from .plan import require_sites
 from .progress import stage
-from .errors import LoadError, NoGradientsError, OutputError, already_rewritten, one_line
+from .errors import (LoadError, NoGradientsError, OutputError, already_rewritten, first_line,
+                     one_line)
 from .inline import inline_calls
 from .ir import GraphIR
 from .load import LoadedStep, VariableInfo, is_rewritten
 from .options import make_options
 from .output_dir import REPORT_FILE
-from .registry import VARIABLE_OPS
+from .registry import DATA_SOURCE_OPS, FUSED_APPLY_PREFIXES, VARIABLE_OPS
 from .report import Report
 from .surgery import SCOPE, apply_surgery
-from .validate import check_input_graph
+from .validate import IMPORT_ERRORS, check_input_graph
 
 INIT_OP = f"{SCOPE}/init"
 
@@ -84,11 +85,6 @@ class _Writes:
     trained: dict[str, list[str]]  # variable -> updates that apply a gradient to it
 
 
-# Where a training graph's data comes from: a gradient depends on one of these.
-DATA_SOURCE_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "IteratorGetNext",
-                             "IteratorGetNextSync", "IteratorGetNextAsOptional"})
-
-
 def _handle_slots(ir: GraphIR, placeholder: str) -> dict[str, set[int]]:
     """For each op reading the variable's handle (through ``Identity``), the input slots."""
     out: dict[str, set[int]] = {}
@@ -125,9 +121,6 @@ def _classify_writes(ir: GraphIR, variables: dict[str, VariableInfo]) -> _Writes
                 initializers.add(w)
     return _Writes(updates, initializers, trained)
 
-
-# Fused optimizer ops: input 0 is the trained variable, other variable inputs are its state.
-FUSED_APPLY_PREFIXES = ("Apply", "SparseApply", "ResourceApply", "ResourceSparseApply")
 
 
 def find_train_op(ir: GraphIR, updates: dict[str, list[str]], train_op: str | None) -> str:
@@ -280,8 +273,7 @@ def read_graph_file(path: str):
         else:
             proto.ParseFromString(data)
     except (DecodeError, text_format.ParseError, UnicodeDecodeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoadError(f"{path} is corrupt or not a {fmt} file ({first[:200]}): write the "
+        raise LoadError(f"{one_line(path)} is corrupt or not a {fmt} file ({first_line(e, 200)}): write the "
                         "graph again") from None
     graph = proto.graph_def if fmt == "meta" else proto
     if not graph.node:
@@ -325,16 +317,15 @@ def _meta_with_accumulators(meta, result: GraphDefResult):
 
 
 def _check_meta_graph(meta, path: str) -> None:
-    """Refuse a MetaGraph whose graph or collections TensorFlow cannot import."""
+    """Refuse a MetaGraph whose collections TensorFlow cannot import (its graph was checked
+    by ``load_graph_def``)."""
     from google.protobuf.message import DecodeError
 
-    check_input_graph(meta.graph_def, path)
     try:
         with tf.Graph().as_default():
             tf.compat.v1.train.import_meta_graph(meta, clear_devices=True)
-    except (ValueError, TypeError, KeyError, IndexError, DecodeError, tf.errors.OpError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise LoadError(f"{one_line(path)} is not a valid MetaGraph ({one_line(first)}): export "
+    except IMPORT_ERRORS + (DecodeError,) as e:
+        raise LoadError(f"{one_line(path)} is not a valid MetaGraph ({first_line(e, 200)}): export "
                         "it again") from None
 
 
@@ -368,16 +359,15 @@ def _write_meta(meta, result: GraphDefResult, model_path: str, out_dir: str) -> 
             try:
                 tf.compat.v1.train.Saver(original).restore(sess, prefix_in)
             except (tf.errors.OpError, ValueError) as e:
-                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 raise LoadError(f"the checkpoint {one_line(prefix_in)} is corrupt or does not "
-                                f"match the graph ({one_line(first)}): pass the checkpoint saved "
+                                f"match the graph ({first_line(e, 200)}): pass the checkpoint saved "
                                 "with this graph") from None
             sess.run(result.init_op)
             try:
                 saver.save(sess, prefix_out, write_state=False)
             except tf.errors.OpError as e:
-                raise OutputError(f"cannot write the checkpoint into OUT_DIR: "
-                                  f"{one_line(e.message.splitlines()[0][:200])}") from None
+                raise OutputError("cannot write the checkpoint into OUT_DIR: "
+                                  f"{first_line(e, 200)}") from None
             _write_checkpoint_state(out_dir, os.path.basename(prefix_out))
 
 
@@ -408,11 +398,11 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
     stage("load")
     fmt, proto = read_graph_file(model_path)
     graph = proto.graph_def if fmt == "meta" else proto
-    if fmt == "meta":
-        _check_meta_graph(proto, model_path)
     trainable = _trainable_from_meta(proto) if fmt == "meta" else None
     result = rewrite_graph_def(graph, train_op=train_op, trainable=trainable, what=model_path,
                                **options)
+    if fmt == "meta":
+        _check_meta_graph(proto, model_path)
     if dry_run and not formats:
         return result
     stage("write")

@@ -14,8 +14,9 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 Tensor = tuple[str, int]
 
+from .registry import BACK_EDGE_OPS
+
 PASS_THROUGH = frozenset({"Identity", "Snapshot", "StopGradient"})
-BACK_EDGE_OPS = frozenset({"NextIteration", "RefNextIteration"})
 
 
 def parse_input(name: str) -> tuple[str, int, bool]:

@@ -155,6 +155,16 @@ SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike
 WRITE_OP_PREFIXES = ("Assign", "Apply", "SparseApply", "ResourceApply", "ResourceSparseApply",
                      "Scatter", "ResourceScatter")
 
+# Fused optimizer ops: input 0 is the trained variable, other variable inputs are its state.
+FUSED_APPLY_PREFIXES = ("Apply", "SparseApply", "ResourceApply", "ResourceSparseApply")
+
+# Where a training graph's data comes from: a gradient depends on one of these.
+DATA_SOURCE_OPS = frozenset({"Placeholder", "PlaceholderWithDefault", "IteratorGetNext",
+                             "IteratorGetNextSync", "IteratorGetNextAsOptional"})
+
+# v1 loops: the op whose output is a loop's back edge (left out of topological orders).
+BACK_EDGE_OPS = frozenset({"NextIteration", "RefNextIteration"})
+
 # TF1 graphs: variables as nodes of the graph (ref or resource).
 VARIABLE_OPS = {"VariableV2": "ref", "Variable": "ref", "VarHandleOp": "resource"}
 

@@ -21,7 +21,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from .analyze import trains
 from .api import rewrite_loaded
 from .emit import SVGDStep
-from .errors import LoadError, NoGradientsError, OutputError, SVGDRewriteError
+from .errors import (LoadError, NoGradientsError, OutputError, SVGDRewriteError, first_line,
+                     one_line)
 from .exporters import export, parse_formats
 from .load import LoadedStep, load_concrete_function
 from .options import Options
@@ -80,7 +81,7 @@ def check_saved_model_dir(model_dir: str) -> None:
         with open(pb, "rb") as f:
             proto.ParseFromString(f.read())
     except (DecodeError, ValueError, RuntimeError) as e:
-        raise LoadError(f"{pb} is corrupt ({str(e).splitlines()[0] if str(e) else 'parse error'}): "
+        raise LoadError(f"{one_line(pb)} is corrupt ({first_line(e)}): "
                         "save the model again") from None
     if not proto.meta_graphs or not proto.meta_graphs[0].HasField("object_graph_def"):
         raise LoadError(f"{pb} is empty or not a TF2 SavedModel: save the model again with "
@@ -97,8 +98,8 @@ def load_saved_model(model_dir: str) -> Any:
     try:
         return tf.saved_model.load(model_dir)
     except Exception as e:  # TensorFlow raises many types here; all mean "cannot load"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoadError(f"cannot load the SavedModel in {model_dir}: {first[:300]}") from None
+        raise LoadError(f"cannot load the SavedModel in {one_line(model_dir)}: "
+                        f"{first_line(e, 300)}") from None
 
 
 def saved_variables(obj) -> list[tf.Variable]:

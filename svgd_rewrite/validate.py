@@ -11,15 +11,10 @@ from typing import Iterable
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from .errors import LoadError, SurgeryError, one_line
+from .errors import LoadError, SurgeryError, first_line, one_line
 from .ir import parse_input
 
-_IMPORT_ERRORS = (ValueError, TypeError, KeyError, IndexError, tf.errors.OpError)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return one_line(text.splitlines()[0][:240] if text else type(e).__name__)
+IMPORT_ERRORS = (ValueError, TypeError, KeyError, IndexError, tf.errors.OpError)
 
 
 def _dangling(graph_def: graph_pb2.GraphDef) -> str | None:
@@ -50,8 +45,8 @@ def check_input_graph(graph_def: graph_pb2.GraphDef, what: str) -> None:
     if problem is None:
         try:
             _import(graph_def)
-        except _IMPORT_ERRORS as e:
-            problem = _first_line(e)
+        except IMPORT_ERRORS as e:
+            problem = first_line(e)
     if problem is not None:
         raise LoadError(f"{one_line(what)} is not a valid TensorFlow graph ({one_line(problem)}): "
                         "export the graph again")
@@ -112,5 +107,5 @@ def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
     members |= {p for _, p, _, _ in reroutes}
     try:
         _import(_local_graph(graph_def, members, types))
-    except _IMPORT_ERRORS as e:
-        raise SurgeryError(f"the rewritten graph does not import: {_first_line(e)}") from None
+    except IMPORT_ERRORS as e:
+        raise SurgeryError(f"the rewritten graph does not import: {first_line(e)}") from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import ExportError
+from ..ir import GraphIR
 from ..progress import stage
 from . import dot as dot_mod
 from . import layers
@@ -102,15 +103,16 @@ def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> Exp
             svg = final
         return svg, text
 
+    ir = GraphIR(source.original)  # one IR for every picture
     for site in source.report.sites:
         before = write(f"site_{site.index}_before",
-                       dot_mod.site_dot(source, graphs, site, "before"))
-        after = write(f"site_{site.index}_after", layers.compact_site_dot(source, site))
+                       dot_mod.site_dot(source, graphs, site, "before", ir))
+        after = write(f"site_{site.index}_after", layers.compact_site_dot(source, site, ir))
         detail = write(f"site_{site.index}_after_detail",
-                       dot_mod.site_dot(source, graphs, site, "after"))
+                       dot_mod.site_dot(source, graphs, site, "after", ir))
         pictures["sites"].append((site, before[0], before[1], after[0], after[1],
                                   detail[0], detail[1]))
-    pictures["overview"] = write("overview", layers.overview_dot(source))
+    pictures["overview"] = write("overview", layers.overview_dot(source, ir))
     if "dot" in chosen or not svgs:
         out.files["dot"] = dots
     if "svg" in chosen and svgs:

@@ -59,9 +59,10 @@ def _site_nodes(ir: GraphIR, site: SiteReport) -> dict[str, str]:
 
 
 def site_dot(source: ExportSource, graphs: dict[str, nx.MultiDiGraph], site: SiteReport,
-             which: str) -> str:
-    """DOT text of one site ``before`` or ``after`` the rewrite."""
-    original_ir = GraphIR(source.original)
+             which: str, original_ir: GraphIR | None = None) -> str:
+    """DOT text of one site ``before`` or ``after`` the rewrite (``original_ir``: the
+    original graph's IR, built once by the caller)."""
+    original_ir = original_ir or GraphIR(source.original)
     members = _site_nodes(original_ir, site)
     graph = graphs["original" if which == "before" else "rewritten"]
     prefix = f"{SCOPE}/site_{site.index}/"

@@ -16,17 +16,13 @@ from collections import deque
 from ..ir import GraphIR, parse_input
 from ..report import SiteReport
 from ..surgery import inserted_name
+from .dot import _q
 from .roles import ExportSource
 
 MAX_COLUMNS = 40  # more sites than this are folded, a run of consecutive sites per column
 T_LABEL = "T: r ← ρr + (1−ρ)·mean(g²)\nĝ = s·g / √(r + ε)"
 COLORS = {"site": "#93c5fd", "leaf": "#fde68a", "T": "#86efac", "P": "#c4b5fd",
           "loss": "#fca5a5", "other": "#f3f4f6", "g": "#fca5a5"}
-
-
-def _q(s: str) -> str:
-    s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return '"' + "".join(c for c in s if c.isprintable()) + '"'
 
 
 def _short(name: str, n: int = 34) -> str:
@@ -92,9 +88,10 @@ def _attached_line(names: list[str]) -> str:
     return f"\n+ {shown}"
 
 
-def overview_dot(source: ExportSource) -> str:
-    """The layer-level overview of a rewrite (see the module docstring)."""
-    ir = GraphIR(source.original)
+def overview_dot(source: ExportSource, ir: GraphIR | None = None) -> str:
+    """The layer-level overview of a rewrite (see the module docstring); ``ir``: the original
+    graph's IR, when the caller has it."""
+    ir = ir or GraphIR(source.original)
     sites = sorted(source.report.sites, key=lambda s: ir.order.get(s.node, 0))
     columns = _columns(sites)
     column_of = {s.index: c for c, col in enumerate(columns) for s in col}
@@ -159,10 +156,10 @@ def overview_dot(source: ExportSource) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compact_site_dot(source: ExportSource, site: SiteReport) -> str:
+def compact_site_dot(source: ExportSource, site: SiteReport, ir: GraphIR) -> str:
     """Figure 6 (right) at its own size: θ (by variable name), x, F (σ'), g, the single T box
-    (its formula as the label, with r), and P, with the red ĝ → P edge; at most 10 nodes."""
-    ir = GraphIR(source.original)
+    (its formula as the label, with r), and P, with the red ĝ → P edge; at most 10 nodes.
+    ``ir``: the original graph's IR."""
     g_node = parse_input(site.upstream_gradient.removesuffix(":0"))[0]
     ghat = inserted_name(site.index, "g_hat")
     acc = inserted_name(site.index, "accumulator")
