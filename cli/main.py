@@ -137,7 +137,14 @@ def _run(args, out) -> int:
         model_dir = os.path.join(args.example, "paper_mlp")
         out_dir = out_dir or os.path.join(args.example, "paper_mlp_svgd")
         if not os.path.isdir(model_dir):
-            build("paper_mlp", model_dir)
+            import tensorflow as tf
+            from svgd_rewrite.errors import OutputError
+
+            try:
+                build("paper_mlp", model_dir)
+            except (OSError, tf.errors.OpError) as e:
+                raise OutputError(f"cannot write the example into {one_line(args.example)}: "
+                                  f"{first_line(e, 200)}; choose a writable DIR") from None
         overwrite = True
         if not args.quiet and not args.json:
             out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")

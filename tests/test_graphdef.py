@@ -247,3 +247,38 @@ def test_meta_checkpoint_state_resolves_after_a_move(tmp_path):
             np.testing.assert_array_equal(sess.run(v), original[k])
         for read in result.accumulator_reads:
             assert not np.any(sess.run(read))
+
+
+def test_tf1_v1_while_loop_graph():
+    """A tf.compat.v1.while_loop (Enter/Merge/NextIteration back edge): the sites outside the
+    loop are rewritten, the kernel used inside it is reported, and the result runs."""
+    tf.compat.v1.disable_control_flow_v2()
+    try:
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, (4, 3), name="x")
+            w1 = tf.compat.v1.get_variable("w1", (3, 3))
+            w2 = tf.compat.v1.get_variable("w2", (3, 2))
+            h = tf.matmul(x, w1)
+            _, h2 = tf.compat.v1.while_loop(
+                lambda i, a: i < 2, lambda i, a: (i + 1, tf.tanh(tf.matmul(a, w1))),
+                [tf.constant(0), h])
+            loss = tf.reduce_mean(tf.square(tf.matmul(h2, w2)))
+            tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss, name="train")
+            tf.compat.v1.global_variables_initializer()
+        graph_def = graph.as_graph_def()
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+    assert any(n.op == "NextIteration" for n in graph_def.node)
+    result = rewrite_graph_def(graph_def)
+    assert sorted(s.variable for s in result.report.sites) == ["w1", "w2"]
+    inside = [k for k in result.report.skipped if "while_loop" in k.reason]
+    assert [k.variable for k in inside] == ["w1"]
+    run = tf.Graph()
+    with run.as_default():
+        tf.compat.v1.import_graph_def(result.graph_def, name="")
+    with tf.compat.v1.Session(graph=run) as sess:
+        sess.run("init")
+        for _ in range(2):
+            sess.run("train", {"x:0": np.ones((4, 3), np.float32)})
+        assert all(np.any(sess.run(r)) for r in result.accumulator_reads)

@@ -266,3 +266,20 @@ def test_train_on_batch_uses_the_rewritten_step():
     assert loss == pytest.approx(oracle.step(tf.constant(x), tf.constant(y)), rel=1e-5)
     assert state.report is not None and len(state.accumulators) == 2
     assert_close(model_weights(model), oracle.weights(), 1e-5, "train_on_batch")
+
+
+def test_sample_weights_are_part_of_the_traced_data():
+    """fit with sample_weight feeds (x, y, w): a new data structure, traced and rewritten;
+    uniform weights train like the oracle's unweighted mean loss."""
+    x, y = _conv_data(16)
+    model, reference = conv_dense_model(7), conv_dense_model(7)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=CE)
+    state = svgd_keras.enable(model, scale=S)
+    model.fit(x, y, sample_weight=np.ones(16, np.float32), batch_size=8, epochs=1,
+              shuffle=False, verbose=0)
+    (step,) = state.steps.values()
+    assert len(step.function.input_signature) == 3  # x, y and the sample weights
+    oracle = KerasOracle(reference, keras.optimizers.SGD(0.05), scale=S)
+    for xb, yb in _batches(x, y, 8):
+        oracle.step(xb, yb)
+    assert_close(model_weights(model), oracle.weights(), 1e-5, "sample weights")

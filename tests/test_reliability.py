@@ -348,3 +348,56 @@ def test_a_poisoned_batch_leaves_accumulators_finite(poison):
     if poison == "huge_gradient":  # clipvalue bounds the bad step: both recover
         assert np.isfinite(sgd_loss) and sgd_loss < first
         assert np.isfinite(svgd_loss) and svgd_loss < first and svgd_loss <= 2 * sgd_loss
+
+
+# --- environment errors and the stage lines ------------------------------------------------
+
+def test_full_disk_while_writing_exits_2_and_leaves_nothing(graphs, tmp_path, capsys,
+                                                            monkeypatch):
+    import errno
+    import json as json_module
+
+    from svgd_rewrite import graphdef
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(graphdef.json, "dump", no_space)
+    rc, err = _cli(capsys, graphs / "model.pb", tmp_path / "out")
+    monkeypatch.setattr(graphdef.json, "dump", json_module.dump)
+    assert rc == 2 and err.count("\n") == 1 and "No space left" in err, err
+    assert os.listdir(tmp_path) == []  # neither OUT_DIR nor its staging directory
+
+
+def test_unreadable_model_file_exits_2(graphs, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    target = str(graphs / "model.pbtxt")
+    real_open = builtins.open
+
+    def guarded(path, *args, **kwargs):
+        if str(path) == target:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    rc, err = _cli(capsys, target, tmp_path / "out")
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert rc == 2 and err.count("\n") == 1 and "Permission denied" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_example_into_an_unwritable_place_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rc, err = _cli(capsys, "--example", blocker / "sub")
+    assert rc == 2 and err.count("\n") == 1, err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_verbose_always_shows_the_stages(graphs, tmp_path, capsys):
+    capsys.readouterr()
+    assert main([str(graphs / "model.pb"), str(tmp_path / "out"), "-v"]) == 0
+    err = capsys.readouterr().err
+    stages = [line.rsplit("] ", 1)[1] for line in err.splitlines() if "svgd-rewrite: [" in line]
+    assert stages[:2] == ["import", "load"] and "surgery" in stages and "write" in stages
