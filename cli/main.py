@@ -252,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"{PROG}: %(message)s")
     progress = logging.getLogger("svgd_rewrite.progress")
     handler = _progress_handler(args)
+    saved = (progress.level, progress.propagate)
     if handler is not None:
         progress.addHandler(handler)
         progress.setLevel(logging.INFO)
@@ -278,8 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(rerun with -v for the traceback, and please report it)\n")
         return EXIT_INTERNAL
     finally:
-        if handler is not None:
+        if handler is not None:  # leave the library's logger as it was (in-process callers)
             progress.removeHandler(handler)
+            progress.setLevel(saved[0])
+            progress.propagate = saved[1]
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from .errors import UnsupportedError
+from .ir import map_colocation
 from .load import LoadedStep
 from .report import Report
 from .surgery import Rewritten
@@ -46,17 +47,7 @@ def _drop_colocation_with(graph_def: graph_pb2.GraphDef, removed: set[str]) -> N
     """Colocation constraints (``_class: loc:@name``) that name a node fed through
     ``input_map`` (and so not imported) are dropped: TensorFlow refuses them on import."""
     for node in graph_def.node:
-        if "_class" not in node.attr:
-            continue
-        entries = list(node.attr["_class"].list.s)
-        kept = [e for e in entries if e.decode(errors="replace").removeprefix("loc:@") not in removed]
-        if len(kept) == len(entries):
-            continue
-        if kept:
-            del node.attr["_class"].list.s[:]
-            node.attr["_class"].list.s.extend(kept)
-        else:
-            del node.attr["_class"]
+        map_colocation(node, lambda name: None if name in removed else name)
 
 
 def _with_parameters(run, loaded: LoadedStep):

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 
 from .errors import LoadError
-from .ir import parse_input
+from .ir import map_colocation, parse_input
 from .registry import CALL_OPS
 from .tf_compat import function_def_to_graph_def
 
@@ -102,7 +102,8 @@ class _Inliner:
                 new.input.extend(inputs)
                 if not any(not i.startswith("^") for i in inner.input):
                     new.input.extend(control_in)
-                _rename_colocation(new, prefix, body_names)
+                # colocation follows the inlined names; names outside the body are dropped
+                map_colocation(new, lambda n: prefix + n if n in body_names else None)
             if not new.device and node.device:
                 new.device = node.device
             self.emit(new, depth + 1)
@@ -126,23 +127,6 @@ class _Inliner:
             replacement.input.extend(control_rets or control_in)
         replacement.device = node.device
         self.out.append(replacement)
-
-
-def _rename_colocation(node: node_def_pb2.NodeDef, prefix: str, body_names: set[str]) -> None:
-    """Colocation constraints (``_class: loc:@name``) follow the inlined names; ones that name
-    nodes outside the body are dropped."""
-    if "_class" not in node.attr:
-        return
-    kept = []
-    for entry in node.attr["_class"].list.s:
-        target = entry.decode(errors="replace").removeprefix("loc:@")
-        if target in body_names:
-            kept.append(f"loc:@{prefix}{target}".encode())
-    if kept:
-        del node.attr["_class"].list.s[:]
-        node.attr["_class"].list.s.extend(kept)
-    else:
-        del node.attr["_class"]
 
 
 def inline_calls(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:

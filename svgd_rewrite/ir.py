@@ -7,7 +7,7 @@ Tensors are written ``(node, port)``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import networkx as nx
 from tensorflow.core.framework import graph_pb2, node_def_pb2
@@ -25,6 +25,23 @@ def parse_input(name: str) -> tuple[str, int, bool]:
         return name[1:], -1, True
     node, _, port = name.partition(":")
     return node, int(port) if port else 0, False
+
+
+def map_colocation(node: node_def_pb2.NodeDef, target: Callable[[str], str | None]) -> None:
+    """Rewrite a node's colocation constraints (``_class: loc:@name``): each named node becomes
+    ``target(name)``, or is dropped when that is None (the attribute goes when none is left)."""
+    if "_class" not in node.attr:
+        return
+    kept = []
+    for entry in node.attr["_class"].list.s:
+        name = target(entry.decode(errors="replace").removeprefix("loc:@"))
+        if name is not None:
+            kept.append(f"loc:@{name}".encode())
+    if kept:
+        del node.attr["_class"].list.s[:]
+        node.attr["_class"].list.s.extend(kept)
+    else:
+        del node.attr["_class"]
 
 
 def tensor_name(t: Tensor) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from .ir import parse_input, tensor_name
+from .ir import map_colocation, parse_input, tensor_name
 from .load import MARKER_NODE
 from .options import Options
 from .plan import Plan, PlannedSite
@@ -186,11 +186,7 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str) -> list[
         new.name = prefix + node.name
         del new.input[:]
         new.input.extend(rename(i) for i in node.input)
-        if "_class" in new.attr:  # colocation with the accumulator follows its new name
-            located = [b"loc:@" + prefix.encode() + e.removeprefix(b"loc:@")
-                       for e in new.attr["_class"].list.s]
-            del new.attr["_class"].list.s[:]
-            new.attr["_class"].list.s.extend(located)
+        map_colocation(new, lambda name: prefix + name)  # follows the accumulator's new name
         if device:
             new.device = device
         nodes.append(new)
