@@ -12,6 +12,15 @@ from typing import Iterator, Sequence
 
 from svgd_rewrite.errors import first_line, one_line  # no TensorFlow import: start-up stays quiet
 
+
+def _fixture(name: str):
+    """A module of the example fixtures: ``svgd_rewrite.fixtures`` once installed (the
+    repository's ``fixtures/`` folder maps there), ``fixtures`` when run from the checkout."""
+    import importlib
+
+    parent = __package__.rpartition(".")[0] if __package__ else ""
+    return importlib.import_module(f"{parent + '.' if parent else ''}fixtures.{name}")
+
 PROG = "svgd-rewrite"
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -132,7 +141,7 @@ def _run(args, out) -> int:
         return _example_fit(args, out)
     model_dir, out_dir, overwrite = args.model_dir, args.out_dir, args.overwrite
     if args.example is not None:
-        from fixtures.saved_models import build
+        build = _fixture("saved_models").build
 
         model_dir = os.path.join(args.example, "paper_mlp")
         out_dir = out_dir or os.path.join(args.example, "paper_mlp_svgd")
@@ -197,7 +206,7 @@ def _example_fit(args, out) -> int:
 
         raise SVGDRewriteError("--example-fit needs scikit-learn (its bundled digits): "
                                "pip install scikit-learn") from None
-    from fixtures.keras_fit_example import main as example
+    example = _fixture("keras_fit_example").main
 
     history = example(epochs=5, verbose=0 if args.quiet else 2)
     if not args.quiet:

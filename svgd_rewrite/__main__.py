@@ -1,6 +1,6 @@
 """``python -m svgd_rewrite`` runs the command line."""
 import sys
 
-from cli.main import main
+from .cli.main import main
 
 sys.exit(main())

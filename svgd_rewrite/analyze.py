@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from .errors import NoGradientsError, NoTrainableVariablesError
 from .ir import GraphIR, Tensor
-from .load import LoadedStep, VariableInfo
+from .load import Distribution, LoadedStep, VariableInfo
 from .registry import (CONTROL_FLOW_OPS, REGISTRY, SHAPE_OPS, VIEW_OPS, WRITE_OP_PREFIXES,
                        identity_reason)
 from .shapes import TensorInfo, infer_shapes
@@ -57,6 +57,7 @@ class Analysis:
     stateful_optimizer_vars: list[str] = field(default_factory=list)
     loss_scale: Tensor | None = None  # the loss-scale read that seeds every float16 g
     loss_scale_variable: str | None = None
+    distribution: Distribution | None = None  # tf.distribute: the step's replicas
 
 
 def _is_write(op: str) -> bool:
@@ -283,7 +284,8 @@ def analyze(step: LoadedStep) -> Analysis:
     return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
                     forward=forward, stateful_optimizer_vars=stateful,
                     loss_scale=loss_scale[0] if loss_scale else None,
-                    loss_scale_variable=loss_scale[1] if loss_scale else None)
+                    loss_scale_variable=loss_scale[1] if loss_scale else None,
+                    distribution=step.distribution)
 
 
 def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor]):

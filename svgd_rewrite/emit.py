@@ -13,12 +13,13 @@ from typing import Any, Callable
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
+from .distribute import mirrored_zeros
 from .errors import UnsupportedError
 from .ir import map_colocation
 from .load import LoadedStep
 from .report import Report
 from .surgery import Rewritten
-from .tf_compat import capture
+from .tf_compat import capture, capture_call_time_value, distributed_container
 
 IMPORT_SCOPE = "svgd"
 
@@ -30,12 +31,14 @@ class _Wiring:
         self.input_placeholders = list(loaded.input_placeholders)
         self.captures = list(loaded.captures)
         self.accumulator_placeholders = [a.placeholder for a in rewritten.accumulators]
+        self.deferred_captures = list(loaded.deferred_captures)
+        self.distributed = loaded.distribution is not None
         self.output_tensors = list(loaded.output_tensors)
         self.structured_outputs = loaded.structured_outputs
         self.n_positional = loaded.n_positional
         self.keyword_names = list(loaded.keyword_names)
         fed = set(self.input_placeholders) | {n for n, _ in self.captures} | set(
-            self.accumulator_placeholders)
+            self.accumulator_placeholders) | {n for n, _, _ in self.deferred_captures}
         self.import_graph_def = graph_pb2.GraphDef()
         self.import_graph_def.CopyFrom(rewritten.graph_def)
         del self.import_graph_def.node[:]
@@ -82,15 +85,29 @@ def _handle(variable) -> tf.Tensor:
 
 
 def _refuse_replicas() -> None:
-    """tf.distribute with several replicas needs accumulators per replica and an all-reduce of
-    mean(g²), which this version does not build: refuse rather than train wrong."""
-    if tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        strategy = tf.distribute.get_strategy()
-        if strategy.num_replicas_in_sync > 1:
-            raise UnsupportedError(
-                f"the rewritten step runs under {type(strategy).__name__} with "
-                f"{strategy.num_replicas_in_sync} replicas: tf.distribute is not supported yet "
-                "(single-device steps only)")
+    """A step traced on one device, called under ``strategy.run`` on several replicas, would
+    update one accumulator from every replica: refuse rather than train wrong."""
+    context = tf.distribute.get_replica_context()
+    strategy = tf.distribute.get_strategy()
+    if context is not None and tf.distribute.has_strategy() and strategy.num_replicas_in_sync > 1:
+        raise UnsupportedError(
+            f"a step traced on one device called under {type(strategy).__name__}.run on "
+            f"{strategy.num_replicas_in_sync} replicas is not supported: rewrite the "
+            "tf.function that calls strategy.run instead (it holds every replica)")
+
+
+def _step_variables(loaded: LoadedStep) -> list:
+    """The step's variables; under tf.distribute each mirrored variable once (not its
+    per-replica components), so that a checkpoint saves it once."""
+    out, seen = [], set()
+    for p in sorted(loaded.variable_objects):
+        v = loaded.variable_objects[p]
+        mirrored = distributed_container(v.handle) if loaded.distribution else None
+        v = mirrored[0] if mirrored else v
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
 
 
 class SVGDStep(tf.Module):
@@ -107,16 +124,27 @@ class SVGDStep(tf.Module):
         ``tf.Variable`` of zeros); Keras passes its optimizer's ``add_variable``."""
         super().__init__(name=name)
         make = make_accumulator or _zeros_variable
+        distribution = loaded.distribution
+        if distribution is not None:  # one mirrored accumulator per logical site
+            def make(shape, name, strategy=distribution.strategy):
+                return mirrored_zeros(strategy, shape, name)
+        groups = sorted({a.group for a in rewritten.accumulators})
         with self.name_scope, tf.init_scope():
-            self.accumulators = [make(a.shape, f"svgd_accumulator_{a.site}")
-                                 for a in rewritten.accumulators]
-        self.step_variables = [loaded.variable_objects[p] for p in sorted(loaded.variable_objects)]
+            by_group = {g: make(a.shape, f"svgd_accumulator_{g}") for g in groups
+                        for a in rewritten.accumulators if a.site == g}
+        self.accumulators = [by_group[g] for g in groups]
+        self.step_variables = _step_variables(loaded)
         self.report = report
         self.graph_def = rewritten.graph_def
         self.original_graph_def = loaded.graph_def
         self.variable_infos = dict(loaded.variables)
         self.accumulator_placeholders = {a.placeholder: a.shape for a in rewritten.accumulators}
         self._wiring = _Wiring(loaded, rewritten)
+        # The variable (or mirrored component) each accumulator placeholder is fed; kept out
+        # of the module's tracked attributes so that a checkpoint saves each accumulator once.
+        self._wiring.feeds = [by_group[a.group] if a.replica is None else
+                              by_group[a.group].values[a.replica]
+                              for a in rewritten.accumulators]
         self.function = tf.function(_with_parameters(self._run, loaded),
                                     input_signature=loaded.input_signature, autograph=False,
                                     jit_compile=loaded.jit_compile)
@@ -125,16 +153,19 @@ class SVGDStep(tf.Module):
         return self.function(*args)
 
     def _run(self, *values) -> Any:
-        _refuse_replicas()
         w = self._wiring
+        if not w.distributed:
+            _refuse_replicas()
         args = values[:w.n_positional]
         kwargs = dict(zip(w.keyword_names, values[w.n_positional:]))
         flat = tf.nest.flatten((args, kwargs), expand_composites=True)
         input_map = {f"{name}:0": t for name, t in zip(w.input_placeholders, flat)}
         for name, external in w.captures:
             input_map[f"{name}:0"] = capture(external)
-        for name, acc in zip(w.accumulator_placeholders, self.accumulators):
+        for name, acc in zip(w.accumulator_placeholders, w.feeds):
             input_map[f"{name}:0"] = capture(_handle(acc))
+        for name, closure, spec in w.deferred_captures:  # e.g. collective instance keys
+            input_map[f"{name}:0"] = capture_call_time_value(closure, spec)
         outs = tf.graph_util.import_graph_def(
             w.import_graph_def, input_map=input_map, return_elements=w.output_tensors,
             name=IMPORT_SCOPE)

@@ -161,7 +161,9 @@ def enable(model: keras.Model, *, scale: float = 0.1, rho: float = 0.9, epsilon:
     replicas = model.distribute_strategy.num_replicas_in_sync
     if replicas > 1:
         raise UnsupportedError(f"the model is built under a strategy with {replicas} replicas: "
-                               "tf.distribute is not supported yet (single-device fit only)")
+                               "fit under tf.distribute is not supported (single-device fit "
+                               "only); rewrite a custom loop's tf.function that calls "
+                               "strategy.run instead")
     if model in _ENABLED:
         disable(model)
     state = KerasSVGD(model, options)

@@ -12,9 +12,9 @@ from typing import Any, Sequence
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from .errors import LoadError, already_rewritten
+from .errors import LoadError, UnsupportedError, already_rewritten
 from .inline import inline_calls
-from .tf_compat import traced_concrete_functions
+from .tf_compat import distributed_container, strategy_of, traced_concrete_functions
 
 MARKER_NODE = "svgd_rewrite/marker"
 
@@ -28,6 +28,22 @@ class VariableInfo:
     shape: tuple[int | None, ...]
     dtype: tf.DType
     trainable: bool
+    replica: int | None = None  # tf.distribute: the component's index among the replicas
+    logical_name: str = ""  # tf.distribute: the mirrored variable's name (else ``name``)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A step traced under ``tf.distribute``: one copy of the step per local replica.
+
+    ``devices``: the local replicas' devices, in component order; ``replicas``: the replicas
+    in sync over every worker; ``multi_worker``: other workers hold the other replicas.
+    """
+
+    strategy: Any
+    devices: tuple[str, ...]
+    replicas: int
+    multi_worker: bool
 
 
 @dataclass
@@ -42,8 +58,12 @@ class LoadedStep:
     output_tensors: list[str]
     structured_outputs: Any
     captures: list[tuple[str, Any]] = field(default_factory=list)
+    # Values captured at call time (tf.distribute's collective instance keys): placeholder,
+    # closure, spec.
+    deferred_captures: list[tuple[str, Any, tf.TensorSpec]] = field(default_factory=list)
     variables: dict[str, VariableInfo] = field(default_factory=dict)
     variable_objects: dict[str, tf.Variable] = field(default_factory=dict)
+    distribution: Distribution | None = None
     train_scope: frozenset[str] | None = None  # TF1 graphs: the train op and its ancestors
     jit_compile: bool | None = None  # the step was declared with jit_compile=True
 
@@ -86,7 +106,9 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
     if is_rewritten(graph_def):
         raise already_rewritten()
     captures = list(graph.captures)
-    n_user = len(cf.inputs) - len(captures)
+    deferred = [(t.op.name, closure, tf.TensorSpec(t.shape, t.dtype)) for t, closure in
+                zip(graph.deferred_internal_captures, graph.deferred_external_captures)]
+    n_user = len(cf.inputs) - len(captures) - len(deferred)
     input_placeholders = [t.op.name for t in cf.inputs[:n_user]]
     signature = cf.structured_input_signature
     args, kwargs = signature if signature is not None else ((), {})
@@ -105,15 +127,24 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
     infos: dict[str, VariableInfo] = {}
     objects: dict[str, tf.Variable] = {}
     capture_pairs = []
+    strategies = []
     for external, internal in captures:
         name = internal.op.name
         capture_pairs.append((name, external))
         v = by_handle.get(id(external))
         if v is not None:
+            mirrored = distributed_container(external)
+            if mirrored is not None:
+                strategies.append(strategy_of(mirrored[0]))
+            vname = v.name.split(":")[0]
             infos[name] = VariableInfo(
-                placeholder=name, name=v.name.split(":")[0], shape=tuple(v.shape.as_list()),
-                dtype=v.dtype, trainable=bool(v.trainable))
+                placeholder=name, name=vname, shape=tuple(v.shape.as_list()),
+                dtype=v.dtype, trainable=bool(v.trainable),
+                replica=mirrored[1] if mirrored else None,
+                logical_name=mirrored[0].name.split(":")[0] if mirrored else vname)
             objects[name] = v
+    on_ps = [n for n, e in capture_pairs if "/job:ps" in str(getattr(e, "device", "") or "")]
+    distribution = _distribution(strategies, graph_def, on_ps)
 
     out_tensors = [t.name for t in cf.outputs]
     xla = cf.function_def.attr.get("_XlaMustCompile")
@@ -128,10 +159,47 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
         output_tensors=out_tensors,
         structured_outputs=cf.structured_outputs,
         captures=capture_pairs,
+        deferred_captures=deferred,
         variables=infos,
         variable_objects=objects,
+        distribution=distribution,
         jit_compile=jit_compile,
     )
+
+
+_SUPPORTED_MESSAGE = ("supported: a tf.function that calls strategy.run under MirroredStrategy "
+                      "or MultiWorkerMirroredStrategy")
+
+
+def _distribution(strategies: list, graph_def: graph_pb2.GraphDef,
+                  on_ps: list[str]) -> Distribution | None:
+    """The step's tf.distribute setting, or ``UnsupportedError`` for a strategy (or a layout)
+    the rewrite cannot follow. ``on_ps``: captured tensors placed on a parameter server."""
+    if on_ps or any("/job:ps" in n.device for n in graph_def.node):
+        raise UnsupportedError("the step places variables on parameter servers "
+                               "(ParameterServerStrategy), which is not supported; "
+                               f"{_SUPPORTED_MESSAGE}")
+    kinds = {type(s).__name__ for s in strategies if s is not None}
+    if not kinds:
+        return None
+    unsupported = sorted(k for k in kinds if k not in _STRATEGY_KINDS)
+    if unsupported or len({id(s) for s in strategies}) > 1:
+        what = ", ".join(unsupported) if unsupported else "several strategies at once"
+        raise UnsupportedError(f"the step's variables belong to {what}, which is not "
+                               f"supported; {_SUPPORTED_MESSAGE}")
+    strategy = strategies[0]
+    devices = tuple(strategy.extended.worker_devices)
+    replicas = int(strategy.num_replicas_in_sync)
+    if replicas == 1 and len(devices) == 1:
+        return None
+    return Distribution(strategy=strategy, devices=devices, replicas=replicas,
+                        multi_worker=replicas > len(devices))
+
+
+# Class names behind the supported strategies (MultiWorkerMirroredStrategy is a
+# CollectiveAllReduceStrategy).
+_STRATEGY_KINDS = ("MirroredStrategy", "CollectiveAllReduceStrategy",
+                   "_CollectiveAllReduceStrategyExperimental", "MultiWorkerMirroredStrategy")
 
 
 def load_step(fn, variables: Sequence[tf.Variable] | None = None) -> LoadedStep:

@@ -7,6 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from .analyze import Analysis, Consumer, Match
+from .load import Distribution
+from .distribute import group_replicas
 from .errors import NoSitesError
 from .options import Options
 from .registry import CONV_OPS, REGISTRY
@@ -26,6 +28,8 @@ class PlannedSite:
     accumulator_shape: tuple[int, ...]
     broadcast_shape: tuple[int, ...] | None  # reshape r before scaling g (None: broadcasts as is)
     loss_scale: str | None = None  # divide g by this before squaring (mixed precision)
+    replica: int | None = None  # tf.distribute: this copy's replica
+    peers: tuple[int, ...] = ()  # tf.distribute: the indices of every replica's copy
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Plan:
     sites: list[PlannedSite]
     report: Report
     tensor_types: dict = field(default_factory=dict)  # "node:port" -> (dtype, static shape)
+    distribution: Distribution | None = None  # tf.distribute: the step's replicas
 
 
 def _shape_list(shape: tf.TensorShape) -> list[int | None] | None:
@@ -107,12 +112,18 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
         if note:
             warnings.append(f"site {c.node}: {note}")
 
-    updated = [p for p, v in analysis.variables.items() if v.trainable and analysis.writes[p]]
+    if analysis.distribution is not None:
+        sites, site_reports, skipped = group_replicas(
+            sites, site_reports, skipped, analysis.variables, len(analysis.distribution.devices))
+    # Mirrored variables count once (their replica-0 component).
+    updated = [p for p, v in analysis.variables.items()
+               if v.trainable and analysis.writes[p] and not v.replica]
     params = sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64)) for p in updated)
     param_bytes = sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64))
                       * analysis.variables[p].dtype.size for p in updated)
-    transformed = {s.variable for s in sites}
-    acc_floats = sum(int(np.prod(s.accumulator_shape, dtype=np.int64)) for s in sites)
+    transformed = {s.variable for s in sites if not s.replica}
+    acc_floats = sum(int(np.prod(s.accumulator_shape, dtype=np.int64)) for s in sites
+                     if not s.replica)
     memory = MemoryReport(
         accumulator_floats=acc_floats, accumulator_bytes=4 * acc_floats, params=params,
         transformed_params=sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64))
@@ -144,7 +155,8 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
                         "the loss goes NaN, lower the scale")
     report = Report(sites=site_reports, skipped=skipped, memory=memory,
                     options=options.to_dict(), warnings=warnings)
-    return Plan(sites=sites, report=report, tensor_types=analysis.shapes)
+    return Plan(sites=sites, report=report, tensor_types=analysis.shapes,
+                distribution=analysis.distribution)
 
 
 def require_sites(plan: Plan) -> Plan:

@@ -25,6 +25,7 @@ class SiteReport:
     granularity: str
     note: str = ""
     variable_node: str = ""  # θ's resource placeholder in the graph
+    replicas: int = 1  # tf.distribute: the local replicas holding a copy of this site
 
     @property
     def accumulator_size(self) -> int:

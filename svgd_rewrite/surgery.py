@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
+from .distribute import collective_templates, reduce_for
 from .ir import map_colocation, parse_input, tensor_name
 from .load import MARKER_NODE
 from .options import Options
@@ -57,6 +58,8 @@ class Accumulator:
     placeholder: str
     shape: tuple[int, ...]
     site: int
+    group: int = 0  # tf.distribute: the logical site (replica 0's site index)
+    replica: int | None = None  # tf.distribute: the replica whose component feeds it
 
     @property
     def read(self) -> str:
@@ -82,13 +85,16 @@ class Rewritten:
 
 
 def svgd_transform(g: tf.Tensor, r: tf.Tensor, site: PlannedSite, options: Options,
-                   loss_scale: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
-    """T of Algorithm 1 for one site, in graph mode: returns (r_new, ĝ)."""
+                   loss_scale: tf.Tensor | None,
+                   mean_sq: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """T of Algorithm 1 for one site, in graph mode: returns (r_new, ĝ). ``mean_sq``: mean(g²)
+    when it is computed elsewhere (all-reduced over tf.distribute replicas)."""
     f32, raw = tf.float32, tf.raw_ops
-    g32 = g if site.g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
-    axes = tf.constant(list(site.reduce_axes), tf.int32, name="reduce_axes")
-    mean_sq = raw.Mean(input=raw.Square(x=g32, name="g_squared"), axis=axes, keep_dims=False,
-                       name="mean_g_squared")
+    if mean_sq is None:
+        g32 = g if site.g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
+        axes = tf.constant(list(site.reduce_axes), tf.int32, name="reduce_axes")
+        mean_sq = raw.Mean(input=raw.Square(x=g32, name="g_squared"), axis=axes,
+                           keep_dims=False, name="mean_g_squared")
     coef = tf.constant(1.0 - options.rho, f32, name="one_minus_rho")
     if loss_scale is not None:  # the unscaled gradient's square: divide by scale²
         coef = raw.RealDiv(x=coef, y=raw.Square(x=loss_scale, name="loss_scale_squared"),
@@ -113,7 +119,48 @@ def svgd_transform(g: tf.Tensor, r: tf.Tensor, site: PlannedSite, options: Optio
     return r_new, raw.Mul(x=g, y=factor, name="g_hat")
 
 
-def _trace_site(site: PlannedSite, options: Options, kind: str, accumulator: str) -> graph_pb2.GraphDef:
+def replica_mean_square(g: tf.Tensor, site: PlannedSite, reduce) -> tf.Tensor:
+    """mean(g²) over every replica's g (tf.distribute): this replica's sum of g² and count of
+    squared elements, packed into one vector, summed over the replicas (``reduce``: None for
+    an ``AddN`` of the local replicas' vectors, fed as ``peer_J``; else a collective
+    template) and divided."""
+    f32, raw = tf.float32, tf.raw_ops
+    size = int(np.prod(site.accumulator_shape, dtype=np.int64))
+    g32 = g if site.g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
+    axes = tf.constant(list(site.reduce_axes), tf.int32, name="reduce_axes")
+    sums = raw.Sum(input=raw.Square(x=g32, name="g_squared"), axis=axes, keep_dims=False,
+                   name="sum_g_squared")
+    count = raw.RealDiv(x=raw.Cast(x=raw.Size(input=g32, out_type=tf.int64), DstT=f32),
+                        y=tf.constant(float(size), f32), name="count")
+    flat = tf.constant([-1], tf.int32, name="flat")
+    packed = raw.ConcatV2(values=[raw.Reshape(tensor=sums, shape=flat),
+                                  raw.Reshape(tensor=count, shape=tf.constant([1], tf.int32))],
+                          axis=tf.constant(0, tf.int32), name="packed")
+    if reduce is None:
+        parts = [packed if j == site.replica else
+                 tf.compat.v1.placeholder(f32, (size + 1,), name=f"peer_{j}")
+                 for j in range(len(site.peers))]
+        total = raw.AddN(inputs=parts, name="all_reduced")
+    else:
+        token = ([tf.compat.v1.placeholder(tf.resource, (), name="ordering_token")]
+                 if reduce.ordering_token else [])
+        total = raw.CollectiveReduceV2(
+            input=packed, group_size=tf.compat.v1.placeholder(tf.int32, (), name="group_size"),
+            group_key=tf.compat.v1.placeholder(tf.int32, (), name="group_key"),
+            instance_key=tf.constant(reduce.instance_key, tf.int32, name="instance_key"),
+            ordering_token=token, merge_op="Add", final_op="Id",
+            communication_hint=reduce.communication_hint,
+            timeout_seconds=reduce.timeout_seconds, name="all_reduced")
+    total_sums, total_count = raw.SplitV(
+        value=total, size_splits=tf.constant([size, 1], tf.int64), axis=tf.constant(0, tf.int32),
+        num_split=2, name="split")
+    return raw.Reshape(tensor=raw.RealDiv(x=total_sums, y=total_count, name="mean"),
+                       shape=tf.constant(list(site.accumulator_shape), tf.int32),
+                       name="mean_g_squared")
+
+
+def _trace_site(site: PlannedSite, options: Options, kind: str, accumulator: str,
+                reduce=None) -> graph_pb2.GraphDef:
     """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed).
 
     ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
@@ -122,17 +169,20 @@ def _trace_site(site: PlannedSite, options: Options, kind: str, accumulator: str
     """
     key = (site.g_dtype, site.reduce_axes, site.broadcast_shape, site.loss_scale is not None,
            options, kind) + ((site.accumulator_shape, accumulator) if kind != "placeholder" else ())
+    if site.peers:  # tf.distribute: the reduction's wiring and instance key
+        key += (site.accumulator_shape, site.replica, site.peers, reduce)
     if key not in _TRACES:
         if len(_TRACES) >= 512:
             _TRACES.clear()
-        _TRACES[key] = _trace(site, options, kind, accumulator)
+        _TRACES[key] = _trace(site, options, kind, accumulator, reduce)
     return _TRACES[key]
 
 
 _TRACES: dict[tuple, graph_pb2.GraphDef] = {}
 
 
-def _trace(site: PlannedSite, options: Options, kind: str, accumulator: str) -> graph_pb2.GraphDef:
+def _trace(site: PlannedSite, options: Options, kind: str, accumulator: str,
+           reduce) -> graph_pb2.GraphDef:
     f32, raw = tf.float32, tf.raw_ops
     graph = tf.Graph()
     with graph.as_default():
@@ -155,7 +205,8 @@ def _trace(site: PlannedSite, options: Options, kind: str, accumulator: str) -> 
         g = tf.compat.v1.placeholder(site.g_dtype, name=_G)
         scale = (tf.compat.v1.placeholder(f32, (), name=_LOSS_SCALE)
                  if site.loss_scale is not None else None)
-        r_new, _ = svgd_transform(g, r, site, options, scale)
+        mean_sq = replica_mean_square(g, site, reduce) if site.peers else None
+        r_new, _ = svgd_transform(g, r, site, options, scale, mean_sq)
         if kind == "ref":
             raw.Assign(ref=acc, value=r_new, validate_shape=True, use_locking=True,
                        name="assign_r")
@@ -164,12 +215,21 @@ def _trace(site: PlannedSite, options: Options, kind: str, accumulator: str) -> 
     return graph.as_graph_def()
 
 
-def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str) -> list[node_def_pb2.NodeDef]:
-    """Rename the traced nodes into the site's scope and wire g (and the loss scale) in."""
+def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
+            reduce=None) -> list[node_def_pb2.NodeDef]:
+    """Rename the traced nodes into the site's scope and wire g (and the loss scale, the other
+    replicas' statistics, the collective's group) in."""
     prefix = inserted_name(site.index, "")
     outside = {_G: tensor_name(site.match.g)}
     if site.loss_scale is not None:
         outside[_LOSS_SCALE] = site.loss_scale
+    for j, peer in enumerate(site.peers):
+        if j != site.replica:
+            outside[f"peer_{j}"] = inserted_name(peer, "packed")
+    if reduce is not None:
+        outside.update(group_size=reduce.group_size, group_key=reduce.group_key)
+        if reduce.ordering_token:
+            outside["ordering_token"] = reduce.ordering_token
 
     def rename(inp: str) -> str:
         src, port, control = parse_input(inp)
@@ -200,12 +260,18 @@ def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
     out.CopyFrom(graph_def)
     by_name = {n.name: n for n in out.node}
     accumulators, reroutes = [], []
+    templates = collective_templates(graph_def) if plan.distribution else {}
+    instance_keys: dict[tuple[int, ...], int] = {}
     for site in plan.sites:
         acc = Accumulator(placeholder=inserted_name(site.index, "accumulator"),
-                          shape=site.accumulator_shape, site=site.index)
-        traced = _trace_site(site, options, accumulator_kind, acc.placeholder)
+                          shape=site.accumulator_shape, site=site.index,
+                          group=site.peers[0] if site.peers else site.index,
+                          replica=site.replica)
         device = by_name[site.match.g[0]].device
-        out.node.extend(_splice(traced, site, device))
+        reduce = (reduce_for(plan.distribution, templates, device, instance_keys, site.peers)
+                  if site.peers else None)
+        traced = _trace_site(site, options, accumulator_kind, acc.placeholder, reduce)
+        out.node.extend(_splice(traced, site, device, reduce))
         accumulators.append(acc)
         p_node = by_name[site.match.grad_op]
         old = parse_input(p_node.input[site.match.g_slot])

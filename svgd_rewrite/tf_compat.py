@@ -24,3 +24,33 @@ def capture(tensor: tf.Tensor) -> tf.Tensor:
     """Capture an outer tensor (a variable handle, say) into the FuncGraph being traced."""
     graph = tf.compat.v1.get_default_graph()
     return graph.capture(tensor)
+
+
+def capture_call_time_value(closure, spec: tf.TensorSpec) -> tf.Tensor:
+    """A placeholder of the FuncGraph being traced that ``closure()`` feeds at every call
+    (tf.distribute's collective instance keys are captured this way)."""
+    graph = tf.compat.v1.get_default_graph()
+
+    def value():  # a deferred capture's own closure returns its tensors as a list
+        out = closure()
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    return graph.capture_call_time_value(value, spec)
+
+
+def distributed_container(handle) -> tuple[object, int] | None:
+    """The ``tf.distribute`` variable a captured resource handle is a component of, and the
+    component's index in its ``values``; None for a plain variable."""
+    ref = getattr(handle, "_distributed_container", None)
+    container = ref() if callable(ref) else None
+    if container is None:
+        return None
+    for k, component in enumerate(getattr(container, "values", ())):
+        if getattr(component, "handle", None) is handle:
+            return container, k
+    return None
+
+
+def strategy_of(container) -> object | None:
+    """The ``tf.distribute.Strategy`` a distributed variable belongs to."""
+    return getattr(container, "_distribute_strategy", None)

@@ -77,3 +77,15 @@ def test_convergence_quick(tmp_path):
             assert 0 <= r["test_error_mean"] <= 1 and finite(r["test_error_std"])
             assert len(r["steps"]) == len(r["test_error_curve_mean"]) > 0
     assert os.path.getsize(tmp_path / results["settings"]["png"]) > 10_000
+
+
+def test_scaling_quick(tmp_path):
+    results, stdout = run_quick("scaling", tmp_path)
+    r = results["mnist_mlp"]
+    for key in ("sgd_1r_ms", "svgd_1r_ms", "adam_1r_ms", "sgd_2r_ms", "svgd_2r_ms", "adam_2r_ms",
+                "svgd_over_sgd_2r", "adam_over_sgd_2r"):
+        assert finite(r[key]) and r[key] > 0, key
+    # SVGD all-reduces each site's r-sized statistics plus a count, on top of the gradients:
+    # the paper MLP's 490 accumulator floats + 5 counts against 245,482 gradient floats.
+    assert r["gradient_floats"] == 245_482 and r["svgd_extra_floats"] == 495
+    assert "all-reduced floats" in stdout

@@ -93,8 +93,8 @@ def test_tflite_converts_with_builtins_only_for_the_inserted_ops(tmp_path):
 def test_validation_rejects_a_broken_surgery(monkeypatch):
     original = surgery._splice
 
-    def broken(traced, site, device):
-        nodes = original(traced, site, device)
+    def broken(traced, site, *wiring):
+        nodes = original(traced, site, *wiring)
         return [n for n in nodes if not n.name.endswith("/rsqrt")]  # ĝ's factor loses an input
 
     monkeypatch.setattr(surgery, "_splice", broken)

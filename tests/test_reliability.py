@@ -17,7 +17,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 import svgd_rewrite
-from cli.main import main
+from svgd_rewrite.cli.main import main
 from fixtures import tf1_graphs
 from fixtures.saved_models import build
 

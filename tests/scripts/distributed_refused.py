@@ -1,5 +1,6 @@
-"""Under MirroredStrategy with 2 logical CPUs, the rewritten step and Keras enable refuse
-(tf.distribute is not supported yet) instead of training wrong. Prints "refused" twice."""
+"""Under MirroredStrategy with 2 logical CPUs: a replica function traced on its own (meant to
+be called under strategy.run), and Keras enable under the strategy, are refused with one line
+instead of training wrong. Prints "refused: ..." twice."""
 import os
 import sys
 
@@ -28,12 +29,14 @@ def replica_step(x):
     return loss
 
 
-step = svgd_rewrite.rewrite(replica_step)
 try:
+    step = svgd_rewrite.rewrite(replica_step)
     strategy.run(step, args=(tf.ones((4, 3)),))
+    print("trained")
 except svgd_rewrite.UnsupportedError as e:
     print("refused:", e)
 try:
     svgd_rewrite.keras.enable(model)
+    print("enabled")
 except svgd_rewrite.UnsupportedError as e:
     print("refused:", e)
