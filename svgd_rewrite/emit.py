@@ -96,6 +96,12 @@ def _refuse_replicas() -> None:
             "tf.function that calls strategy.run instead (it holds every replica)")
 
 
+def _component(variable, replica: int):
+    """Replica ``replica``'s component of a mirrored tf.Variable or Keras variable."""
+    mirrored = variable if isinstance(variable, tf.Variable) else variable.value
+    return mirrored.values[replica]
+
+
 def _step_variables(loaded: LoadedStep) -> list:
     """The step's variables; under tf.distribute each mirrored variable once (not its
     per-replica components), so that a checkpoint saves it once."""
@@ -125,7 +131,7 @@ class SVGDStep(tf.Module):
         super().__init__(name=name)
         make = make_accumulator or _zeros_variable
         distribution = loaded.distribution
-        if distribution is not None:  # one mirrored accumulator per logical site
+        if distribution is not None and make_accumulator is None:  # one mirrored accumulator
             def make(shape, name, strategy=distribution.strategy):
                 return mirrored_zeros(strategy, shape, name)
         groups = sorted({a.group for a in rewritten.accumulators})
@@ -143,7 +149,7 @@ class SVGDStep(tf.Module):
         # The variable (or mirrored component) each accumulator placeholder is fed; kept out
         # of the module's tracked attributes so that a checkpoint saves each accumulator once.
         self._wiring.feeds = [by_group[a.group] if a.replica is None else
-                              by_group[a.group].values[a.replica]
+                              _component(by_group[a.group], a.replica)
                               for a in rewritten.accumulators]
         self.function = tf.function(_with_parameters(self._run, loaded),
                                     input_signature=loaded.input_signature, autograph=False,

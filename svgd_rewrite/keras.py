@@ -9,6 +9,11 @@ rewritten step; a new structure is traced and rewritten anew. Everything around 
 (``steps_per_execution``, ``jit_compile``, callbacks, logs, metrics, ``evaluate``,
 ``predict``) stays Keras's own.
 
+Under ``MirroredStrategy`` the per-replica ``train_step`` cannot be rewritten alone (SVGD's
+statistics span the replicas): ``enable`` replaces ``make_train_function`` instead, and the
+train function runs the rewrite of the whole replicated step Keras would run
+(``strategy.run`` of the model's ``train_step``, then Keras's per-replica reduction).
+
 The accumulators are training state: they are variables of the model's optimizer (of the
 innermost one under a ``LossScaleOptimizer``), so ``save_weights``, ``BackupAndRestore``,
 ``ModelCheckpoint`` and ``tf.train.Checkpoint`` carry them. A backup restored before the first
@@ -32,6 +37,7 @@ from .report import Report
 
 __all__ = ["enable", "disable", "VirtualGradients", "KerasSVGD"]
 
+_MIRRORED = (tf.distribute.MirroredStrategy,)  # fit under MultiWorkerMirroredStrategy: untested
 _ENABLED: "weakref.WeakKeyDictionary[keras.Model, KerasSVGD]" = weakref.WeakKeyDictionary()
 
 
@@ -104,9 +110,61 @@ class KerasSVGD:
         return SVGDStep(loaded, rewritten, report, name="svgd_keras_step",
                         make_accumulator=self._make_accumulator)
 
+    # --- under tf.distribute: the replicated step Keras builds, rewritten whole -------------
+    def make_distributed_train_function(self, force: bool = False):
+        """Keras's ``make_train_function`` under a strategy with several replicas: the train
+        function runs, per batch, the rewrite of the step Keras would run (``strategy.run`` of
+        the model's own ``train_step``, then the per-replica reduction)."""
+        model = self.model
+        if model.train_function is not None and not force:
+            return model.train_function
+
+        def train_function(iterator):
+            outputs = None
+            for _ in range(model.steps_per_execution):
+                optional = iterator.get_next_as_optional()
+                if not optional.has_value():
+                    if outputs is None:
+                        raise StopIteration
+                    break
+                outputs = self._distributed_step(optional.get_value())
+            return outputs
+
+        model.train_function = train_function
+        return train_function
+
+    def _distributed_step(self, data):
+        specs = tf.nest.map_structure(
+            lambda v: getattr(v, "_type_spec", None) or tf.type_spec_from_value(v), data)
+        key = "distributed:" + repr(specs)
+        step = self.steps.get(key)
+        if step is None:
+            step = self._rewrite_distributed(data)
+            self.steps[key] = step
+            self.report = step.report
+        return step(data)
+
+    def _rewrite_distributed(self, data) -> SVGDStep:
+        from keras.src.backend.tensorflow.trainer import reduce_per_replica
+
+        model = self.model
+        strategy = model.distribute_strategy
+        original = type(model).train_step
+
+        def replicated(data):
+            outputs = strategy.run(lambda d: original(model, d), args=(data,))
+            return reduce_per_replica(outputs, strategy, reduction="auto")
+
+        cf = tf.function(replicated, autograph=False).get_concrete_function(data)
+        loaded = load_concrete_function(cf)
+        rewritten, report = rewrite_loaded(loaded, self.options)
+        return SVGDStep(loaded, rewritten, report, name="svgd_keras_step",
+                        make_accumulator=self._make_accumulator)
+
     def _make_accumulator(self, shape: tuple[int, ...], name: str):
-        variable = _innermost(self.model.optimizer).add_variable(
-            shape=shape, initializer="zeros", dtype="float32", name=name)
+        with self.model.distribute_strategy.scope():
+            variable = _innermost(self.model.optimizer).add_variable(
+                shape=shape, initializer="zeros", dtype="float32", name=name)
         index = len(self.accumulators)
         self.accumulators.append(variable)
         if index in self._pending:
@@ -158,17 +216,18 @@ def enable(model: keras.Model, *, scale: float = 0.1, rho: float = 0.9, epsilon:
     if model.run_eagerly:
         raise SVGDRewriteError("the model runs eagerly (run_eagerly=True): there is no graph to "
                                "rewrite; compile it with run_eagerly=False")
-    replicas = model.distribute_strategy.num_replicas_in_sync
-    if replicas > 1:
-        raise UnsupportedError(f"the model is built under a strategy with {replicas} replicas: "
-                               "fit under tf.distribute is not supported (single-device fit "
-                               "only); rewrite a custom loop's tf.function that calls "
-                               "strategy.run instead")
+    strategy = model.distribute_strategy
+    if strategy.num_replicas_in_sync > 1 and not isinstance(strategy, _MIRRORED):
+        raise UnsupportedError(f"the model is built under {type(strategy).__name__}: fit under "
+                               "it is not supported; supported: MirroredStrategy (for a custom "
+                               "loop also MultiWorkerMirroredStrategy)")
     if model in _ENABLED:
         disable(model)
     state = KerasSVGD(model, options)
     _ENABLED[model] = state
     model.train_step = state.train_step
+    if strategy.num_replicas_in_sync > 1:  # the whole replicated step is rewritten
+        model.make_train_function = state.make_distributed_train_function
     model.optimizer.load_own_variables = state.load_optimizer_variables
     model.train_function = None  # rebuilt around the new step on the next fit
     return state
@@ -179,7 +238,8 @@ def disable(model: keras.Model) -> None:
     state = _ENABLED.pop(model, None)
     if state is None:
         return
-    for obj, attr in ((model, "train_step"), (model.optimizer, "load_own_variables")):
+    for obj, attr in ((model, "train_step"), (model, "make_train_function"),
+                      (model.optimizer, "load_own_variables")):
         if attr in vars(obj):
             object.__delattr__(obj, attr)
     model.train_function = None

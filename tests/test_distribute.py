@@ -81,13 +81,24 @@ def test_parameter_server_strategy_is_refused():
 
 
 @pytest.mark.slow
-def test_single_device_step_under_strategy_run_and_keras_fit_are_refused():
-    """A step traced on one device and then called under strategy.run would share one
-    accumulator between replicas, and Keras fit under a strategy is not supported: both
-    refuse with one line naming the supported way instead of training wrong."""
+def test_keras_fit_under_mirrored_strategy_matches_the_keras_oracle():
+    out = json.loads(_run("distributed_keras_fit.py").strip().splitlines()[-1])
+    for case in ("spe1", "spe2"):  # steps_per_execution 1 and 2
+        r = out[case]
+        assert r["weights_error"] <= 1e-5, out
+        assert [replicas for _, replicas in r["sites"]] == [2, 2]
+        assert r["accumulators"] == ["MirroredVariable"] and r["finite_loss"]
+
+
+@pytest.mark.slow
+def test_replica_function_and_unsupported_strategies_are_refused():
+    """A replica function traced on its own (to be called under strategy.run) would share one
+    accumulator between replicas, and Keras fit under CentralStorageStrategy is not
+    supported: both refuse with one line naming the supported way instead of training wrong."""
     out = _run("distributed_refused.py")
     assert out.count("refused:") == 2 and out.count("not supported") == 2
     assert "rewrite the tf.function that calls strategy.run" in out
+    assert "supported: MirroredStrategy" in out
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
-"""Under MirroredStrategy with 2 logical CPUs: a replica function traced on its own (meant to
-be called under strategy.run), and Keras enable under the strategy, are refused with one line
-instead of training wrong. Prints "refused: ..." twice."""
+"""With 2 logical CPUs: a replica function traced on its own under MirroredStrategy (meant to
+be called under strategy.run), and Keras enable on a model under CentralStorageStrategy, are
+refused with one line instead of training wrong. Prints "refused: ..." twice."""
 import os
 import sys
 
@@ -17,6 +17,7 @@ import svgd_rewrite.keras  # noqa: E402
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     w = tf.Variable(tf.ones((3, 2)))
+with tf.distribute.experimental.CentralStorageStrategy(["/cpu:0", "/cpu:1"]).scope():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
 
