@@ -66,15 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-op", metavar="NAME",
                    help="TF1 graphs (.pb/.pbtxt/.meta): the training op (default: the op that "
                         "runs every variable update)")
-    p.add_argument("--scale", type=float, default=0.1, metavar="S", help="s (default 0.1)")
-    p.add_argument("--rho", type=float, default=0.9, metavar="R", help="ρ (default 0.9)")
-    p.add_argument("--epsilon", type=float, default=1e-6, metavar="E", help="ε (default 1e-6)")
+    # Defaults and op names from the library's one place for each (neither imports TF).
+    from svgd_rewrite.options import GRANULARITIES, TRANSFORMS, Options
+    from svgd_rewrite.registry import DEFAULT_OPS, OPT_IN_OPS
+
+    p.add_argument("--scale", type=float, default=Options.scale, metavar="S",
+                   help="s (default %(default)g)")
+    p.add_argument("--rho", type=float, default=Options.rho, metavar="R",
+                   help="ρ (default %(default)g)")
+    p.add_argument("--epsilon", type=float, default=Options.epsilon, metavar="E",
+                   help="ε (default %(default)g)")
     p.add_argument("--ops", metavar="OP,...",
-                   help="forward op types to transform (default: every registry op but "
-                        "BiasAdd, which is opt-in; see README)")
-    p.add_argument("--granularity", choices=("full", "channel"), default="full",
+                   help=f"forward op types to transform (default: {', '.join(DEFAULT_OPS)}; "
+                        f"opt-in: {', '.join(OPT_IN_OPS)})")
+    p.add_argument("--granularity", choices=GRANULARITIES, default=Options.granularity,
                    help="accumulator shape: σ' without the batch axis, or channels only")
-    p.add_argument("--transform", choices=("svgd", "identity"), default="svgd",
+    p.add_argument("--transform", choices=TRANSFORMS, default=Options.transform,
                    help="identity: same surgery with T = identity (trains like the input)")
     p.add_argument("--dry-run", action="store_true", help="analyse and report; write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -161,7 +168,7 @@ def _run(args, out) -> int:
         from svgd_rewrite import graphdef
 
         result = graphdef.rewrite_graph_file(
-            model_dir, out_dir, options=options.to_dict(), train_op=args.train_op,
+            model_dir, out_dir, options, train_op=args.train_op,
             overwrite=overwrite, dry_run=args.dry_run, export_formats=args.export)
         what = (f"train op: {result.train_op} ({result.variable_kind} variables); initialize "
                 f"the accumulators with {result.init_op}"

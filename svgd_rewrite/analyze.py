@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import tensorflow as tf
 
 from .errors import NoGradientsError, NoTrainableVariablesError
 from .ir import GraphIR, Tensor
 from .load import Distribution, LoadedStep, VariableInfo
-from .registry import (CONTROL_FLOW_OPS, REGISTRY, SHAPE_OPS, VIEW_OPS, WRITE_OP_PREFIXES,
-                       identity_reason)
+from .registry import (CONTROL_FLOW_BODY_ATTRS, CONTROL_FLOW_OPS, HANDLE_ONLY_OPS, LOOP_OPS,
+                       MULTI_IDENTITY_OPS, PASS_THROUGH_OPS, REGISTRY, SHAPE_OPS,
+                       VARIABLE_READ_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason)
 from .shapes import TensorInfo, infer_shapes
 
 log = logging.getLogger(__name__)
@@ -76,14 +78,13 @@ def variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[
     seen: set[Tensor] = set()
     for node, slot in handle_consumers(ir, placeholder):
         op = ir.op(node)
-        if op == "Identity":
+        if op in PASS_THROUGH_OPS:
             continue  # the handle passed on (its consumers are listed too)
-        if op == "ReadVariableOp":
+        if op in VARIABLE_READ_OPS:
             values.append((node, 0))
         elif _is_write(op) or (op in CONTROL_FLOW_OPS and _body_writes(ir, ir.node(node), slot)):
             writes.append(node)
-        elif op in ("VarIsInitializedOp", "IsVariableInitialized", "VariableShape",
-                    "DestroyResourceOp", "SaveV2", "Save", "SaveSlices"):
+        elif op in HANDLE_ONLY_OPS:
             continue
         else:
             consumers.append((node, slot))
@@ -95,7 +96,7 @@ def variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[
         for node, slot in ir.consumers(v):
             if ir.op(node) in VIEW_OPS:
                 values.append((node, 0))
-            elif ir.op(node) == "IdentityN":
+            elif ir.op(node) in MULTI_IDENTITY_OPS:
                 values.append((node, slot))
             elif ir.op(node) in SHAPE_OPS:
                 continue  # reads θ's shape only
@@ -115,7 +116,7 @@ def handle_consumers(ir: GraphIR, placeholder: str) -> list[tuple[str, int]]:
             continue
         seen.add(h)
         for node, slot in ir.consumers(h):
-            if ir.op(node) == "Identity":
+            if ir.op(node) in PASS_THROUGH_OPS:
                 handles.append((node, 0))
             out.append((node, slot))
     return out
@@ -124,22 +125,17 @@ def handle_consumers(ir: GraphIR, placeholder: str) -> list[tuple[str, int]]:
 def variable_reads(ir: GraphIR, placeholder: str) -> list[str]:
     """The ``ReadVariableOp`` nodes (and ref-variable ``Identity`` reads) of a variable."""
     return [n for n, _ in handle_consumers(ir, placeholder)
-            if ir.op(n) in ("ReadVariableOp", "Identity")]
-
-
-_BODY_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
-               "While": ("body",), "StatelessWhile": ("body",), "Case": ("branches",),
-               "StatelessCase": ("branches",)}
+            if ir.op(n) in VARIABLE_READ_OPS or ir.op(n) in PASS_THROUGH_OPS]
 
 
 def _body_writes(ir: GraphIR, nd, slot: int, depth: int = 0) -> bool:
     """True when the control-flow op ``nd`` writes the resource it reads at input ``slot``
     inside one of its bodies (e.g. LossScaleOptimizer's update under ``If``)."""
-    if depth > 8 or nd.op not in _BODY_ATTRS:
+    if depth > 8 or nd.op not in CONTROL_FLOW_BODY_ATTRS:
         return False
-    index = slot if "While" in nd.op else slot - 1
+    index = slot if nd.op in LOOP_OPS else slot - 1
     names = []
-    for attr in _BODY_ATTRS[nd.op]:
+    for attr in CONTROL_FLOW_BODY_ATTRS[nd.op]:
         value = nd.attr[attr]
         names += [f.name for f in value.list.func] if value.list.func else [value.func.name]
     return any(_function_writes(ir, name, index, depth) for name in names)
@@ -153,13 +149,13 @@ def _function_writes(ir: GraphIR, name: str, index: int, depth: int) -> bool:
     for _ in range(2):  # node_defs are not sorted; two passes settle Identity chains
         for n in fdef.node_def:
             srcs = [i.split(":")[0] for i in n.input if not i.startswith("^")]
-            if n.op == "Identity" and srcs and srcs[0] in aliases:
+            if n.op in PASS_THROUGH_OPS and srcs and srcs[0] in aliases:
                 aliases.add(n.name)
     for n in fdef.node_def:
         srcs = [i.split(":")[0] for i in n.input if not i.startswith("^")]
         if _is_write(n.op) and srcs and srcs[0] in aliases:
             return True
-        if n.op in _BODY_ATTRS:
+        if n.op in CONTROL_FLOW_BODY_ATTRS:
             for k, src in enumerate(srcs):
                 if src in aliases and _body_writes(ir, n, k, depth + 1):
                     return True
@@ -169,7 +165,7 @@ def _function_writes(ir: GraphIR, name: str, index: int, depth: int) -> bool:
 def trains(step: LoadedStep) -> bool:
     """True when the step writes at least one trainable variable (it applies gradients)."""
     ir = GraphIR(step.graph_def)
-    scope = step.train_scope
+    scope = step.update_scope
     return any(w for p, v in step.variables.items() if v.trainable
                for w in variable_uses(ir, p)[0] if scope is None or w in scope)
 
@@ -188,8 +184,8 @@ def analyze(step: LoadedStep) -> Analysis:
     consumers: dict[str, list[tuple[str, int]]] = {}
     for placeholder in step.variables:
         writes[placeholder], consumers[placeholder] = variable_uses(ir, placeholder)
-        if step.train_scope is not None:  # a TF1 graph: only the train op's updates count
-            writes[placeholder] = [w for w in writes[placeholder] if w in step.train_scope]
+        if step.update_scope is not None:  # e.g. a TF1 graph: only its train op's updates
+            writes[placeholder] = [w for w in writes[placeholder] if w in step.update_scope]
     if not any(writes[p] for p in trainable):
         raise NoGradientsError(
             "the step updates no trainable variable (no gradients are applied): pass the "
@@ -252,13 +248,13 @@ def analyze(step: LoadedStep) -> Analysis:
         _match(ir, c, on_path_pool=lambda x, op, pool, p=p: on_path_pool(x, op, pool, p),
                on_update_path=lambda d, p=p: not writes[p] or bool(feeds.get(d, 0) >> var_bit[p] & 1),
                depends_on_f=lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1),
-               shape_of=lambda t: (shapes[f"{t[0]}:{t[1]}"][1] if f"{t[0]}:{t[1]}" in shapes
+               shape_of=lambda t: (shapes[Tensor(*t)][1] if Tensor(*t) in shapes
                                    else None))
         all_consumers.append(c)
 
     matched_g = [c.match.g for c in all_consumers if c.match]
     backward = ir.descendants(matched_g)
-    out_tensors = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in step.output_tensors]
+    out_tensors = [Tensor.parse(t) for t in step.output_tensors]
     reportable = ir.ancestors(out_tensors + matched_g)
 
     forward: list[Consumer] = []
@@ -294,7 +290,7 @@ def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor]):
     Structurally: a scalar float non-trainable variable whose read is an ancestor of every
     float16 upstream gradient g (LossScaleOptimizer multiplies the loss by it).
     """
-    half = [g for g in gs if shapes[f"{g[0]}:{g[1]}"][0] == tf.float16]
+    half = [g for g in gs if shapes[Tensor(*g)][0] == tf.float16]
     if not half:
         return None
     reads: dict[str, tuple[str, str]] = {}  # read node -> (variable placeholder, name)
@@ -302,7 +298,7 @@ def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor]):
         if info.trainable or info.shape != () or not info.dtype.is_floating:
             continue
         for node, _ in ir.consumers((p, 0)):
-            if ir.op(node) == "ReadVariableOp":
+            if ir.op(node) in VARIABLE_READ_OPS:
                 reads[node] = (p, info.name)
     bit = {node: i for i, node in enumerate(reads)}
     reach = ir.reach_bits(bit)
@@ -334,15 +330,80 @@ def _own_gradient(ir: GraphIR, c: Consumer, found: list[Match], shape_of) -> lis
     return found
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A possible P of a consumer: gradient op ``grad_op`` with g at input ``g_slot``;
+    ``x_slot``/``x_at``: the input of P that must read F's other operand x, and the one that
+    does (None when P does not read x)."""
+
+    grad_op: str
+    g_slot: int
+    g: Tensor
+    x_slot: int | None
+    x_at: int | None
+
+
+@dataclass(frozen=True)
+class MatchContext:
+    """What the filters ask of the graph: ``on_update_path(node)`` (the node feeds θ's
+    update), ``depends_on_f(tensor)`` (F is among the tensor's ancestors), ``shape_of``, and
+    ``on_path_pool(x, op, pool)`` (the candidates of ``pool`` on θ's update path, grouped once
+    per x so that many layers reading one x stay linear)."""
+
+    ir: GraphIR
+    on_update_path: Callable[[str], bool]
+    depends_on_f: Callable[[Tensor], bool]
+    shape_of: Callable[[Tensor], object] = lambda t: None
+    on_path_pool: Callable = lambda x, op, pool: pool
+
+
+@dataclass(frozen=True)
+class MatchFilter:
+    """A named condition every P satisfies; ``reason`` is the skip reason reported when it
+    leaves no candidate. A new constraint is one entry of ``MATCH_FILTERS``."""
+
+    name: str
+    keep: Callable[[MatchContext, Consumer, Tensor | None, Candidate], bool]
+    reason: str
+
+
+_NO_P = "no gradient op P found that turns its output gradient into θ's update"
+
+MATCH_FILTERS: tuple[MatchFilter, ...] = (
+    MatchFilter("not F itself", lambda ctx, c, x, m: m.grad_op != c.node, _NO_P),
+    MatchFilter("feeds θ's update", lambda ctx, c, x, m: ctx.on_update_path(m.grad_op), _NO_P),
+    MatchFilter("reads x where P's op expects it",
+                lambda ctx, c, x, m: m.x_slot is None or m.x_slot == m.x_at,
+                _NO_P + " (no candidate reads F's other operand in the slot its op expects)"),
+    MatchFilter("g is not x", lambda ctx, c, x, m: x is None or ctx.ir.canonical(m.g) != x,
+                _NO_P),
+    MatchFilter("g is a gradient of F's output", lambda ctx, c, x, m: ctx.depends_on_f(m.g),
+                _NO_P + " (no candidate's g depends on F's output)"),
+)
+
+
+def _candidates(ctx: MatchContext, c: Consumer, x: Tensor | None) -> list[Candidate]:
+    """Every (gradient op, slots) of the registry's P op types for F: the consumers of x
+    (on θ's update path) when P reads x, else every node of the op type."""
+    ir, spec = ctx.ir, REGISTRY[c.op]
+    out = []
+    for grad in spec.grad_ops:
+        if x is not None:
+            pool = ctx.on_path_pool(x, grad.op, ir.consumers_of_op(x, grad.op))
+        else:
+            pool = [(n, None) for n in ir.nodes_of_op(grad.op)]
+        for d, x_at in pool:
+            for xs, gs in grad.slots:
+                out.append(Candidate(grad_op=d, g_slot=gs, g=Tensor(*ir.data_input(d, gs)),
+                                     x_slot=xs, x_at=x_at))
+    return out
+
+
 def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lambda t: None,
            on_path_pool=lambda x, op, pool: pool) -> None:
-    """Fill ``c.match`` (P found) or ``c.reason`` for a consumer of θ.
-
-    ``on_update_path(node)``: the node feeds θ's update; ``depends_on_f(tensor)``: the tensor
-    has F (``c.node``) among its ancestors; ``on_path_pool(x, op, pool)``: the candidates of
-    ``pool`` on θ's update path (grouped once per x, so that many layers reading one x stay
-    linear).
-    """
+    """Fill ``c.match`` (P found) or ``c.reason`` for a consumer of θ: candidate generation,
+    then ``MATCH_FILTERS`` in order (the first that leaves none gives the reason), then the
+    tie-break by F's own gradient (``_own_gradient``)."""
     spec = REGISTRY.get(c.op)
     if spec is None:
         c.reason = identity_reason(c.op)
@@ -350,32 +411,22 @@ def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lamb
     if c.slot not in spec.param_slots:
         c.reason = f"θ enters {c.op} as input {c.slot}, in which it is not a linear parameter"
         return
+    ctx = MatchContext(ir=ir, on_update_path=on_update_path, depends_on_f=depends_on_f,
+                       shape_of=shape_of, on_path_pool=on_path_pool)
     x_slot = spec.x_slot(c.slot)
     x = ir.canonical(ir.data_input(c.node, x_slot)) if x_slot is not None else None
-    found: list[Match] = []
-    for grad in spec.grad_ops:
-        if x is not None:
-            pool = on_path_pool(x, grad.op, ir.consumers_of_op(x, grad.op))
-        else:
-            pool = [(n, None) for n in ir.nodes_of_op(grad.op)]
-        for d, x_at in pool:
-            if d == c.node or not on_update_path(d):
-                continue
-            for xs, gs in grad.slots:
-                if xs is not None and xs != x_at:
-                    continue
-                g = ir.data_input(d, gs)
-                if x is not None and ir.canonical(g) == x:
-                    continue
-                if depends_on_f(g):
-                    found.append(Match(grad_op=d, g_slot=gs, g=g))
-    found = sorted(set(found), key=lambda m: (ir.order[m.grad_op], m.g_slot))
+    candidates = _candidates(ctx, c, x)
+    for f in MATCH_FILTERS:
+        candidates = [m for m in candidates if f.keep(ctx, c, x, m)]
+        if not candidates:
+            c.reason = f.reason
+            return
+    found = sorted({Match(grad_op=m.grad_op, g_slot=m.g_slot, g=m.g) for m in candidates},
+                   key=lambda m: (ir.order[m.grad_op], m.g_slot))
     if len(found) > 1:
         found = _own_gradient(ir, c, found, shape_of)
     if len(found) == 1:
         c.match = found[0]
-    elif not found:
-        c.reason = "no gradient op P found that turns its output gradient into θ's update"
     else:
         c.reason = ("ambiguous gradient op: " + ", ".join(m.grad_op for m in found)
                     + " all qualify as P")

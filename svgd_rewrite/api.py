@@ -9,6 +9,7 @@ import tensorflow as tf
 from .analyze import analyze
 from .emit import SVGDStep
 from .errors import already_rewritten
+from .frontend import rewrite_with
 from .load import LoadedStep, load_step
 from .options import Options, make_options
 from .plan import Plan, make_plan, require_sites
@@ -30,16 +31,36 @@ def plan_step(loaded: LoadedStep, options: Options) -> Plan:
     return plan
 
 
-def rewrite_loaded(loaded: LoadedStep, options: Options) -> tuple[Rewritten, Report]:
+def rewrite_loaded(loaded: LoadedStep, options: Options,
+                   accumulator_kind: str = "placeholder") -> tuple[Rewritten, Report]:
     """The surgery on a loaded step: the rewritten GraphDef and the report."""
     plan = require_sites(plan_step(loaded, options))
     stage("surgery")
-    return apply_surgery(loaded.graph_def, plan, options), plan.report
+    return apply_surgery(loaded.graph_def, plan, options, accumulator_kind), plan.report
 
 
-def rewrite(train_step, *, scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
-            ops: Iterable[str] | None = None, granularity: str = "full",
-            transform: str = "svgd",
+class FunctionFrontEnd:
+    """A ``tf.function`` / ``ConcreteFunction`` in, an ``SVGDStep`` out."""
+
+    accumulator_kind = "placeholder"
+
+    def __init__(self, fn, variables: Sequence[tf.Variable] | None = None):
+        self.fn, self.variables = fn, variables
+
+    def load(self) -> LoadedStep:
+        if isinstance(self.fn, SVGDStep):
+            raise already_rewritten()
+        stage("load")
+        return load_step(self.fn, self.variables)
+
+    def finish(self, loaded: LoadedStep, rewritten: Rewritten, report: Report) -> SVGDStep:
+        stage("emit")
+        return SVGDStep(loaded, rewritten, report)
+
+
+def rewrite(train_step, *, scale: float = Options.scale, rho: float = Options.rho,
+            epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
+            granularity: str = Options.granularity, transform: str = Options.transform,
             variables: Sequence[tf.Variable] | None = None) -> SVGDStep:
     """Rewrite a traced training step so that it trains with virtual gradients (SVGD).
 
@@ -51,16 +72,11 @@ def rewrite(train_step, *, scale: float = 0.1, rho: float = 0.9, epsilon: float 
     """
     options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
                            granularity=granularity, transform=transform)
-    if isinstance(train_step, SVGDStep):
-        raise already_rewritten()
-    stage("load")
-    loaded = load_step(train_step, variables)
-    rewritten, report = rewrite_loaded(loaded, options)
-    stage("emit")
-    return SVGDStep(loaded, rewritten, report)
+    return rewrite_with(FunctionFrontEnd(train_step, variables), options)
 
 
-def analyze_step(train_step, *, ops: Iterable[str] | None = None, granularity: str = "full",
+def analyze_step(train_step, *, ops: Iterable[str] | None = None,
+                 granularity: str = Options.granularity,
                  variables: Sequence[tf.Variable] | None = None, **kwargs) -> Report:
     """The report of what ``rewrite`` would do, without rewriting anything (also when no
     site is found: the report then says why)."""

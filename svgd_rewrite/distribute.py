@@ -23,6 +23,7 @@ from tensorflow.core.framework import graph_pb2
 
 from .errors import UnsupportedError
 from .ir import parse_input, tensor_name
+from .registry import COLLECTIVE_REDUCE_OP
 from .report import SkippedNode
 
 _REPLICA_SCOPE = re.compile(r"^replica_\d+/")
@@ -55,7 +56,7 @@ def collective_templates(graph_def: graph_pb2.GraphDef) -> dict[str, CollectiveT
     """The first ``CollectiveReduceV2`` of the graph on each device, as a template."""
     out: dict[str, CollectiveTemplate] = {}
     for node in graph_def.node:
-        if node.op != "CollectiveReduceV2" or node.device in out:
+        if node.op != COLLECTIVE_REDUCE_OP or node.device in out:
             continue
         data = [i for i in node.input if not i.startswith("^")]
         n_tokens = node.attr["Nordering_token"].i

@@ -7,6 +7,7 @@ op (variable updates, accumulator assigns) run, in the original order.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -15,6 +16,7 @@ from tensorflow.core.framework import graph_pb2
 
 from .distribute import mirrored_zeros
 from .errors import UnsupportedError
+from .frontend import accumulator_variables
 from .ir import map_colocation
 from .load import LoadedStep
 from .report import Report
@@ -129,11 +131,13 @@ class SVGDStep(tf.Module):
         """``make_accumulator(shape, name)`` creates each accumulator (default: a float32
         ``tf.Variable`` of zeros); Keras passes its optimizer's ``add_variable``."""
         super().__init__(name=name)
-        make = make_accumulator or _zeros_variable
         distribution = loaded.distribution
-        if distribution is not None and make_accumulator is None:  # one mirrored accumulator
-            def make(shape, name, strategy=distribution.strategy):
-                return mirrored_zeros(strategy, shape, name)
+        if make_accumulator is not None:
+            make = make_accumulator
+        elif distribution is not None:  # one mirrored accumulator per logical site
+            make = functools.partial(mirrored_zeros, distribution.strategy)
+        else:
+            make = _zeros_variable
         groups = sorted({a.group for a in rewritten.accumulators})
         with self.name_scope, tf.init_scope():
             by_group = {g: make(a.shape, f"svgd_accumulator_{g}") for g in groups
@@ -146,6 +150,7 @@ class SVGDStep(tf.Module):
         self.variable_infos = dict(loaded.variables)
         self.accumulator_placeholders = {a.placeholder: a.shape for a in rewritten.accumulators}
         self._wiring = _Wiring(loaded, rewritten)
+        self._wiring.graph_variables = accumulator_variables(loaded, rewritten)
         # The variable (or mirrored component) each accumulator placeholder is fed; kept out
         # of the module's tracked attributes so that a checkpoint saves each accumulator once.
         self._wiring.feeds = [by_group[a.group] if a.replica is None else
@@ -154,6 +159,12 @@ class SVGDStep(tf.Module):
         self.function = tf.function(_with_parameters(self._run, loaded),
                                     input_signature=loaded.input_signature, autograph=False,
                                     jit_compile=loaded.jit_compile)
+
+    @property
+    def graph_variables(self) -> dict:
+        """The rewritten graph's variable placeholders, accumulators included
+        (``RewriteResult``)."""
+        return dict(self._wiring.graph_variables)
 
     def __call__(self, *args) -> Any:
         return self.function(*args)

@@ -18,22 +18,23 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from .analyze import handle_consumers, variable_uses
-from .api import plan_step
-from .plan import require_sites
-from .progress import stage
 from .errors import (LoadError, NoGradientsError, OutputError, already_rewritten, first_line,
                      one_line)
+from .frontend import rewrite_with
 from .inline import inline_calls
 from .ir import GraphIR
 from .load import LoadedStep, VariableInfo, is_rewritten
-from .options import make_options
+from .options import Options, make_options
 from .output_dir import REPORT_FILE
-from .registry import DATA_SOURCE_OPS, FUSED_APPLY_PREFIXES, VARIABLE_OPS
+from .registry import (CONTROL_GROUP_OPS, DATA_SOURCE_OPS, FUSED_APPLY_PREFIXES,
+                       RESTORE_OP_PREFIXES, VARIABLE_OPS)
+from .progress import stage
 from .report import Report
-from .surgery import SCOPE, apply_surgery
+from .surgery import SCOPE
 from .validate import IMPORT_ERRORS, check_input_graph
 
 INIT_OP = f"{SCOPE}/init"
+
 
 @dataclass
 class GraphDefResult:
@@ -51,9 +52,14 @@ class GraphDefResult:
     variable_kind: str
     report: Report
     variable_infos: dict
-    accumulator_placeholders: dict
     out_dir: str | None = None
     exported: Any = None
+
+    @property
+    def graph_variables(self) -> dict:
+        """The graph's variable nodes (``RewriteResult``); the accumulators are variable
+        nodes that carry their own shapes."""
+        return dict(self.variable_infos)
 
     def to_dict(self) -> dict:
         d = self.report.to_dict()
@@ -99,7 +105,7 @@ def _classify_writes(ir: GraphIR, variables: dict[str, VariableInfo]) -> _Writes
     others are its slots); any other write trains its variable when its value depends on the
     data (a gradient does; Adam's β-power updates, say, do not)."""
     sources = {p: 0 for p in variables}  # bit 0: depends on a variable
-    sources.update({n: 1 for n in ir.order if ir.op(n).startswith("Restore")})  # bit 1
+    sources.update({n: 1 for n in ir.order if ir.op(n).startswith(RESTORE_OP_PREFIXES)})  # bit 1
     sources.update({n: 2 for n in ir.order if ir.op(n) in DATA_SOURCE_OPS  # bit 2: on data
                     and ir.node(n).attr["dtype"].type != tf.resource.as_datatype_enum})
     reach = ir.reach_bits(sources)
@@ -191,27 +197,29 @@ def load_graph_def(graph_def: graph_pb2.GraphDef, train_op: str | None = None,
     kind = "resource" if "resource" in kinds else "ref"
     # The graph's results (the loss, typically) are its sinks: the V_θ→σ nodes to report are
     # their ancestors (an L1 penalty's Abs, say).
-    sinks = [f"{n}:0" for n in ir.order if ir.g.out_degree(n) == 0 and ir.op(n) != "NoOp"]
+    sinks = [f"{n}:0" for n in ir.order if ir.g.out_degree(n) == 0 and ir.op(n) not in CONTROL_GROUP_OPS]
     loaded = LoadedStep(graph_def=gd, input_placeholders=[], input_signature=(), n_positional=0,
                         keyword_names=[], output_tensors=sinks, structured_outputs=None,
-                        variables=variables, train_scope=scope)
+                        variables=variables, update_scope=scope)
     return TF1Step(loaded, train, kind, _init_ops(ir, writes.initializers))
 
 
 def _init_ops(ir: GraphIR, initializers: set[str]) -> list[str]:
     """The graph's init ops: NoOps whose control inputs are variable initializers."""
     out = []
-    for name in ir.nodes_of_op("NoOp"):
+    for name in (n for op in sorted(CONTROL_GROUP_OPS) for n in ir.nodes_of_op(op)):
         deps = {i[1:] for i in ir.node(name).input if i.startswith("^")}
-        if deps and deps <= initializers | {n for n in deps if ir.op(n) == "NoOp"} and deps & initializers:
+        groups = {n for n in deps if ir.op(n) in CONTROL_GROUP_OPS}
+        if deps and deps <= initializers | groups and deps & initializers:
             out.append(name)
     return out
 
 
 def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = None,
-                      trainable: Iterable[str] | None = None, scale: float = 0.1,
-                      rho: float = 0.9, epsilon: float = 1e-6, ops=None,
-                      granularity: str = "full", transform: str = "svgd",
+                      trainable: Iterable[str] | None = None, scale: float = Options.scale,
+                      rho: float = Options.rho, epsilon: float = Options.epsilon, ops=None,
+                      granularity: str = Options.granularity,
+                      transform: str = Options.transform,
                       what: str = "the GraphDef") -> GraphDefResult:
     """Rewrite a TF1 training GraphDef so that its train op trains with virtual gradients.
 
@@ -220,31 +228,46 @@ def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = N
     """
     options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
                            granularity=granularity, transform=transform)
-    step = load_graph_def(graph_def, train_op, trainable, what)
-    loaded, train = step.loaded, step.train_op
-    plan = require_sites(plan_step(loaded, options))
-    stage("surgery")
-    rewritten = apply_surgery(loaded.graph_def, plan, options,
-                              accumulator_kind=step.variable_kind)
-    gd = rewritten.graph_def
-    by_name = {n.name: n for n in gd.node}
-    assigns = ["^" + a.assign for a in rewritten.accumulators]
-    by_name[train].input.extend(assigns)  # running the train op updates the accumulators
-    initializers = ["^" + a.initializer for a in rewritten.accumulators]
-    init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")
-    init.input.extend(initializers)
-    gd.node.append(init)
-    graph_inits = step.init_ops
-    for name in graph_inits:
-        by_name[name].input.append(f"^{INIT_OP}")
-    return GraphDefResult(
-        graph_def=gd, original_graph_def=loaded.graph_def, train_op=train, init_op=INIT_OP,
-        graph_init_ops=graph_inits,
-        accumulators=[(a.placeholder, a.shape) for a in rewritten.accumulators],
-        accumulator_reads=[a.read for a in rewritten.accumulators],
-        accumulator_init_values=[a.initial_value for a in rewritten.accumulators],
-        variable_kind=step.variable_kind, report=plan.report, variable_infos=dict(loaded.variables),
-        accumulator_placeholders={})
+    return rewrite_with(GraphDefFrontEnd(graph_def, train_op, trainable, what), options)
+
+
+class GraphDefFrontEnd:
+    """A TF1 training GraphDef in (validated, its train op found), a ``GraphDefResult`` out:
+    the accumulators are variable nodes of the graph's own kind, updated by the train op and
+    initialized by a new init op that the graph's init ops run too."""
+
+    def __init__(self, graph_def: graph_pb2.GraphDef, train_op: str | None,
+                 trainable: Iterable[str] | None, what: str):
+        self.args = (graph_def, train_op, trainable, what)
+        self.step: TF1Step | None = None
+
+    @property
+    def accumulator_kind(self) -> str:
+        return self.step.variable_kind
+
+    def load(self) -> LoadedStep:
+        self.step = load_graph_def(*self.args)
+        return self.step.loaded
+
+    def finish(self, loaded: LoadedStep, rewritten, report) -> GraphDefResult:
+        train, graph_inits = self.step.train_op, self.step.init_ops
+        gd = rewritten.graph_def
+        by_name = {n.name: n for n in gd.node}
+        assigns = ["^" + a.assign for a in rewritten.accumulators]
+        by_name[train].input.extend(assigns)  # running the train op updates the accumulators
+        init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")
+        init.input.extend("^" + a.initializer for a in rewritten.accumulators)
+        gd.node.append(init)
+        for name in graph_inits:
+            by_name[name].input.append(f"^{INIT_OP}")
+        return GraphDefResult(
+            graph_def=gd, original_graph_def=loaded.graph_def, train_op=train, init_op=INIT_OP,
+            graph_init_ops=graph_inits,
+            accumulators=[(a.placeholder, a.shape) for a in rewritten.accumulators],
+            accumulator_reads=[a.read for a in rewritten.accumulators],
+            accumulator_init_values=[a.initial_value for a in rewritten.accumulators],
+            variable_kind=self.step.variable_kind, report=report,
+            variable_infos=dict(loaded.variables))
 
 
 # --- files: .pb (binary GraphDef), .pbtxt (text GraphDef), .meta (MetaGraphDef + checkpoint) ---
@@ -345,15 +368,18 @@ def _write_meta(meta, result: GraphDefResult, model_path: str, out_dir: str) -> 
     prefix_out = os.path.join(out_dir, os.path.basename(prefix_in))
     has_checkpoint = os.path.exists(prefix_in + ".index")
     new_meta = _meta_with_accumulators(meta, result)
+    with tf.Graph().as_default():  # the MetaGraph written keeps the graph's devices
+        tf.compat.v1.train.import_meta_graph(new_meta, clear_devices=False)
+        tf.compat.v1.train.Saver(tf.compat.v1.global_variables()).export_meta_graph(
+            prefix_out + ".meta")
+    if not has_checkpoint:
+        return
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default():  # the values are restored and saved on this machine's devices
         tf.compat.v1.train.import_meta_graph(new_meta, clear_devices=True)
         everything = tf.compat.v1.global_variables()
         accumulators = {a + ":0" for a, _ in result.accumulators}
         saver = tf.compat.v1.train.Saver(everything)
-        if not has_checkpoint:
-            saver.export_meta_graph(prefix_out + ".meta")
-            return
         original = [v for v in everything if v.name not in accumulators]
         with tf.compat.v1.Session(graph=graph) as sess:
             try:
@@ -364,14 +390,14 @@ def _write_meta(meta, result: GraphDefResult, model_path: str, out_dir: str) -> 
                                 "with this graph") from None
             sess.run(result.init_op)
             try:
-                saver.save(sess, prefix_out, write_state=False)
+                saver.save(sess, prefix_out, write_state=False, write_meta_graph=False)
             except tf.errors.OpError as e:
                 raise OutputError("cannot write the checkpoint into OUT_DIR: "
                                   f"{first_line(e, 200)}") from None
             _write_checkpoint_state(out_dir, os.path.basename(prefix_out))
 
 
-def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
+def rewrite_graph_file(model_path: str, out_dir: str | None, options: Options | None = None, *,
                        train_op: str | None = None, overwrite: bool = False,
                        dry_run: bool = False, export_formats=None) -> GraphDefResult:
     """Rewrite a ``.pb``/``.pbtxt``/``.meta`` training graph into ``out_dir`` (same format,
@@ -400,7 +426,7 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, *, options: dict,
     graph = proto.graph_def if fmt == "meta" else proto
     trainable = _trainable_from_meta(proto) if fmt == "meta" else None
     result = rewrite_graph_def(graph, train_op=train_op, trainable=trainable, what=model_path,
-                               **options)
+                               **(options or Options()).to_dict())
     if fmt == "meta":
         _check_meta_graph(proto, model_path)
     if dry_run and not formats:

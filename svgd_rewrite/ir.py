@@ -7,16 +7,32 @@ Tensors are written ``(node, port)``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import networkx as nx
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-Tensor = tuple[str, int]
 
-from .registry import BACK_EDGE_OPS
+class Tensor(NamedTuple):
+    """A tensor of the graph: output ``port`` of ``node``. ``str(t)`` is ``"node:port"``;
+    ``tensor_name(t)`` the NodeDef input string (``node`` for port 0)."""
 
-PASS_THROUGH = frozenset({"Identity", "Snapshot", "StopGradient"})
+    node: str
+    port: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.node}:{self.port}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Tensor":
+        """``"node"``, ``"node:port"`` (or a NodeDef data input) as a Tensor."""
+        node, port, control = parse_input(name)
+        if control:
+            raise ValueError(f"{name!r} is a control input, not a tensor")
+        return cls(node, port)
+
+from .registry import BACK_EDGE_OPS, MULTI_IDENTITY_OPS, PASS_THROUGH_OPS
+
 
 
 def parse_input(name: str) -> tuple[str, int, bool]:
@@ -145,7 +161,7 @@ class GraphIR:
                 for i in self._nodes[name].input:
                     if i.startswith("^"):
                         own |= bits.get(i[1:], 0)
-            if self._nodes[name].op == "IdentityN":
+            if self._nodes[name].op in MULTI_IDENTITY_OPS:
                 for k, t in enumerate(self._data_in[name]):
                     bits[(name, k)] = own | self.bits_of(bits, t)
                 bits[name] = own
@@ -158,7 +174,7 @@ class GraphIR:
 
     def bits_of(self, bits: dict, t: Tensor) -> int:
         """The bitset of tensor ``t`` from ``reach_bits``."""
-        if self._nodes[t[0]].op == "IdentityN":
+        if self._nodes[t[0]].op in MULTI_IDENTITY_OPS:
             return bits.get(t, 0)
         return bits.get(t[0], 0)
 
@@ -169,12 +185,12 @@ class GraphIR:
         node_bits: dict[str, int] = {}
         port_bits: dict[Tensor, int] = {}
         for name in reversed(self.topological_order()):
-            is_idn = self._nodes[name].op == "IdentityN"
+            is_idn = self._nodes[name].op in MULTI_IDENTITY_OPS
             acc = sinks.get(name, 0)
             for t in {(name, p) for p in self._ports(name)}:
                 reached = 0
                 for dst, slot in self._out.get(t, ()):
-                    reached |= (port_bits.get((dst, slot), 0) if self._nodes[dst].op == "IdentityN"
+                    reached |= (port_bits.get((dst, slot), 0) if self._nodes[dst].op in MULTI_IDENTITY_OPS
                                 else node_bits.get(dst, 0))
                 if is_idn:
                     port_bits[t] = reached | sinks.get(name, 0)
@@ -199,7 +215,7 @@ class GraphIR:
                 continue
             seen_t.add(t)
             name, port = t
-            if self._nodes[name].op == "IdentityN":
+            if self._nodes[name].op in MULTI_IDENTITY_OPS:
                 seen_nodes.add(name)
                 queue.append(self._data_in[name][port])
                 continue
@@ -238,9 +254,9 @@ class GraphIR:
             out.append(cur)
             for dst, slot in self.consumers(cur):
                 op = self.op(dst)
-                if op in PASS_THROUGH:
+                if op in PASS_THROUGH_OPS:
                     queue.append((dst, 0))
-                elif op == "IdentityN":
+                elif op in MULTI_IDENTITY_OPS:
                     queue.append((dst, slot))
         self._aliases[t] = out
         return out
@@ -258,9 +274,9 @@ class GraphIR:
         """Follow ``t`` back through pass-through ops to the tensor that produced its value."""
         while True:
             op = self.op(t[0])
-            if op in PASS_THROUGH:
+            if op in PASS_THROUGH_OPS:
                 t = self.data_input(t[0], 0)
-            elif op == "IdentityN":
+            elif op in MULTI_IDENTITY_OPS:
                 t = self.data_input(t[0], t[1])
             else:
                 return t

@@ -28,9 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .api import rewrite_loaded
 from .emit import SVGDStep
 from .errors import SVGDRewriteError, UnsupportedError
+from .frontend import rewrite_with
 from .load import load_concrete_function
 from .options import Options, make_options
 from .report import Report
@@ -45,6 +45,25 @@ def _innermost(optimizer):
     while hasattr(optimizer, "inner_optimizer"):
         optimizer = optimizer.inner_optimizer
     return optimizer
+
+
+class _KerasFrontEnd:
+    """The step Keras runs, traced by ``KerasSVGD``, in; an ``SVGDStep`` whose accumulators
+    are optimizer variables out."""
+
+    accumulator_kind = "placeholder"
+
+    def __init__(self, concrete_function, make_accumulator):
+        self.concrete_function, self.make_accumulator = concrete_function, make_accumulator
+
+    def load(self):
+        loaded = load_concrete_function(self.concrete_function)
+        loaded.jit_compile = None  # Keras's own function carries jit_compile around the step
+        return loaded
+
+    def finish(self, loaded, rewritten, report) -> SVGDStep:
+        return SVGDStep(loaded, rewritten, report, name="svgd_keras_step",
+                        make_accumulator=self.make_accumulator)
 
 
 class KerasSVGD:
@@ -103,12 +122,8 @@ class KerasSVGD:
             return original(model, data)
 
         traced = tf.function(flat_step, input_signature=specs, autograph=False)
-        cf = traced.get_concrete_function()
-        loaded = load_concrete_function(cf)
-        loaded.jit_compile = None  # Keras's own function carries jit_compile around the step
-        rewritten, report = rewrite_loaded(loaded, self.options)
-        return SVGDStep(loaded, rewritten, report, name="svgd_keras_step",
-                        make_accumulator=self._make_accumulator)
+        return rewrite_with(_KerasFrontEnd(traced.get_concrete_function(),
+                                           self._make_accumulator), self.options)
 
     # --- under tf.distribute: the replicated step Keras builds, rewritten whole -------------
     def make_distributed_train_function(self, force: bool = False):
@@ -156,10 +171,7 @@ class KerasSVGD:
             return reduce_per_replica(outputs, strategy, reduction="auto")
 
         cf = tf.function(replicated, autograph=False).get_concrete_function(data)
-        loaded = load_concrete_function(cf)
-        rewritten, report = rewrite_loaded(loaded, self.options)
-        return SVGDStep(loaded, rewritten, report, name="svgd_keras_step",
-                        make_accumulator=self._make_accumulator)
+        return rewrite_with(_KerasFrontEnd(cf, self._make_accumulator), self.options)
 
     def _make_accumulator(self, shape: tuple[int, ...], name: str):
         with self.model.distribute_strategy.scope():
@@ -197,8 +209,9 @@ class KerasSVGD:
                 self._pending[j] = value
 
 
-def enable(model: keras.Model, *, scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
-           ops: Iterable[str] | None = None, granularity: str = "full") -> KerasSVGD:
+def enable(model: keras.Model, *, scale: float = Options.scale, rho: float = Options.rho,
+           epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
+           granularity: str = Options.granularity) -> KerasSVGD:
     """Make ``model.fit`` / ``train_on_batch`` train with virtual gradients.
 
     The model must be compiled (any optimizer, loss, metrics, ``loss_weights``,
@@ -258,8 +271,9 @@ class VirtualGradients(keras.callbacks.Callback):
     ``disable_at_end=True``.
     """
 
-    def __init__(self, *, scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
-                 ops: Iterable[str] | None = None, granularity: str = "full",
+    def __init__(self, *, scale: float = Options.scale, rho: float = Options.rho,
+                 epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
+                 granularity: str = Options.granularity,
                  disable_at_end: bool = False):
         super().__init__()
         self.options: dict[str, Any] = dict(scale=scale, rho=rho, epsilon=epsilon, ops=ops,

@@ -64,7 +64,9 @@ class LoadedStep:
     variables: dict[str, VariableInfo] = field(default_factory=dict)
     variable_objects: dict[str, tf.Variable] = field(default_factory=dict)
     distribution: Distribution | None = None
-    train_scope: frozenset[str] | None = None  # TF1 graphs: the train op and its ancestors
+    # The nodes whose variable writes are the step's updates (None: every write in the graph;
+    # a TF1 front end gives its train op and the op's ancestors).
+    update_scope: frozenset[str] | None = None
     jit_compile: bool | None = None  # the step was declared with jit_compile=True
 
 

@@ -1,4 +1,8 @@
-"""Rewrite options (Algorithm 1's s, ρ, ε plus what to transform), validated once."""
+"""Rewrite options (Algorithm 1's s, ρ, ε plus what to transform), validated once.
+
+``Options`` holds the defaults, in this one place: the library's entry points, the Keras
+integration and the command line read them from here (and a test checks the README's).
+No TensorFlow import (the command line reads the defaults at start-up)."""
 from __future__ import annotations
 
 import math
@@ -32,10 +36,12 @@ class Options:
         return d
 
 
-def make_options(scale: float = 0.1, rho: float = 0.9, epsilon: float = 1e-6,
-                 ops: Iterable[str] | None = None, granularity: str = "full",
-                 transform: str = "svgd") -> Options:
-    """Validate user options; raise ``InvalidOptionError`` with what to change."""
+def make_options(scale: float = Options.scale, rho: float = Options.rho,
+                 epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
+                 granularity: str = Options.granularity,
+                 transform: str = Options.transform) -> Options:
+    """Validate user options (``ops=None``: ``DEFAULT_OPS``); raise ``InvalidOptionError``
+    with what to change."""
     def number(name: str, value) -> float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidOptionError(f"{name} must be a number, got {value!r}")

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from .analyze import Analysis, Consumer, Match
+from .ir import Tensor
 from .load import Distribution
 from .distribute import group_replicas
 from .errors import NoSitesError
@@ -36,7 +37,7 @@ class PlannedSite:
 class Plan:
     sites: list[PlannedSite]
     report: Report
-    tensor_types: dict = field(default_factory=dict)  # "node:port" -> (dtype, static shape)
+    tensor_types: dict = field(default_factory=dict)  # Tensor -> (dtype, static shape)
     distribution: Distribution | None = None  # tf.distribute: the step's replicas
 
 
@@ -44,10 +45,24 @@ def _shape_list(shape: tf.TensorShape) -> list[int | None] | None:
     return None if shape.rank is None else shape.as_list()
 
 
-def _geometry(c: Consumer, analysis: Analysis, granularity: str):
-    """(reduce axes, accumulator shape, broadcast shape, granularity, note) or a skip reason."""
+@dataclass(frozen=True)
+class Geometry:
+    """A site's accumulator: the axes of σ' that mean(g²) reduces, r's shape, the shape r is
+    reshaped to before scaling g (None: it broadcasts as it is), the granularity used (full
+    falls back to channel when σ' has unknown non-batch axes, with a note), σ''s static dims."""
+
+    reduce_axes: tuple[int, ...]
+    accumulator_shape: tuple[int, ...]
+    broadcast_shape: tuple[int, ...] | None
+    granularity: str
+    note: str
+    dims: list[int | None]
+
+
+def _geometry(c: Consumer, analysis: Analysis, granularity: str) -> Geometry | str:
+    """The site's ``Geometry``, or the reason it has none (σ''s rank or channels unknown)."""
     spec = REGISTRY[c.op]
-    _, out_shape = analysis.shapes[f"{c.node}:0"]
+    _, out_shape = analysis.shapes[Tensor(c.node, 0)]
     dims = _shape_list(out_shape)
     if dims is None:
         return f"the rank of {c.op}'s output is unknown at trace time"
@@ -69,17 +84,30 @@ def _geometry(c: Consumer, analysis: Analysis, granularity: str):
     acc_shape = tuple(dims[a] for a in kept)
     trailing = kept == list(range(rank - len(kept), rank))
     bshape = None if trailing else tuple(dims[a] if a in kept else 1 for a in range(rank))
-    return reduce_axes, acc_shape, bshape, granularity, note, dims
+    return Geometry(reduce_axes, acc_shape, bshape, granularity, note, dims)
 
 
 def make_plan(analysis: Analysis, options: Options) -> Plan:
     """Choose the sites (``options.ops``), their accumulators, and build the report."""
+    sites, site_reports, skipped, notes = _choose_sites(analysis, options)
+    if analysis.distribution is not None:
+        sites, site_reports, skipped = group_replicas(
+            sites, site_reports, skipped, analysis.variables, len(analysis.distribution.devices))
+    report = Report(sites=site_reports, skipped=skipped, memory=_memory(analysis, sites),
+                    options=options.to_dict(),
+                    warnings=notes + _warnings(analysis, options, sites, site_reports, skipped))
+    return Plan(sites=sites, report=report, tensor_types=analysis.shapes,
+                distribution=analysis.distribution)
+
+
+def _choose_sites(analysis: Analysis, options: Options):
+    """The planned sites and their report rows, the skipped V_θ→σ nodes with their reasons,
+    and the per-site notes (a granularity fallback)."""
     sites: list[PlannedSite] = []
     site_reports: list[SiteReport] = []
     skipped: list[SkippedNode] = []
-    warnings: list[str] = []
+    notes: list[str] = []
     var_name = {p: v.name for p, v in analysis.variables.items()}
-
     for c in analysis.forward:
         vname = var_name[c.variable]
         if c.match is None:
@@ -94,28 +122,29 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
         if isinstance(geo, str):
             skipped.append(SkippedNode(c.node, c.op, vname, geo))
             continue
-        reduce_axes, acc_shape, bshape, gran, note, dims = geo
-        g_name = f"{c.match.g[0]}:{c.match.g[1]}"
-        g_dtype = analysis.shapes[g_name][0]
+        g = Tensor(*c.match.g)
+        g_dtype = analysis.shapes[g][0]
         index = len(sites)
         scale = analysis.loss_scale if g_dtype == tf.float16 else None
         sites.append(PlannedSite(index=index, forward=c.node, variable=c.variable, match=c.match,
-                                 g_dtype=g_dtype, reduce_axes=reduce_axes,
-                                 accumulator_shape=acc_shape, broadcast_shape=bshape,
-                                 loss_scale=f"{scale[0]}:{scale[1]}" if scale else None))
+                                 g_dtype=g_dtype, reduce_axes=geo.reduce_axes,
+                                 accumulator_shape=geo.accumulator_shape,
+                                 broadcast_shape=geo.broadcast_shape,
+                                 loss_scale=str(Tensor(*scale)) if scale else None))
         site_reports.append(SiteReport(
             index=index, node=c.node, op=c.op, variable=vname, param_input=c.slot,
             gradient_op=c.match.grad_op, gradient_op_type=analysis.ir.op(c.match.grad_op),
-            gradient_input=c.match.g_slot, upstream_gradient=g_name, output_shape=dims,
-            accumulator_shape=list(acc_shape), granularity=gran, note=note,
-            variable_node=c.variable))
-        if note:
-            warnings.append(f"site {c.node}: {note}")
+            gradient_input=c.match.g_slot, upstream_gradient=str(g), output_shape=geo.dims,
+            accumulator_shape=list(geo.accumulator_shape), granularity=geo.granularity,
+            note=geo.note, variable_node=c.variable))
+        if geo.note:
+            notes.append(f"site {c.node}: {geo.note}")
+    return sites, site_reports, skipped, notes
 
-    if analysis.distribution is not None:
-        sites, site_reports, skipped = group_replicas(
-            sites, site_reports, skipped, analysis.variables, len(analysis.distribution.devices))
-    # Mirrored variables count once (their replica-0 component).
+
+def _memory(analysis: Analysis, sites: list[PlannedSite]) -> MemoryReport:
+    """Accumulator floats against Adam's and RMSProp's state for the updated parameters
+    (mirrored variables and replicated sites count once)."""
     updated = [p for p, v in analysis.variables.items()
                if v.trainable and analysis.writes[p] and not v.replica]
     params = sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64)) for p in updated)
@@ -124,11 +153,18 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
     transformed = {s.variable for s in sites if not s.replica}
     acc_floats = sum(int(np.prod(s.accumulator_shape, dtype=np.int64)) for s in sites
                      if not s.replica)
-    memory = MemoryReport(
+    return MemoryReport(
         accumulator_floats=acc_floats, accumulator_bytes=4 * acc_floats, params=params,
         transformed_params=sum(int(np.prod(analysis.variables[p].shape, dtype=np.int64))
                                for p in transformed),
         adam_bytes=2 * param_bytes, rmsprop_bytes=param_bytes)
+
+
+def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
+              site_reports: list[SiteReport], skipped: list[SkippedNode]) -> list[str]:
+    """What the user should know about the plan: mixed precision, optimizer state, registry
+    ops left out, the scale for convolutions."""
+    warnings: list[str] = []
     if any(s.loss_scale for s in sites):
         warnings.append(f"mixed precision: accumulators square g / {analysis.loss_scale_variable}"
                         " (the loss scale) and keep their value on steps with non-finite g; a "
@@ -153,10 +189,7 @@ def make_plan(analysis: Analysis, options: Options) -> Plan:
         warnings.append(f"convolution sites with scale {options.scale:g}: the paper used "
                         "s = 0.01 (ResNet-20) and s = 0.001 (VGG) for convolutional nets; if "
                         "the loss goes NaN, lower the scale")
-    report = Report(sites=site_reports, skipped=skipped, memory=memory,
-                    options=options.to_dict(), warnings=warnings)
-    return Plan(sites=sites, report=report, tensor_types=analysis.shapes,
-                distribution=analysis.distribution)
+    return warnings
 
 
 def require_sites(plan: Plan) -> Plan:

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from .analyze import trains
-from .api import rewrite_loaded
+from .frontend import accumulator_variables, rewrite_with
 from .emit import SVGDStep
 from .errors import (LoadError, NoGradientsError, OutputError, SVGDRewriteError, first_line,
                      one_line)
@@ -54,7 +54,7 @@ class SavedModelResult:
     graph_def: Any = None  # the rewritten GraphDef
     original_graph_def: Any = None
     variable_infos: dict = field(default_factory=dict)
-    accumulator_placeholders: dict = field(default_factory=dict)
+    graph_variables: dict = field(default_factory=dict)  # RewriteResult: accumulators included
     exported: Any = None  # an ExportResult when graphs were exported
 
     def to_dict(self) -> dict:
@@ -62,6 +62,33 @@ class SavedModelResult:
         d["function"] = self.function.attribute
         d["signature"] = self.function.signature
         return d
+
+
+class SavedModelFrontEnd:
+    """A SavedModel's train function in, a ``SavedModelResult`` out (the SVGDStep to save is
+    built from ``loaded`` and ``rewritten`` when the output is written)."""
+
+    accumulator_kind = "placeholder"
+
+    def __init__(self, model_dir: str, function: str | None):
+        self.model_dir, self.function = model_dir, function
+        self.chosen: TrainFunction | None = None
+        self.saved = self.variables = self.loaded = self.rewritten = None
+
+    def load(self):
+        stage("load")
+        self.saved = load_saved_model(self.model_dir)
+        self.variables = saved_variables(self.saved)
+        self.chosen = choose_train_function(self.saved, self.function, self.variables)
+        self.loaded = load_concrete_function(self.chosen.concrete, self.variables)
+        return self.loaded
+
+    def finish(self, loaded, rewritten, report) -> "SavedModelResult":
+        self.rewritten = rewritten
+        return SavedModelResult(
+            report=report, function=self.chosen, out_dir=None, graph_def=rewritten.graph_def,
+            original_graph_def=loaded.graph_def, variable_infos=dict(loaded.variables),
+            graph_variables=accumulator_variables(loaded, rewritten))
 
 
 def check_saved_model_dir(model_dir: str) -> None:
@@ -208,7 +235,7 @@ def _signature_wrapper(step: SVGDStep, loaded: LoadedStep, sig_cf) -> Any:
     return fn.get_concrete_function()
 
 
-def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *,
+def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options | None = None, *,
                         function: str | None = None, overwrite: bool = False,
                         dry_run: bool = False,
                         export_formats: Iterable[str] | str | None = None) -> SavedModelResult:
@@ -217,6 +244,7 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
     ``dry_run`` writes no model; with ``export_formats`` the graph pictures still go to
     ``out_dir/graphs/`` (see ``svgd_rewrite.export``).
     """
+    options = options or Options()
     formats = parse_formats(export_formats) if export_formats else ()
     check_saved_model_dir(model_dir)
     if out_dir is None and (formats or not dry_run):
@@ -224,16 +252,8 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
                                                    if formats else " (or use --dry-run)"))
     if out_dir is not None:
         out_dir = check_output_dir(out_dir, [model_dir], overwrite)
-    stage("load")
-    obj = load_saved_model(model_dir)
-    variables = saved_variables(obj)
-    chosen = choose_train_function(obj, function, variables)
-    loaded = load_concrete_function(chosen.concrete, variables)
-    rewritten, report = rewrite_loaded(loaded, options)
-    result = SavedModelResult(
-        report=report, function=chosen, out_dir=None, graph_def=rewritten.graph_def,
-        original_graph_def=loaded.graph_def, variable_infos=dict(loaded.variables),
-        accumulator_placeholders={a.placeholder: a.shape for a in rewritten.accumulators})
+    front = SavedModelFrontEnd(model_dir, function)
+    result = rewrite_with(front, options)
     if dry_run:
         if formats:
             with staged_output(out_dir, [model_dir], overwrite) as tmp:
@@ -241,6 +261,8 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options, *
             result.out_dir = out_dir
         return result
     stage("emit")
+    loaded, rewritten, report = front.loaded, front.rewritten, result.report
+    obj, chosen, variables = front.saved, front.chosen, front.variables
     step = SVGDStep(loaded, rewritten, report)
 
     root = tf.Module(name="svgd_saved_model")

@@ -8,13 +8,15 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
+from .ir import Tensor
 from .load import VariableInfo
 
 TensorInfo = tuple[tf.DType, tf.TensorShape]
 
 
-def infer_shapes(graph_def: graph_pb2.GraphDef, variables: dict[str, VariableInfo]) -> dict[str, TensorInfo]:
-    """Map ``"node:port"`` to (dtype, static shape) for every output of every node."""
+def infer_shapes(graph_def: graph_pb2.GraphDef,
+                 variables: dict[str, VariableInfo]) -> dict[Tensor, TensorInfo]:
+    """Map each output ``Tensor`` of every node to (dtype, static shape)."""
     scratch = tf.Graph()
     with scratch.as_default():
         input_map = {}
@@ -29,11 +31,11 @@ def infer_shapes(graph_def: graph_pb2.GraphDef, variables: dict[str, VariableInf
         copy = graph_pb2.GraphDef()
         copy.CopyFrom(graph_def)
         tf.graph_util.import_graph_def(copy, input_map=input_map, name="")
-    out: dict[str, TensorInfo] = {}
+    out: dict[Tensor, TensorInfo] = {}
     names = {n.name for n in graph_def.node}
     for op in scratch.get_operations():
         if op.name not in names:
             continue
-        for t in op.outputs:
-            out[t.name] = (t.dtype, t.shape)
+        for port, t in enumerate(op.outputs):
+            out[Tensor(op.name, port)] = (t.dtype, t.shape)
     return out

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from .errors import LoadError, SurgeryError, first_line, one_line
-from .ir import parse_input
+from .ir import Tensor, parse_input
 
 IMPORT_ERRORS = (ValueError, TypeError, KeyError, IndexError, tf.errors.OpError)
 
@@ -58,7 +58,7 @@ def _local_graph(graph_def: graph_pb2.GraphDef, members: set[str],
     that tensor's dtype and shape (control inputs from outside dropped)."""
     local = graph_pb2.GraphDef()
     local.versions.CopyFrom(graph_def.versions)
-    fed: dict[str, str] = {}
+    fed: dict[Tensor, str] = {}
     for node in graph_def.node:
         if node.name not in members:
             continue
@@ -72,7 +72,7 @@ def _local_graph(graph_def: graph_pb2.GraphDef, members: set[str],
                 continue
             if control:
                 continue
-            key = f"{src}:{port}"
+            key = Tensor(src, port)
             if key not in fed:
                 fed[key] = f"svgd_validate/fed_{len(fed)}"
                 dtype, shape = types[key]
@@ -85,13 +85,13 @@ def _local_graph(graph_def: graph_pb2.GraphDef, members: set[str],
 
 def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
                           reroutes: Iterable[tuple[int, str, int, str]], inserted_prefix: str,
-                          types: dict[str, tuple[tf.DType, tf.TensorShape]]) -> None:
+                          types: dict[Tensor, tuple[tf.DType, tf.TensorShape]]) -> None:
     """After surgery: no dangling input, every P reads its ĝ, and the inserted nodes with the
     P ops import into a scratch graph (dtypes, shapes and attributes checked by TensorFlow)
     with the tensors they read from the rest of the graph fed at their inferred types.
 
     ``reroutes``: (site index, P's name, P's g slot, ĝ's tensor name) per site; ``types``:
-    dtype and static shape of the original graph's tensors (``"node:port"``).
+    dtype and static shape of the original graph's tensors.
     """
     reroutes = list(reroutes)
     problem = _dangling(graph_def)

@@ -216,7 +216,7 @@ def test_tf1_formats_count_the_same_parameters(tmp_path, optimizer):
         gd = g.graph.as_graph_def()
     tf.io.write_graph(gd, str(tmp_path), "model.pb", as_text=False)
     tf.io.write_graph(gd, str(tmp_path), "model.pbtxt", as_text=True)
-    reports = [rewrite_graph_file(str(tmp_path / name), None, options={}, dry_run=True).report
+    reports = [rewrite_graph_file(str(tmp_path / name), None, dry_run=True).report
                for name in ("model.pb", "model.pbtxt", "model.ckpt.meta")]
     params = sum(int(np.prod(v.shape)) for v in make_module("mlp_l1").params.values())
     assert [r.memory.params for r in reports] == [params] * 3
@@ -234,8 +234,7 @@ def test_meta_checkpoint_state_resolves_after_a_move(tmp_path):
         sess.run(g.init_op)
         tf.compat.v1.train.Saver().save(sess, str(tmp_path / "in" / "model.ckpt"))
         original = {k: sess.run(v) for k, v in g.params.items()}
-    result = rewrite_graph_file(str(tmp_path / "in" / "model.ckpt.meta"), str(tmp_path / "out"),
-                                options={})
+    result = rewrite_graph_file(str(tmp_path / "in" / "model.ckpt.meta"), str(tmp_path / "out"))
     os.rename(tmp_path / "out", tmp_path / "moved")
     latest = tf.train.latest_checkpoint(str(tmp_path / "moved"))
     assert latest is not None and latest.startswith(str(tmp_path / "moved"))
@@ -282,3 +281,28 @@ def test_tf1_v1_while_loop_graph():
         for _ in range(2):
             sess.run("train", {"x:0": np.ones((4, 3), np.float32)})
         assert all(np.any(sess.run(r)) for r in result.accumulator_reads)
+
+
+def test_meta_output_keeps_devices(tmp_path):
+    """Devices of the input MetaGraph stay on its nodes in the output, and the inserted nodes
+    take g's device; the output still restores and trains on this machine."""
+    from svgd_rewrite.graphdef import rewrite_graph_file
+
+    g = tf1_graphs.build("mlp_l1")
+    placed = [op.name for op in g.graph.get_operations()]
+    for op in g.graph.get_operations():
+        op._set_device("/device:CPU:0")  # as tf.device("/cpu:0") around 2018 model code does
+    with g.graph.as_default(), tf.compat.v1.Session() as sess:
+        sess.run(g.init_op)
+        tf.compat.v1.train.Saver().save(sess, str(tmp_path / "in" / "model.ckpt"))
+    rewrite_graph_file(str(tmp_path / "in" / "model.ckpt.meta"), str(tmp_path / "out"))
+    meta = tf.compat.v1.MetaGraphDef()
+    meta.ParseFromString((tmp_path / "out" / "model.ckpt.meta").read_bytes())
+    nodes = {n.name: n for n in meta.graph_def.node}
+    inserted = [n for name, n in nodes.items() if name.startswith("svgd_rewrite/site_")]
+    assert inserted and all(n.device == "/device:CPU:0" for n in inserted)
+    assert all(nodes[name].device == "/device:CPU:0" for name in placed)
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        saver = tf.compat.v1.train.import_meta_graph(str(tmp_path / "out" / "model.ckpt.meta"))
+        saver.restore(sess, str(tmp_path / "out" / "model.ckpt"))

@@ -10,7 +10,7 @@ import subprocess
 import networkx as nx
 
 from ..errors import one_line
-from ..ir import GraphIR, parse_input
+from ..ir import GraphIR, Tensor
 from ..report import SiteReport
 from ..surgery import SCOPE
 from .roles import ExportSource
@@ -37,8 +37,8 @@ def _label(graph: nx.MultiDiGraph, name: str) -> str:
 def _site_nodes(ir: GraphIR, site: SiteReport) -> dict[str, str]:
     """The nodes of one site's picture, by role (before the rewrite)."""
     nodes: dict[str, str] = {site.node: "site", site.gradient_op: "param_gradient_op"}
-    g = parse_input(site.upstream_gradient.removesuffix(":0"))
-    nodes[g[0]] = "upstream_gradient"
+    g = Tensor.parse(site.upstream_gradient)
+    nodes[g.node] = "upstream_gradient"
     # θ's view chain up to its placeholder, and F's other operands
     for slot, t in enumerate(ir.data_inputs(site.node)):
         cur = t[0]

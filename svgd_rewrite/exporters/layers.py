@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from ..ir import GraphIR, parse_input
+from ..ir import GraphIR, Tensor
 from ..report import SiteReport
 from ..surgery import inserted_name
 from .dot import _q
@@ -33,7 +33,7 @@ def site_edges(ir: GraphIR, sites: list[SiteReport]) -> set[tuple[int, int]]:
     """(i, j): site j reads site i's output through non-site forward ops (backward ops, i.e.
     the descendants of every g, are not walked)."""
     by_node = {s.node: s.index for s in sites}
-    gs = [parse_input(s.upstream_gradient.removesuffix(":0"))[:2] for s in sites]
+    gs = [Tensor.parse(s.upstream_gradient) for s in sites]
     backward = ir.descendants(gs) | {g[0] for g in gs}
     edges = set()
     for s in sites:
@@ -160,7 +160,7 @@ def compact_site_dot(source: ExportSource, site: SiteReport, ir: GraphIR) -> str
     """Figure 6 (right) at its own size: θ (by variable name), x, F (σ'), g, the single T box
     (its formula as the label, with r), and P, with the red ĝ → P edge; at most 10 nodes.
     ``ir``: the original graph's IR."""
-    g_node = parse_input(site.upstream_gradient.removesuffix(":0"))[0]
+    g_node = Tensor.parse(site.upstream_gradient).node
     ghat = inserted_name(site.index, "g_hat")
     acc = inserted_name(site.index, "accumulator")
     inputs = ir.data_inputs(site.node)

@@ -4,10 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import networkx as nx
-import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from ..ir import GraphIR, parse_input
+from ..ir import GraphIR, Tensor
 from ..load import VariableInfo
 from ..report import Report
 from ..shapes import infer_shapes
@@ -30,13 +29,9 @@ class ExportSource:
 
 
 def source_of(result) -> ExportSource:
-    """An ExportSource from an ``SVGDStep`` or a ``SavedModelResult``."""
-    variables = dict(result.variable_infos)
-    for name, shape in result.accumulator_placeholders.items():
-        variables[name] = VariableInfo(placeholder=name, name=name, shape=tuple(shape),
-                                       dtype=tf.float32, trainable=False)
+    """An ExportSource from any front end's result (a ``RewriteResult``)."""
     return ExportSource(original=result.original_graph_def, rewritten=result.graph_def,
-                        report=result.report, variables=variables)
+                        report=result.report, variables=result.graph_variables)
 
 
 def node_roles(source: ExportSource, graph: str = "rewritten") -> dict[str, str]:
@@ -48,7 +43,7 @@ def node_roles(source: ExportSource, graph: str = "rewritten") -> dict[str, str]
         if info.trainable and p in names:
             roles[p] = "leaf"
     for site in source.report.sites:
-        roles[parse_input(site.upstream_gradient.removesuffix(":0"))[0]] = "upstream_gradient"
+        roles[Tensor.parse(site.upstream_gradient).node] = "upstream_gradient"
         roles[site.gradient_op] = "param_gradient_op"
         roles[site.node] = "site"
     for n in gd.node:
@@ -67,7 +62,7 @@ def annotated_graph(source: ExportSource, graph: str = "rewritten") -> nx.MultiD
     ir = GraphIR(gd)
     g = nx.MultiDiGraph(name=graph)
     for n in gd.node:
-        dtype, shape = shapes.get(f"{n.name}:0", (None, None))
+        dtype, shape = shapes.get(Tensor(n.name, 0), (None, None))
         g.add_node(n.name, op=n.op, dtype=dtype.name if dtype is not None else "",
                    shape=str(shape.as_list()) if shape is not None and shape.rank is not None
                    else ("?" if shape is not None else ""),

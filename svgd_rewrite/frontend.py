@@ -1,0 +1,68 @@
+"""Front ends: how each kind of input enters the common pipeline and how its output leaves.
+
+A front end ``load``s its input into a ``LoadedStep`` (a flat GraphDef, the variables behind
+its placeholders or variable nodes, and its calling convention), says which kind of
+accumulator its graphs hold (``accumulator_kind``: ``placeholder`` for a traced function whose
+variables are captured handles, ``resource`` or ``ref`` for a TF1 graph's variable nodes), and
+``finish``es its own output from the rewritten GraphDef. Between them the pipeline is shared:
+analyze → plan → surgery (``rewrite_with``).
+
+The front ends: ``api.FunctionFrontEnd`` (a ``tf.function`` / ``ConcreteFunction``),
+``savedmodel.SavedModelFrontEnd`` (a SavedModel's train function), ``graphdef.GraphDefFrontEnd``
+(a TF1 GraphDef or MetaGraph) and ``keras``'s traced ``train_step``. Every result they return
+satisfies ``RewriteResult``, which is all the exporters and the command line read.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from tensorflow.core.framework import graph_pb2
+
+from .load import LoadedStep, VariableInfo
+from .report import Report
+from .surgery import Rewritten
+
+
+class RewriteResult(Protocol):
+    """What every front end's result offers: the report, both graphs, and the variables of
+    the rewritten graph (its placeholders or variable nodes, accumulators included)."""
+
+    report: Report
+    graph_def: graph_pb2.GraphDef
+    original_graph_def: graph_pb2.GraphDef
+
+    @property
+    def graph_variables(self) -> dict[str, VariableInfo]: ...
+
+
+class FrontEnd(Protocol):
+    """One kind of input: loads it, and finishes its output after the surgery."""
+
+    accumulator_kind: str
+
+    def load(self) -> LoadedStep: ...
+
+    def finish(self, loaded: LoadedStep, rewritten: Rewritten,
+               report: Report) -> RewriteResult: ...
+
+
+def accumulator_variables(loaded: LoadedStep, rewritten: Rewritten) -> dict[str, VariableInfo]:
+    """The variables of a rewritten traced function's graph: the step's own plus one
+    placeholder per accumulator (fed a float32 handle)."""
+    import tensorflow as tf
+
+    out = dict(loaded.variables)
+    for a in rewritten.accumulators:
+        out[a.placeholder] = VariableInfo(placeholder=a.placeholder, name=a.placeholder,
+                                          shape=tuple(a.shape), dtype=tf.float32,
+                                          trainable=False)
+    return out
+
+
+def rewrite_with(front: FrontEnd, options) -> RewriteResult:
+    """Load, analyze, plan, rewrite and finish: the one pipeline every front end runs."""
+    from .api import rewrite_loaded
+
+    loaded = front.load()
+    rewritten, report = rewrite_loaded(loaded, options, front.accumulator_kind)
+    return front.finish(loaded, rewritten, report)

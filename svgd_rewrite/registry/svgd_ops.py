@@ -1,0 +1,168 @@
+"""SVGD facts: the forward ops linear in θ that the rewrite transforms.
+
+Per forward op type F: which inputs may hold θ (F is linear in them), which gradient op types
+can be P (the op turning F's upstream gradient g into θ's gradient contribution) with the
+slots of P that carry F's other operand x and g, the batch and channel axes of F's output
+σ', and whether F is in the default op set. Adding an op is adding an entry here (and a
+fixture and a test: docs/architecture.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .tensorflow_ops import (CONTROL_FLOW_OPS, ELEMENTWISE_OPS, GATHER_OPS, LOOP_ENTRY_OPS)
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.node_def_pb2 import NodeDef
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradOp:
+    """A gradient op type that can be P, with its allowed (x_slot, g_slot) pairs.
+
+    ``x_slot`` is the input of P that reads F's other operand (``None`` when P does not read it).
+    """
+
+    op: str
+    slots: tuple[tuple[int | None, int], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpSpec:
+    """Registry entry of one forward op type (built with keywords)."""
+
+    op: str
+    param_slots: tuple[int, ...]  # the inputs of F that may hold θ
+    grad_ops: tuple[GradOp, ...]  # the op types that can be P
+    # (F's NodeDef, θ's slot in F, rank of σ') -> axis index
+    batch_axis: Callable[[NodeDef, int, int], int]
+    channel_axis: Callable[[NodeDef, int, int], int]
+    # slot of F's other operand x, given θ's slot (None: P does not read x)
+    x_slot: Callable[[int], int | None]
+    layers: str  # what creates F (the README's op table)
+    default: bool = True  # in the default op set (else opt-in)
+
+
+def _data_format(node: NodeDef) -> str:
+    attr = node.attr.get("data_format")
+    return attr.s.decode() if attr is not None and attr.s else "NHWC"
+
+
+def _channels_last(node: NodeDef, rank: int) -> int:
+    return 1 if _data_format(node).startswith("NC") else rank - 1
+
+
+def _first(node, slot, rank) -> int:
+    return 0
+
+
+def _channel(node, slot, rank) -> int:
+    return _channels_last(node, rank)
+
+
+def _matmul_batch_axis(node: NodeDef, slot: int, rank: int) -> int:
+    # The output is [..., rows of a, cols of b]: with θ as b the rows (or the leading batch
+    # dimensions) come from x; with θ as a and no batch dimensions, the columns do.
+    return 1 if slot == 0 and rank == 2 else 0
+
+
+def _matmul_channel_axis(node: NodeDef, slot: int, rank: int) -> int:
+    return rank - 1 if slot == 1 else rank - 2
+
+
+def _einsum_axes(node: NodeDef, slot: int) -> tuple[str, str, str]:
+    equation = node.attr["equation"].s.decode().replace(" ", "")
+    inputs, _, output = equation.partition("->")
+    operands = inputs.split(",")
+    return operands[slot], operands[1 - slot], output
+
+
+def _einsum_batch_axis(node: NodeDef, slot: int, rank: int) -> int:
+    theta, _, output = _einsum_axes(node, slot)
+    if "." in output:
+        return 0
+    return next((i for i, c in enumerate(output) if c not in theta), 0)
+
+
+def _einsum_channel_axis(node: NodeDef, slot: int, rank: int) -> int:
+    theta, _, output = _einsum_axes(node, slot)
+    if "." in output:
+        return rank - 1
+    return max((i for i, c in enumerate(output) if c in theta), default=rank - 1)
+
+
+_BINARY = ((0, 1), (1, 0))  # P reads x in one slot and g in the other
+_FILTER_GRAD = ((0, 2),)    # Conv*BackpropFilter(x, filter_sizes, g)
+_TRANSPOSED = ((2, 0),)     # Conv*BackpropFilter(g, filter_sizes, x) for a transposed conv
+
+def _other(slot: int) -> int:
+    return 1 - slot
+
+
+REGISTRY: dict[str, OpSpec] = {
+    spec.op: spec
+    for spec in (
+        OpSpec(op="MatMul", param_slots=(0, 1),
+               grad_ops=(GradOp(op="MatMul", slots=_BINARY),),
+               batch_axis=_matmul_batch_axis, channel_axis=_matmul_channel_axis, x_slot=_other,
+               layers="Dense kernel (either operand, any transpose_a/transpose_b; Dense on "
+                      "rank ≥ 3 inputs through Tensordot)"),
+        *(OpSpec(op=op, param_slots=(0, 1), grad_ops=(GradOp(op=op, slots=_BINARY),),
+                 batch_axis=_matmul_batch_axis, channel_axis=_matmul_channel_axis,
+                 x_slot=_other,
+                 layers="kernel of EinsumDense / MultiHeadAttention / tf.matmul on rank ≥ 3 "
+                        "input (adj_x/adj_y)")
+          for op in ("BatchMatMulV2", "BatchMatMulV3", "BatchMatMul")),
+        OpSpec(op="Einsum", param_slots=(0, 1), grad_ops=(GradOp(op="Einsum", slots=_BINARY),),
+               batch_axis=_einsum_batch_axis, channel_axis=_einsum_channel_axis, x_slot=_other,
+               layers="kernel operand of a two-operand einsum"),
+        OpSpec(op="Conv2D", param_slots=(1,),
+               grad_ops=(GradOp(op="Conv2DBackpropFilter", slots=_FILTER_GRAD),),
+               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 0,
+               layers="Conv2D filter (NHWC/NCHW, strides, padding, dilations); Conv1D on "
+                      "expanded dims; the pointwise kernel of SeparableConv2D"),
+        OpSpec(op="Conv3D", param_slots=(1,),
+               grad_ops=(GradOp(op="Conv3DBackpropFilterV2", slots=_FILTER_GRAD),
+                         GradOp(op="Conv3DBackpropFilter", slots=_FILTER_GRAD)),
+               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 0,
+               layers="Conv3D filter (NDHWC/NCDHW)"),
+        OpSpec(op="DepthwiseConv2dNative", param_slots=(1,),
+               grad_ops=(GradOp(op="DepthwiseConv2dNativeBackpropFilter", slots=_FILTER_GRAD),),
+               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 0,
+               layers="DepthwiseConv2D kernel, the depthwise kernel of SeparableConv2D"),
+        OpSpec(op="Conv2DBackpropInput", param_slots=(1,),
+               grad_ops=(GradOp(op="Conv2DBackpropFilter", slots=_TRANSPOSED),),
+               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 2,
+               layers="Conv2DTranspose filter (the transposed convolution as a forward op)"),
+        OpSpec(op="Conv3DBackpropInputV2", param_slots=(1,),
+               grad_ops=(GradOp(op="Conv3DBackpropFilterV2", slots=_TRANSPOSED),),
+               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 2,
+               layers="Conv3DTranspose filter"),
+        OpSpec(op="BiasAdd", param_slots=(1,),
+               grad_ops=(GradOp(op="BiasAddGrad", slots=((None, 0),)),),
+               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: None,
+               layers="bias of Dense/Conv* (opt-in)", default=False),
+    )
+}
+
+DEFAULT_OPS: tuple[str, ...] = tuple(name for name, spec in REGISTRY.items() if spec.default)
+OPT_IN_OPS: tuple[str, ...] = tuple(name for name, spec in REGISTRY.items() if not spec.default)
+
+# Convolutions (the paper's s for them is 0.01–0.001, not the MLP's 0.1).
+CONV_OPS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput",
+                      "Conv3DBackpropInputV2"})
+
+def identity_reason(op: str) -> str:
+    """Why a consumer of θ with no registry entry keeps the identity transform."""
+    if op in CONTROL_FLOW_OPS:
+        return (f"θ is used inside a {op} body (control flow): sites there are not rewritten; "
+                "move the layer out of the loop/branch to transform it")
+    if op in LOOP_ENTRY_OPS:
+        return ("θ is used inside a tf.compat.v1.while_loop (it enters the loop frame): sites "
+                "inside loops are not rewritten; move the layer out of the loop to transform it")
+    if op in GATHER_OPS:
+        return f"{op} is a gather (embedding lookup): θ's rows are selected, not a linear kernel"
+    if op in ELEMENTWISE_OPS:
+        return f"{op} is elementwise in θ (a norm's scale/offset, a bias): not a kernel op"
+    return f"{op} is not linear in θ (no registry entry)"

@@ -1,0 +1,68 @@
+"""The registry is the one place of op knowledge: the README's op table, the command line's
+help and the documented defaults are checked against it (and against ``Options``)."""
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from svgd_rewrite.options import Options
+from svgd_rewrite.registry import DEFAULT_OPS, OPT_IN_OPS, REGISTRY, GradOp, OpSpec
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _op_table() -> list[str]:
+    section = README.split("### Supported ops", 1)[1].split("\n\n", 2)[2]
+    table = section.split("\n\n", 1)[0]
+    rows = [r for r in table.splitlines() if r.startswith("| `")]
+    return rows
+
+
+def test_readme_op_table_is_the_registry():
+    rows = _op_table()
+    # "`BatchMatMulV2` / `V3`" abbreviates BatchMatMulV3
+    named = {f"BatchMatMul{op}" if re.fullmatch(r"V\d", op) else op
+             for r in rows for op in re.findall(r"`([A-Za-z0-9]+)`", r.split("|")[1])}
+    assert named == set(REGISTRY)
+    opt_in = {op for r in rows if "(opt-in)" in r.split("|")[1]
+              for op in re.findall(r"`([A-Za-z0-9]+)`", r.split("|")[1])}
+    assert opt_in == set(OPT_IN_OPS)
+    assert f"`{'`, `'.join(OPT_IN_OPS)}` is opt-in" in README
+
+
+def test_cli_help_names_the_registry_defaults_and_options():
+    from svgd_rewrite.cli.main import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for op in DEFAULT_OPS + OPT_IN_OPS:
+        assert op in text
+    assert f"opt-in: {', '.join(OPT_IN_OPS)}" in text
+    for flag, value in (("scale", Options.scale), ("rho", Options.rho),
+                        ("epsilon", Options.epsilon)):
+        assert f"(default {value:g})" in text, flag
+
+
+def test_cli_reads_the_defaults_without_importing_tensorflow():
+    import subprocess
+
+    code = ("import sys; from svgd_rewrite.cli.main import build_parser; build_parser(); "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_readme_library_signature_shows_the_defaults():
+    o = Options()
+    assert (f"scale={o.scale:g}, rho={o.rho:g}, epsilon={o.epsilon:g}" in README)
+    assert f'granularity="{o.granularity}", transform="{o.transform}"' in README
+
+
+def test_entries_are_built_with_keywords():
+    with pytest.raises(TypeError):
+        GradOp("MatMul", ((0, 1),))  # positional arguments are refused
+    spec = REGISTRY["MatMul"]
+    with pytest.raises(TypeError):
+        OpSpec(spec.op, spec.param_slots, spec.grad_ops, spec.batch_axis, spec.channel_axis,
+               spec.x_slot, spec.layers)
