@@ -136,6 +136,10 @@ class KerasSVGD:
 
         def train_function(iterator):
             outputs = None
+            if not isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+                for _, data in zip(range(model.steps_per_execution), iterator):  # a list
+                    outputs = self._distributed_step(data)
+                return outputs
             for _ in range(model.steps_per_execution):
                 optional = iterator.get_next_as_optional()
                 if not optional.has_value():
