@@ -181,7 +181,8 @@ def _distribution(strategies: list, graph_def: graph_pb2.GraphDef,
         raise UnsupportedError("the step places variables on parameter servers "
                                "(ParameterServerStrategy), which is not supported; "
                                f"{_SUPPORTED_MESSAGE}")
-    kinds = {type(s).__name__ for s in strategies if s is not None}
+    strategies = [s for s in strategies if s is not None]
+    kinds = {type(s).__name__ for s in strategies}
     if not kinds:
         return None
     unsupported = sorted(k for k in kinds if k not in _STRATEGY_KINDS)
