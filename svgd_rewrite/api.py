@@ -1,43 +1,18 @@
 """The library entry points: one pipeline, load → analyze → plan → rewrite → emit."""
 from __future__ import annotations
 
-import logging
 from typing import Iterable, Sequence
 
 import tensorflow as tf
 
-from .analyze import analyze
 from .emit import SVGDStep
 from .errors import already_rewritten
-from .frontend import rewrite_with
+from .frontend import plan_step, rewrite_with
 from .load import LoadedStep, load_step
 from .options import Options, make_options
-from .plan import Plan, make_plan, require_sites
 from .progress import stage
 from .report import Report
-from .surgery import Rewritten, apply_surgery
-
-log = logging.getLogger(__name__)
-
-
-def plan_step(loaded: LoadedStep, options: Options) -> Plan:
-    """Analyze a loaded step and plan its rewrite (no graph is changed)."""
-    stage("analyze")
-    analysis = analyze(loaded)
-    stage("plan")
-    plan = make_plan(analysis, options)
-    log.info("planned %d site(s), %d node(s) kept as identity", len(plan.sites),
-             len(plan.report.skipped))
-    return plan
-
-
-def rewrite_loaded(loaded: LoadedStep, options: Options,
-                   accumulator_kind: str = "placeholder") -> tuple[Rewritten, Report]:
-    """The surgery on a loaded step: the rewritten GraphDef and the report."""
-    plan = require_sites(plan_step(loaded, options))
-    stage("surgery")
-    return apply_surgery(loaded.graph_def, plan, options, accumulator_kind), plan.report
-
+from .surgery import Rewritten
 
 class FunctionFrontEnd:
     """A ``tf.function`` / ``ConcreteFunction`` in, an ``SVGDStep`` out."""

@@ -147,8 +147,6 @@ class SVGDStep(tf.Module):
         self.report = report
         self.graph_def = rewritten.graph_def
         self.original_graph_def = loaded.graph_def
-        self.variable_infos = dict(loaded.variables)
-        self.accumulator_placeholders = {a.placeholder: a.shape for a in rewritten.accumulators}
         self._wiring = _Wiring(loaded, rewritten)
         self._wiring.graph_variables = accumulator_variables(loaded, rewritten)
         # The variable (or mirrored component) each accumulator placeholder is fed; kept out

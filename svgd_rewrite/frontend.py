@@ -14,13 +14,21 @@ satisfies ``RewriteResult``, which is all the exporters and the command line rea
 """
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
+import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
+from .analyze import analyze
 from .load import LoadedStep, VariableInfo
+from .options import Options
+from .plan import Plan, make_plan, require_sites
+from .progress import stage
 from .report import Report
-from .surgery import Rewritten
+from .surgery import Rewritten, apply_surgery
+
+log = logging.getLogger(__name__)
 
 
 class RewriteResult(Protocol):
@@ -49,8 +57,6 @@ class FrontEnd(Protocol):
 def accumulator_variables(loaded: LoadedStep, rewritten: Rewritten) -> dict[str, VariableInfo]:
     """The variables of a rewritten traced function's graph: the step's own plus one
     placeholder per accumulator (fed a float32 handle)."""
-    import tensorflow as tf
-
     out = dict(loaded.variables)
     for a in rewritten.accumulators:
         out[a.placeholder] = VariableInfo(placeholder=a.placeholder, name=a.placeholder,
@@ -59,10 +65,27 @@ def accumulator_variables(loaded: LoadedStep, rewritten: Rewritten) -> dict[str,
     return out
 
 
-def rewrite_with(front: FrontEnd, options) -> RewriteResult:
-    """Load, analyze, plan, rewrite and finish: the one pipeline every front end runs."""
-    from .api import rewrite_loaded
+def plan_step(loaded: LoadedStep, options: Options) -> Plan:
+    """Analyze a loaded step and plan its rewrite (no graph is changed)."""
+    stage("analyze")
+    analysis = analyze(loaded)
+    stage("plan")
+    plan = make_plan(analysis, options)
+    log.info("planned %d site(s), %d node(s) kept as identity", len(plan.sites),
+             len(plan.report.skipped))
+    return plan
 
+
+def rewrite_loaded(loaded: LoadedStep, options: Options,
+                   accumulator_kind: str = "placeholder") -> tuple[Rewritten, Report]:
+    """The surgery on a loaded step: the rewritten GraphDef and the report."""
+    plan = require_sites(plan_step(loaded, options))
+    stage("surgery")
+    return apply_surgery(loaded.graph_def, plan, options, accumulator_kind), plan.report
+
+
+def rewrite_with(front: FrontEnd, options: Options) -> RewriteResult:
+    """Load, analyze, plan, rewrite and finish: the one pipeline every front end runs."""
     loaded = front.load()
     rewritten, report = rewrite_loaded(loaded, options, front.accumulator_kind)
     return front.finish(loaded, rewritten, report)

@@ -51,15 +51,10 @@ class GraphDefResult:
     accumulator_init_values: list[str]  # the zeros each accumulator starts from
     variable_kind: str
     report: Report
-    variable_infos: dict
+    # RewriteResult: the graph's variable nodes (the accumulators carry their own shapes)
+    graph_variables: dict
     out_dir: str | None = None
     exported: Any = None
-
-    @property
-    def graph_variables(self) -> dict:
-        """The graph's variable nodes (``RewriteResult``); the accumulators are variable
-        nodes that carry their own shapes."""
-        return dict(self.variable_infos)
 
     def to_dict(self) -> dict:
         d = self.report.to_dict()
@@ -267,7 +262,7 @@ class GraphDefFrontEnd:
             accumulator_reads=[a.read for a in rewritten.accumulators],
             accumulator_init_values=[a.initial_value for a in rewritten.accumulators],
             variable_kind=self.step.variable_kind, report=report,
-            variable_infos=dict(loaded.variables))
+            graph_variables=dict(loaded.variables))
 
 
 # --- files: .pb (binary GraphDef), .pbtxt (text GraphDef), .meta (MetaGraphDef + checkpoint) ---

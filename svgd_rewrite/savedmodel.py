@@ -53,7 +53,6 @@ class SavedModelResult:
     out_dir: str | None
     graph_def: Any = None  # the rewritten GraphDef
     original_graph_def: Any = None
-    variable_infos: dict = field(default_factory=dict)
     graph_variables: dict = field(default_factory=dict)  # RewriteResult: accumulators included
     exported: Any = None  # an ExportResult when graphs were exported
 
@@ -87,7 +86,7 @@ class SavedModelFrontEnd:
         self.rewritten = rewritten
         return SavedModelResult(
             report=report, function=self.chosen, out_dir=None, graph_def=rewritten.graph_def,
-            original_graph_def=loaded.graph_def, variable_infos=dict(loaded.variables),
+            original_graph_def=loaded.graph_def,
             graph_variables=accumulator_variables(loaded, rewritten))
 
 

@@ -19,7 +19,7 @@ the accumulators are still updated.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tensorflow as tf
@@ -40,8 +40,9 @@ FORMAT_VERSION = 2
 INSERTED_OPS = ("Cast", "Square", "Mean", "Mul", "AddV2", "RealDiv", "Less", "SelectV2",
                 "Rsqrt", "Reshape", "ReadVariableOp", "AssignVariableOp", "Identity", "Const")
 
-# Placeholders of the traced template that the splice replaces by tensors of the graph.
-_G, _LOSS_SCALE = "g", "loss_scale"
+# Placeholders of the traced template that the splice replaces by tensors of the graph, and
+# the constant it sets (a collective's instance key, one per logical site).
+_G, _LOSS_SCALE, _INSTANCE_KEY = "g", "loss_scale", "instance_key"
 
 
 def inserted_name(site: int, role: str) -> str:
@@ -147,7 +148,8 @@ def replica_mean_square(g: tf.Tensor, site: PlannedSite, reduce) -> tf.Tensor:
         total = raw.CollectiveReduceV2(
             input=packed, group_size=tf.compat.v1.placeholder(tf.int32, (), name="group_size"),
             group_key=tf.compat.v1.placeholder(tf.int32, (), name="group_key"),
-            instance_key=tf.constant(reduce.instance_key, tf.int32, name="instance_key"),
+            # set per logical site when spliced: one trace serves every site of a geometry
+            instance_key=tf.constant(0, tf.int32, name=_INSTANCE_KEY),
             ordering_token=token, merge_op="Add", final_op="Id",
             communication_hint=reduce.communication_hint,
             timeout_seconds=reduce.timeout_seconds, name="all_reduced")
@@ -169,8 +171,9 @@ def _trace_site(site: PlannedSite, options: Options, kind: str, accumulator: str
     """
     key = (site.g_dtype, site.reduce_axes, site.broadcast_shape, site.loss_scale is not None,
            options, kind) + ((site.accumulator_shape, accumulator) if kind != "placeholder" else ())
-    if site.peers:  # tf.distribute: the reduction's wiring and instance key
-        key += (site.accumulator_shape, site.replica, site.peers, reduce)
+    if site.peers:  # tf.distribute: this replica's slot among its peers, the collective group
+        key += (site.accumulator_shape, site.replica, len(site.peers),
+                replace(reduce, instance_key=0) if reduce is not None else None)
     if key not in _TRACES:
         if len(_TRACES) >= 512:
             _TRACES.clear()
@@ -246,6 +249,8 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
         new.name = prefix + node.name
         del new.input[:]
         new.input.extend(rename(i) for i in node.input)
+        if reduce is not None and node.name == _INSTANCE_KEY:
+            new.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(reduce.instance_key, tf.int32))
         map_colocation(new, lambda name: prefix + name)  # follows the accumulator's new name
         if device:
             new.device = device

@@ -1,6 +1,7 @@
 """The installed distribution exposes only ``svgd_rewrite`` (the repository's cli/ and
 fixtures/ folders are its subpackages; benchmarks/ is not installed) and its console script."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_the_wheel_installs_only_svgd_rewrite(tmp_path):
+    # Built from a copy, so that the build leaves nothing (build/, *.egg-info) in the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", "svgd_example", "out"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                    str(tmp_path / "dist"), ROOT], check=True, timeout=300)
+                    str(tmp_path / "dist"), str(source)], check=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("svgd_rewrite-*.whl")
     with zipfile.ZipFile(wheel) as z:
         tops = {name.split("/")[0] for name in z.namelist()}

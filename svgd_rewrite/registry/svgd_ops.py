@@ -100,6 +100,16 @@ def _other(slot: int) -> int:
     return 1 - slot
 
 
+def _filter_op(op: str, grad_ops: tuple[str, ...], slots, x_input: int, layers: str) -> OpSpec:
+    """A convolution-like F: θ is its filter (input 1), x is its input ``x_input``, σ' is
+    batch-first with the channel set by ``data_format``, and P is one of ``grad_ops`` (filter
+    gradients) reading x and g at ``slots``."""
+    return OpSpec(op=op, param_slots=(1,),
+                  grad_ops=tuple(GradOp(op=g, slots=slots) for g in grad_ops),
+                  batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: x_input,
+                  layers=layers)
+
+
 REGISTRY: dict[str, OpSpec] = {
     spec.op: spec
     for spec in (
@@ -117,28 +127,18 @@ REGISTRY: dict[str, OpSpec] = {
         OpSpec(op="Einsum", param_slots=(0, 1), grad_ops=(GradOp(op="Einsum", slots=_BINARY),),
                batch_axis=_einsum_batch_axis, channel_axis=_einsum_channel_axis, x_slot=_other,
                layers="kernel operand of a two-operand einsum"),
-        OpSpec(op="Conv2D", param_slots=(1,),
-               grad_ops=(GradOp(op="Conv2DBackpropFilter", slots=_FILTER_GRAD),),
-               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 0,
-               layers="Conv2D filter (NHWC/NCHW, strides, padding, dilations); Conv1D on "
-                      "expanded dims; the pointwise kernel of SeparableConv2D"),
-        OpSpec(op="Conv3D", param_slots=(1,),
-               grad_ops=(GradOp(op="Conv3DBackpropFilterV2", slots=_FILTER_GRAD),
-                         GradOp(op="Conv3DBackpropFilter", slots=_FILTER_GRAD)),
-               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 0,
-               layers="Conv3D filter (NDHWC/NCDHW)"),
-        OpSpec(op="DepthwiseConv2dNative", param_slots=(1,),
-               grad_ops=(GradOp(op="DepthwiseConv2dNativeBackpropFilter", slots=_FILTER_GRAD),),
-               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 0,
-               layers="DepthwiseConv2D kernel, the depthwise kernel of SeparableConv2D"),
-        OpSpec(op="Conv2DBackpropInput", param_slots=(1,),
-               grad_ops=(GradOp(op="Conv2DBackpropFilter", slots=_TRANSPOSED),),
-               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 2,
-               layers="Conv2DTranspose filter (the transposed convolution as a forward op)"),
-        OpSpec(op="Conv3DBackpropInputV2", param_slots=(1,),
-               grad_ops=(GradOp(op="Conv3DBackpropFilterV2", slots=_TRANSPOSED),),
-               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: 2,
-               layers="Conv3DTranspose filter"),
+        _filter_op("Conv2D", ("Conv2DBackpropFilter",), _FILTER_GRAD, 0,
+                   "Conv2D filter (NHWC/NCHW, strides, padding, dilations); Conv1D on "
+                   "expanded dims; the pointwise kernel of SeparableConv2D"),
+        _filter_op("Conv3D", ("Conv3DBackpropFilterV2", "Conv3DBackpropFilter"), _FILTER_GRAD,
+                   0, "Conv3D filter (NDHWC/NCDHW)"),
+        _filter_op("DepthwiseConv2dNative", ("DepthwiseConv2dNativeBackpropFilter",),
+                   _FILTER_GRAD, 0, "DepthwiseConv2D kernel, the depthwise kernel of "
+                   "SeparableConv2D"),
+        _filter_op("Conv2DBackpropInput", ("Conv2DBackpropFilter",), _TRANSPOSED, 2,
+                   "Conv2DTranspose filter (the transposed convolution as a forward op)"),
+        _filter_op("Conv3DBackpropInputV2", ("Conv3DBackpropFilterV2",), _TRANSPOSED, 2,
+                   "Conv3DTranspose filter"),
         OpSpec(op="BiasAdd", param_slots=(1,),
                grad_ops=(GradOp(op="BiasAddGrad", slots=((None, 0),)),),
                batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: None,
