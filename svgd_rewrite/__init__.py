@@ -18,7 +18,7 @@ _LAZY = {
     "rewrite": "api", "analyze_step": "api", "SVGDStep": "emit", "Report": "report",
     "SiteReport": "report", "SkippedNode": "report", "MemoryReport": "report",
     "REGISTRY": "registry", "DEFAULT_OPS": "registry", "rewrite_saved_model": "savedmodel",
-    "export": "exporters",
+    "export": "exporters", "AccumulatorState": "state",
 }
 
 __all__ = sorted(_LAZY) + [
@@ -29,7 +29,14 @@ __all__ = sorted(_LAZY) + [
 ]
 
 
+_SUBMODULES = ("keras", "exporters", "options", "registry")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # svgd_rewrite.keras.enable(...) after a plain import svgd_rewrite
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -38,4 +45,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

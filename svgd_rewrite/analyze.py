@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import tensorflow as tf
 
 from .errors import NoGradientsError, NoTrainableVariablesError
 from .ir import GraphIR, Tensor
 from .load import Distribution, LoadedStep, VariableInfo
+from .loops import LoopAnalysis
 from .registry import (CONTROL_FLOW_BODY_ATTRS, CONTROL_FLOW_OPS, HANDLE_ONLY_OPS, LOOP_OPS,
                        MULTI_IDENTITY_OPS, PASS_THROUGH_OPS, REGISTRY, SHAPE_OPS,
                        VARIABLE_READ_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason)
@@ -37,7 +38,13 @@ class Match:
 
 @dataclass
 class Consumer:
-    """A node that consumes a view of θ (a member of V_θ→σ or a backward/update op)."""
+    """A node that consumes a view of θ (a member of V_θ→σ or a backward/update op).
+
+    Inside a loop, ``node`` names F in the forward body, ``at`` the loop, ``loop`` how F's
+    gradient leaves the gradient loop (``loops.LoopMatch``). Once matched: ``g_dtype``,
+    ``p_node`` (P's NodeDef) and ``p_shape`` (the static shape of what post-scaling would
+    scale: P's output, or the gradient loop's output).
+    """
 
     node: str
     op: str
@@ -45,6 +52,15 @@ class Consumer:
     variable: str  # θ's placeholder
     match: Match | None = None
     reason: str | None = None  # why no match was possible, when known
+    at: str = ""  # the flat graph's node holding the consumer (itself, or its loop)
+    loop: Any = None
+    g_dtype: Any = None
+    p_node: Any = None
+    p_shape: Any = None
+    param_size: int = 0  # θ's number of elements
+
+    def __post_init__(self):
+        self.at = self.at or self.node
 
 
 @dataclass
@@ -60,6 +76,7 @@ class Analysis:
     loss_scale: Tensor | None = None  # the loss-scale read that seeds every float16 g
     loss_scale_variable: str | None = None
     distribution: Distribution | None = None  # tf.distribute: the step's replicas
+    keys: dict[str, str] = field(default_factory=dict)  # θ's placeholder -> its state key
 
 
 def _is_write(op: str) -> bool:
@@ -242,8 +259,20 @@ def analyze(step: LoadedStep) -> Analysis:
             grouped[(x, op)] = by_var
         return grouped[(x, op)].get(var_bit[p], [])
 
+    def feeds_update(p: str, t: Tensor) -> bool:
+        """Tensor ``t`` (an output of a gradient loop) reaches θ's update."""
+        return any(feeds.get(n, 0) >> var_bit[p] & 1 for a in ir.aliases(t)
+                   for n, _ in ir.consumers(a)) if writes[p] else False
+
+    loops = LoopAnalysis(ir, step.variables, feeds_update)
     all_consumers: list[Consumer] = []
+    loop_consumers: list[Consumer] = []
     for p, node, slot in candidates:
+        if ir.op(node) in LOOP_OPS:
+            found = loops.consumers(node, slot, p)
+            loop_consumers += found
+            if found:
+                continue
         c = Consumer(node=node, op=ir.op(node), slot=slot, variable=p)
         _match(ir, c, on_path_pool=lambda x, op, pool, p=p: on_path_pool(x, op, pool, p),
                on_update_path=lambda d, p=p: not writes[p] or bool(feeds.get(d, 0) >> var_bit[p] & 1),
@@ -253,6 +282,11 @@ def analyze(step: LoadedStep) -> Analysis:
         all_consumers.append(c)
 
     matched_g = [c.match.g for c in all_consumers if c.match]
+    for c in all_consumers:
+        if c.match is not None:
+            c.g_dtype = shapes[Tensor(*c.match.g)][0]
+            c.p_node = ir.node(c.match.grad_op)
+            c.p_shape = shapes.get(Tensor(c.match.grad_op, 0), (None, None))[1]
     backward = ir.descendants(matched_g)
     out_tensors = [Tensor.parse(t) for t in step.output_tensors]
     reportable = ir.ancestors(out_tensors + matched_g)
@@ -268,20 +302,33 @@ def analyze(step: LoadedStep) -> Analysis:
         if any(reach.get(c.node, 0) >> source_bit[n] & 1 for n in siblings):
             continue  # the input-gradient op of a forward op with no P, e.g. MatMul(g, Wᵀ)
         forward.append(c)
-    forward.sort(key=lambda c: (ir.order[c.node], c.slot))
+    gradient_loops = {c.loop.backward_loop for c in loop_consumers if c.loop is not None}
+    forward += [c for c in loop_consumers if c.at not in backward and c.at not in gradient_loops]
+    for c in forward:
+        c.param_size = _size(step.variables[c.variable].shape)
+    forward.sort(key=lambda c: (ir.order[c.at], c.slot, c.node))
 
     # Optimizers with state (momentum, Adam, ...) write non-trainable variables from the gradients.
-    p_nodes = sorted({c.match.grad_op for c in forward if c.match})
-    downstream = ir.descendants([(n, 0) for n in p_nodes])
+    p_outputs = sorted({Tensor.parse(c.loop.backward_loop if c.loop else c.match.grad_op)
+                        for c in forward if c.match})
+    downstream = ir.descendants(p_outputs)
     stateful = sorted(
         step.variables[p].name for p, ws in writes.items()
         if p not in trainable and any(w in downstream for w in ws))
-    loss_scale = _find_loss_scale(ir, shapes, step, [c.match.g for c in forward if c.match])
+    loss_scale = _find_loss_scale(ir, shapes, step, [c.match.g for c in forward
+                                                     if c.match and c.loop is None])
     return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
                     forward=forward, stateful_optimizer_vars=stateful,
                     loss_scale=loss_scale[0] if loss_scale else None,
                     loss_scale_variable=loss_scale[1] if loss_scale else None,
-                    distribution=step.distribution)
+                    distribution=step.distribution, keys=dict(step.variable_keys))
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d if d is not None else 1
+    return n
 
 
 def _find_loss_scale(ir: GraphIR, shapes, step: LoadedStep, gs: list[Tensor]):

@@ -71,7 +71,7 @@ def collective_templates(graph_def: graph_pb2.GraphDef) -> dict[str, CollectiveT
 
 def group_replicas(sites: list, reports: list, skipped: list, variables: dict,
                    n_local: int) -> tuple[list, list, list]:
-    """Group per-replica sites into logical sites.
+    """Group per-replica sites (one accumulator per θ on each replica) into logical sites.
 
     Returns the planned sites (the copy on replica k of logical site i gets index
     ``k·n + i`` and knows its group's indices as ``peers``), one report row per logical site,
@@ -80,7 +80,7 @@ def group_replicas(sites: list, reports: list, skipped: list, variables: dict,
     groups: dict[tuple[str, str], list] = {}
     for site, rep in zip(sites, reports):
         info = variables[site.variable]
-        groups.setdefault((info.logical_name, logical_name(site.forward)), []).append((site, rep))
+        groups.setdefault((info.logical_name, site.key), []).append((site, rep))
     complete, partial = [], []
     for members in groups.values():
         members.sort(key=lambda m: variables[m[0].variable].replica)
@@ -94,7 +94,7 @@ def group_replicas(sites: list, reports: list, skipped: list, variables: dict,
     kept = [k for k in skipped if n_local == 1 or not _REPLICA_SCOPE.match(k.node)]
     for members in partial:
         site, rep = members[0]
-        kept.append(SkippedNode(logical_name(site.forward), rep.op,
+        kept.append(SkippedNode(logical_name(rep.node), rep.op,
                                 variables[site.variable].logical_name,
                                 f"found on {len(members)} of {n_local} replicas"))
     n = len(complete)
@@ -104,8 +104,10 @@ def group_replicas(sites: list, reports: list, skipped: list, variables: dict,
         for k, (site, _) in enumerate(members):
             planned.append(replace(site, index=peers[k], replica=k, peers=peers))
         lead, rep = members[0]
-        rows.append(replace(rep, index=i, node=logical_name(lead.forward),
-                            variable=variables[lead.variable].logical_name, replicas=n_local))
+        apps = [replace(a, node=logical_name(a.node)) for a in rep.applications]
+        rows.append(replace(rep, index=i, node=logical_name(rep.node),
+                            variable=variables[lead.variable].logical_name, replicas=n_local,
+                            applications=apps))
     planned.sort(key=lambda s: s.index)
     return planned, rows, kept
 
@@ -126,11 +128,3 @@ def reduce_for(distribution, templates: dict[str, CollectiveTemplate], device: s
     if peers not in keys:
         keys[peers] = next(_INSTANCE_KEYS)
     return replace(template, instance_key=keys[peers])
-
-
-def mirrored_zeros(strategy, shape: tuple[int, ...], name: str) -> tf.Variable:
-    """An accumulator mirrored over the strategy's replicas (saved once by a checkpoint)."""
-    with strategy.scope():
-        return tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name=name,
-                           synchronization=tf.VariableSynchronization.ON_WRITE,
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

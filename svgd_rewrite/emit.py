@@ -14,14 +14,15 @@ from typing import Any, Callable
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from .distribute import mirrored_zeros
 from .errors import UnsupportedError
 from .frontend import accumulator_variables
 from .ir import map_colocation
 from .load import LoadedStep
 from .report import Report
+from .state import AccumulatorState
 from .surgery import Rewritten
-from .tf_compat import capture, capture_call_time_value, distributed_container
+from .tf_compat import (capture, capture_call_time_value, distributed_container,
+                        register_functions)
 
 IMPORT_SCOPE = "svgd"
 
@@ -77,10 +78,6 @@ def _with_parameters(run, loaded: LoadedStep):
     return step
 
 
-def _zeros_variable(shape: tuple[int, ...], name: str) -> tf.Variable:
-    return tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name=name)
-
-
 def _handle(variable) -> tf.Tensor:
     """The resource handle of a ``tf.Variable`` or of a Keras variable."""
     return variable.handle if isinstance(variable, tf.Variable) else variable.value.handle
@@ -121,42 +118,46 @@ def _step_variables(loaded: LoadedStep) -> list:
 class SVGDStep(tf.Module):
     """A training step rewritten to train with virtual gradients.
 
-    Call it like the original step. ``accumulators`` are the new r variables (float32),
-    ``report`` says what was transformed, ``graph_def`` is the rewritten GraphDef. The
-    original step's variables are shared, not copied (``step_variables``).
+    Call it like the original step. ``state`` holds the accumulators r (one float32 variable
+    per trained variable θ, by name; ``accumulators`` lists them in site order), ``report``
+    says what was transformed, ``graph_def`` is the rewritten GraphDef. The original step's
+    variables are shared, not copied (``step_variables``).
     """
 
     def __init__(self, loaded: LoadedStep, rewritten: Rewritten, report: Report,
-                 name: str = "svgd_step", make_accumulator: Callable | None = None):
-        """``make_accumulator(shape, name)`` creates each accumulator (default: a float32
-        ``tf.Variable`` of zeros); Keras passes its optimizer's ``add_variable``."""
+                 name: str = "svgd_step", state: AccumulatorState | None = None):
+        """``state``: the ``AccumulatorState`` to read and update (shared with other steps
+        over the same variables); a new one by default."""
         super().__init__(name=name)
         distribution = loaded.distribution
-        if make_accumulator is not None:
-            make = make_accumulator
-        elif distribution is not None:  # one mirrored accumulator per logical site
-            make = functools.partial(mirrored_zeros, distribution.strategy)
-        else:
-            make = _zeros_variable
-        groups = sorted({a.group for a in rewritten.accumulators})
-        with self.name_scope, tf.init_scope():
-            by_group = {g: make(a.shape, f"svgd_accumulator_{g}") for g in groups
-                        for a in rewritten.accumulators if a.site == g}
-        self.accumulators = [by_group[g] for g in groups]
+        strategy = distribution.strategy if distribution is not None else None
+        self.state = state if state is not None else AccumulatorState()
+        by_group = {}
+        for a in rewritten.accumulators:
+            if a.group not in by_group:
+                by_group[a.group] = self.state.variable(a.key, a.shape, strategy)
+        self._wiring = _Wiring(loaded, rewritten)
+        with tf.init_scope():
+            register_functions(rewritten.graph_def.library)
+        self._wiring.order = sorted(by_group)
+        self._wiring.by_group = by_group
         self.step_variables = _step_variables(loaded)
         self.report = report
         self.graph_def = rewritten.graph_def
         self.original_graph_def = loaded.graph_def
-        self._wiring = _Wiring(loaded, rewritten)
         self._wiring.graph_variables = accumulator_variables(loaded, rewritten)
-        # The variable (or mirrored component) each accumulator placeholder is fed; kept out
-        # of the module's tracked attributes so that a checkpoint saves each accumulator once.
+        # The variable (or mirrored component) each accumulator placeholder is fed.
         self._wiring.feeds = [by_group[a.group] if a.replica is None else
                               _component(by_group[a.group], a.replica)
                               for a in rewritten.accumulators]
         self.function = tf.function(_with_parameters(self._run, loaded),
                                     input_signature=loaded.input_signature, autograph=False,
                                     jit_compile=loaded.jit_compile)
+
+    @property
+    def accumulators(self) -> list:
+        """The accumulators this step updates, in site order."""
+        return [self._wiring.by_group[g] for g in self._wiring.order]
 
     @property
     def graph_variables(self) -> dict:

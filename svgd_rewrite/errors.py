@@ -67,3 +67,25 @@ def first_line(e: BaseException, limit: int = 240) -> str:
 
 class SurgeryError(RuntimeError):
     """The rewritten graph failed validation: a bug of the tool (exit 1), never bad input."""
+
+
+def checked_arguments(fn):
+    """``fn`` with bad arguments (an unknown keyword, a missing or extra positional one)
+    raising ``InvalidOptionError`` with one line instead of Python's ``TypeError``; the
+    signature and docstring stay ``fn``'s."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as e:
+            names = ", ".join(p for p in signature.parameters)
+            raise InvalidOptionError(f"{fn.__name__}(): {first_line(e)}; its parameters: "
+                                     f"{names}") from None
+        return fn(*args, **kwargs)
+
+    return wrapper

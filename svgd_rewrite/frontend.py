@@ -81,7 +81,9 @@ def rewrite_loaded(loaded: LoadedStep, options: Options,
     """The surgery on a loaded step: the rewritten GraphDef and the report."""
     plan = require_sites(plan_step(loaded, options))
     stage("surgery")
-    return apply_surgery(loaded.graph_def, plan, options, accumulator_kind), plan.report
+    portable = options.portable if options.portable is not None else loaded.xla
+    return (apply_surgery(loaded.graph_def, plan, options, accumulator_kind,
+                          one_pass=not portable), plan.report)
 
 
 def rewrite_with(front: FrontEnd, options: Options) -> RewriteResult:

@@ -211,18 +211,16 @@ def _init_ops(ir: GraphIR, initializers: set[str]) -> list[str]:
 
 
 def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = None,
-                      trainable: Iterable[str] | None = None, scale: float = Options.scale,
-                      rho: float = Options.rho, epsilon: float = Options.epsilon, ops=None,
-                      granularity: str = Options.granularity,
-                      transform: str = Options.transform,
-                      what: str = "the GraphDef") -> GraphDefResult:
+                      trainable: Iterable[str] | None = None, what: str = "the GraphDef",
+                      **options) -> GraphDefResult:
     """Rewrite a TF1 training GraphDef so that its train op trains with virtual gradients.
 
     ``trainable`` names the trainable variables (a MetaGraph's collection); by default every
-    floating-point variable. Same options as ``svgd_rewrite.rewrite``.
+    floating-point variable. ``**options``: ``svgd_rewrite.rewrite``'s options (``scale``,
+    ``rho``, ``epsilon``, ``ops``, ``granularity``, ``transform``, ``pooling``,
+    ``post_scale``, ``portable``).
     """
-    options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
-                           granularity=granularity, transform=transform)
+    options = make_options(**options)
     return rewrite_with(GraphDefFrontEnd(graph_def, train_op, trainable, what), options)
 
 

@@ -2,10 +2,11 @@
 
 ``enable(model)`` replaces the step that ``fit`` and ``train_on_batch`` run by its SVGD
 rewrite. Keras builds its train function around ``model.train_step`` (the public point of
-customisation): ``enable`` sets an instance ``train_step`` that, the first time ``fit`` traces
-it for a structure of data (tuples, dicts, sample weights), traces the model's own
-``train_step`` (a user's override included) for that data, rewrites it, and calls the
-rewritten step; a new structure is traced and rewritten anew. Everything around the step
+customisation): ``enable`` sets an instance ``train_step`` that, the first time Keras traces
+it for a structure of data (tuples, dicts, sample weights) and a compiled state (optimizer,
+trainable variables, loss, metrics), traces the model's own ``train_step`` (a user's
+override included) for that data, rewrites it, and calls the rewritten step. A new structure
+or a new ``compile()`` is traced and rewritten anew; everything around the step
 (``steps_per_execution``, ``jit_compile``, callbacks, logs, metrics, ``evaluate``,
 ``predict``) stays Keras's own.
 
@@ -14,64 +15,140 @@ statistics span the replicas): ``enable`` replaces ``make_train_function`` inste
 train function runs the rewrite of the whole replicated step Keras would run
 (``strategy.run`` of the model's ``train_step``, then Keras's per-replica reduction).
 
-The accumulators are training state: they are variables of the model's optimizer (of the
-innermost one under a ``LossScaleOptimizer``), so ``save_weights``, ``BackupAndRestore``,
-``ModelCheckpoint`` and ``tf.train.Checkpoint`` carry them. A backup restored before the first
-step (as ``BackupAndRestore`` does) is applied to the accumulators when the step creates them.
+The accumulators are the model's training state: one per trained variable θ, in an
+``AccumulatorState`` reachable as ``model.svgd_accumulators``, keyed by θ's position among
+``model.weights`` and its name (``weights.3.kernel``) — structural, like Keras's own weight
+files, so a model built in another process matches. Every trace shares them. Keras's savers
+(``save_weights``/``load_weights``, ``ModelCheckpoint``, ``BackupAndRestore``, ``model.save``
++ ``keras.models.load_model``) store them under ``svgd_accumulators`` by key, and a
+``tf.train.Checkpoint(model=...)`` tracks them by key; values restored before the
+accumulators exist are applied when the first step creates them.
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, Iterable
+from urllib.parse import quote, unquote
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from .emit import SVGDStep
-from .errors import SVGDRewriteError, UnsupportedError
+from .errors import SVGDRewriteError, UnsupportedError, checked_arguments
 from .frontend import rewrite_with
 from .load import load_concrete_function
 from .options import Options, make_options
 from .report import Report
+from .state import AccumulatorState
+from .tf_compat import distributed_container, keras_saveable_base
 
-__all__ = ["enable", "disable", "VirtualGradients", "KerasSVGD"]
+KerasSaveable = keras_saveable_base()
+
+__all__ = ["enable", "disable", "enabled", "VirtualGradients", "KerasSVGD"]
 
 _MIRRORED = (tf.distribute.MirroredStrategy,)  # fit under MultiWorkerMirroredStrategy: untested
 _ENABLED: "weakref.WeakKeyDictionary[keras.Model, KerasSVGD]" = weakref.WeakKeyDictionary()
+_STATE_ATTR = "svgd_accumulators"
 
 
-def _innermost(optimizer):
-    while hasattr(optimizer, "inner_optimizer"):
-        optimizer = optimizer.inner_optimizer
-    return optimizer
+class ModelAccumulators(AccumulatorState, KerasSaveable):
+    """A model's accumulators, saved by Keras's savers under ``svgd_accumulators`` by key."""
+
+    def __init__(self):
+        super().__init__(name="svgd_accumulators")
+
+    @property
+    def name(self):  # no name: Keras then writes no group for a model without accumulators
+        return None
+
+    def _obj_type(self) -> str:
+        return "Loss"  # the smallest skip list of Keras's saver: it walks no attribute of ours
+
+    def save_own_variables(self, store) -> None:
+        for key, value in sorted(self.values().items()):
+            store[quote(key, safe="")] = value
+
+    def load_own_variables(self, store) -> None:
+        keys = list(store.keys())
+        if not keys:
+            self._plain.notes.append("the restored state holds no SVGD accumulators (saved "
+                                     "before enable): they start at zero")
+            self._plain.restored = True
+            return
+        self.assign_values({unquote(k): np.asarray(store[k]) for k in keys})
+
+
+class _StateSlot:
+    """``model.svgd_accumulators``: the model's ``ModelAccumulators``, created on first use.
+
+    Installed on ``keras.Model`` when this module is imported, so that Keras's savers reach
+    the accumulators of any model — also while ``keras.models.load_model`` restores one that
+    ``enable`` has not seen yet (its values wait there for ``enable``)."""
+
+    def __get__(self, model, owner=None):
+        if model is None:
+            return self
+        state = model.__dict__.get("_svgd_state")
+        if state is None:
+            state = ModelAccumulators()
+            object.__setattr__(model, "_svgd_state", state)
+        return state
+
+
+if not isinstance(getattr(keras.Model, _STATE_ATTR, None), _StateSlot):
+    setattr(keras.Model, _STATE_ATTR, _StateSlot())
+
+
+def _keras_variables(model: keras.Model) -> dict[int, tuple[str, Any]]:
+    """id of each weight's backing ``tf.Variable`` (mirrored or not) -> (state key, weight)."""
+    out = {}
+    for i, w in enumerate(model.weights):
+        value = getattr(w, "value", w)
+        out[id(value)] = (f"weights.{i}.{w.name}", w)
+    return out
 
 
 class _KerasFrontEnd:
-    """The step Keras runs, traced by ``KerasSVGD``, in; an ``SVGDStep`` whose accumulators
-    are optimizer variables out."""
+    """The step Keras runs, traced by ``KerasSVGD``, in; an ``SVGDStep`` over the model's
+    accumulators out."""
 
     accumulator_kind = "placeholder"
 
-    def __init__(self, concrete_function, make_accumulator):
-        self.concrete_function, self.make_accumulator = concrete_function, make_accumulator
+    def __init__(self, concrete_function, model: keras.Model):
+        self.concrete_function, self.model = concrete_function, model
 
     def load(self):
         loaded = load_concrete_function(self.concrete_function)
         loaded.jit_compile = None  # Keras's own function carries jit_compile around the step
+        loaded.xla = bool(self.model.jit_compile)
+        weights = _keras_variables(self.model)
+        trainable = {id(getattr(w, "value", w)) for w in self.model.trainable_weights}
+        for p, v in loaded.variable_objects.items():
+            mirrored = distributed_container(v.handle)
+            owner = mirrored[0] if mirrored else v
+            if id(owner) in weights:
+                loaded.variable_keys[p] = weights[id(owner)][0]
+                info = loaded.variables[p]
+                if info.trainable and id(owner) not in trainable:  # a frozen layer's weight
+                    from dataclasses import replace
+                    loaded.variables[p] = replace(info, trainable=False)
         return loaded
 
     def finish(self, loaded, rewritten, report) -> SVGDStep:
         return SVGDStep(loaded, rewritten, report, name="svgd_keras_step",
-                        make_accumulator=self.make_accumulator)
+                        state=getattr(self.model, _STATE_ATTR))
 
 
 class KerasSVGD:
-    """What ``enable`` returns: the rewritten steps of one model, one per data structure.
+    """What ``enable`` returns: the rewritten steps of one model.
 
     ``report`` is the report of the step traced last (``None`` until ``fit`` or
-    ``train_on_batch`` has traced one); ``accumulators`` are the optimizer variables that
-    hold r, in site order, over every traced step.
+    ``train_on_batch`` has traced one); ``accumulators`` are the model's r variables (one per
+    trained variable); ``state`` is the ``AccumulatorState`` holding them by key; ``steps``
+    the rewritten steps by traced data structure and compiled state; ``notes`` what restoring
+    found.
     """
 
     def __init__(self, model: keras.Model, options: Options):
@@ -79,17 +156,39 @@ class KerasSVGD:
         self.options = options
         self.steps: dict[str, SVGDStep] = {}
         self.report: Report | None = None
-        self.accumulators: list = []
-        self._pending: dict[int, np.ndarray] = {}  # restored before the accumulator existed
-        self._own_variables = 0  # optimizer variables that are not accumulators, at the load
+        self._generation: tuple | None = None
 
     def __repr__(self) -> str:
         return (f"<svgd_rewrite.keras.KerasSVGD of {self.model.name!r}: "
-                f"{len(self.steps)} traced step(s)>")
+                f"{len(self.steps)} traced step(s), {len(self.accumulators)} accumulator(s)>")
 
     def __str__(self) -> str:
         return str(self.report) if self.report is not None else (
             "svgd-rewrite: enabled; the step is rewritten when fit/train_on_batch first traces it")
+
+    @property
+    def state(self) -> AccumulatorState:
+        return getattr(self.model, _STATE_ATTR)
+
+    @property
+    def accumulators(self) -> list:
+        return list(self.state.accumulators.values())
+
+    @property
+    def notes(self) -> list[str]:
+        return self.state.notes
+
+    def _current(self) -> tuple:
+        """What a rewritten step depends on besides the data: the compiled optimizer, loss and
+        metrics and the trainable variables (a new ``compile()`` or unfreezing changes it)."""
+        m = self.model
+        generation = (id(m.optimizer), id(getattr(m, "_compile_loss", None)),
+                      id(getattr(m, "_compile_metrics", None)),
+                      tuple(id(getattr(w, "value", w)) for w in m.trainable_weights))
+        if generation != self._generation:
+            self.steps.clear()
+            self._generation = generation
+        return generation
 
     # --- the train step Keras calls --------------------------------------------------------
     def train_step(self, data):
@@ -104,6 +203,7 @@ class KerasSVGD:
         specs = tuple(tf.TensorSpec(t.shape, t.dtype, name=f"data_{k}")
                       for k, t in enumerate(tensors))
         structure = tf.nest.map_structure(lambda t: None if t is None else "tensor", data)
+        self._current()
         key = repr((structure, specs))
         step = self.steps.get(key)
         if step is None:  # traced in its own graph (not under init_scope: it stops tapes)
@@ -122,8 +222,8 @@ class KerasSVGD:
             return original(model, data)
 
         traced = tf.function(flat_step, input_signature=specs, autograph=False)
-        return rewrite_with(_KerasFrontEnd(traced.get_concrete_function(),
-                                           self._make_accumulator), self.options)
+        return rewrite_with(_KerasFrontEnd(traced.get_concrete_function(), model),
+                            self.options)
 
     # --- under tf.distribute: the replicated step Keras builds, rewritten whole -------------
     def make_distributed_train_function(self, force: bool = False):
@@ -155,6 +255,7 @@ class KerasSVGD:
     def _distributed_step(self, data):
         specs = tf.nest.map_structure(
             lambda v: getattr(v, "_type_spec", None) or tf.type_spec_from_value(v), data)
+        self._current()
         key = "distributed:" + repr(specs)
         step = self.steps.get(key)
         if step is None:
@@ -175,56 +276,20 @@ class KerasSVGD:
             return reduce_per_replica(outputs, strategy, reduction="auto")
 
         cf = tf.function(replicated, autograph=False).get_concrete_function(data)
-        return rewrite_with(_KerasFrontEnd(cf, self._make_accumulator), self.options)
-
-    def _make_accumulator(self, shape: tuple[int, ...], name: str):
-        with self.model.distribute_strategy.scope():
-            variable = _innermost(self.model.optimizer).add_variable(
-                shape=shape, initializer="zeros", dtype="float32", name=name)
-        index = len(self.accumulators)
-        self.accumulators.append(variable)
-        if index in self._pending:
-            variable.assign(self._pending.pop(index))
-        return variable
-
-    # --- restoring a backup taken with the accumulators ------------------------------------
-    def load_optimizer_variables(self, store) -> None:
-        """The optimizer's ``load_own_variables``: a store that holds accumulators not created
-        yet (a backup restored before the first step) loads the optimizer's own variables and
-        keeps the accumulators' values for when the step creates them."""
-        optimizer = self.model.optimizer
-        variables = list(optimizer.variables)
-        if len(store.keys()) == len(variables):
-            for i, v in enumerate(variables):
-                v.assign(store[str(i)])
-            return
-        own = len(variables) - len(self.accumulators)
-        extra = len(store.keys()) - own
-        if extra <= 0 or own <= 0:
-            type(optimizer).load_own_variables(optimizer, store)  # Keras's own warning
-            return
-        for i, v in enumerate(variables[:own]):
-            v.assign(store[str(i)])
-        for j in range(extra):
-            value = np.asarray(store[str(own + j)])
-            if j < len(self.accumulators):
-                self.accumulators[j].assign(value)
-            else:
-                self._pending[j] = value
+        return rewrite_with(_KerasFrontEnd(cf, model), self.options)
 
 
-def enable(model: keras.Model, *, scale: float = Options.scale, rho: float = Options.rho,
-           epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
-           granularity: str = Options.granularity) -> KerasSVGD:
-    """Make ``model.fit`` / ``train_on_batch`` train with virtual gradients.
+def _is_tf_keras(model) -> bool:
+    return type(model).__module__.split(".")[0] in ("tf_keras", "keras_2") or any(
+        c.__module__.startswith("tf_keras.") for c in type(model).__mro__)
 
-    The model must be compiled (any optimizer, loss, metrics, ``loss_weights``,
-    ``steps_per_execution``, ``jit_compile``, mixed precision) and not run eagerly. Returns a
-    ``KerasSVGD`` whose ``report`` is filled when the step is first traced. Enabling twice
-    replaces the options.
-    """
-    options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
-                           granularity=granularity)
+
+def _check_model(model) -> None:
+    if _is_tf_keras(model):
+        raise UnsupportedError(
+            "svgd_rewrite.keras supports Keras 3 models; this is a tf_keras model "
+            "(TF_USE_LEGACY_KERAS=1): rewrite its training step with svgd_rewrite.rewrite "
+            "instead (README: tf_keras)")
     if not isinstance(model, keras.Model):
         raise SVGDRewriteError(f"expected a keras.Model, got {type(model).__name__}")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
@@ -238,28 +303,75 @@ def enable(model: keras.Model, *, scale: float = Options.scale, rho: float = Opt
         raise UnsupportedError(f"the model is built under {type(strategy).__name__}: fit under "
                                "it is not supported; supported: MirroredStrategy (for a custom "
                                "loop also MultiWorkerMirroredStrategy)")
+
+
+_ENABLE_DOC = """
+    ``model``: a compiled Keras 3 model (any optimizer, loss, metrics, ``loss_weights``,
+    ``steps_per_execution``, ``jit_compile``, mixed precision; ``MirroredStrategy``), not run
+    eagerly. The options are ``svgd_rewrite.rewrite``'s: ``scale`` (s, default 0.1; 0.01 for
+    convolutional or sequence models, 0.001 for VGG-like nets), ``rho`` (ρ, 0.9), ``epsilon``
+    (ε, 1e-6), ``ops`` (None: the default kernel ops), ``granularity`` (``"full"``,
+    ``"channel"``, ``"auto"``), ``transform`` (``"identity"``: the same surgery with ĝ = g, so
+    that ``fit`` trains exactly as without ``enable`` — a check), ``pooling``
+    (``"variable"``: one r per trained variable), ``post_scale`` (True), ``portable`` (None:
+    follows ``jit_compile``).
+
+    Returns a ``KerasSVGD``: ``report`` (filled when the step is first traced),
+    ``accumulators``, ``state``, ``notes``. Enabling again replaces the options and keeps
+    the accumulators. Raises ``SVGDRewriteError`` (not compiled, ``run_eagerly=True``, not a
+    Keras 3 model), ``UnsupportedError`` (a strategy other than ``MirroredStrategy``, a
+    tf_keras model) or ``InvalidOptionError``, each with one line.
+"""
+
+
+@checked_arguments
+def enable(model: keras.Model, *, scale: float = Options.scale, rho: float = Options.rho,
+           epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
+           granularity: str = Options.granularity, transform: str = Options.transform,
+           pooling: str = Options.pooling, post_scale: bool = Options.post_scale,
+           portable: bool | None = Options.portable) -> KerasSVGD:
+    """Make ``model.fit`` / ``train_on_batch`` train with virtual gradients.
+    {doc}"""
+    options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
+                           granularity=granularity, transform=transform, pooling=pooling,
+                           post_scale=post_scale, portable=portable)
+    _check_model(model)
     if model in _ENABLED:
         disable(model)
     state = KerasSVGD(model, options)
     _ENABLED[model] = state
-    model.train_step = state.train_step
-    if strategy.num_replicas_in_sync > 1:  # the whole replicated step is rewritten
-        model.make_train_function = state.make_distributed_train_function
-    model.optimizer.load_own_variables = state.load_optimizer_variables
+    accumulators = getattr(model, _STATE_ATTR)
+    model._track_trackable(accumulators, name=_STATE_ATTR, overwrite=True)  # tf.train.Checkpoint
+    object.__setattr__(model, "train_step", state.train_step)
+    if model.distribute_strategy.num_replicas_in_sync > 1:  # the whole replicated step
+        object.__setattr__(model, "make_train_function", state.make_distributed_train_function)
     model.train_function = None  # rebuilt around the new step on the next fit
+    iterations = getattr(model.optimizer, "iterations", None)
+    if (not accumulators.accumulators and not accumulators._plain.restored
+            and iterations is not None and int(iterations.numpy()) > 0):
+        warnings.warn("svgd_rewrite: the optimizer has already taken steps but no SVGD "
+                      "accumulators were restored: if this model was saved with SVGD enabled, "
+                      "import svgd_rewrite.keras before keras.models.load_model", stacklevel=2)
     return state
 
 
+enable.__doc__ = enable.__doc__.replace("{doc}", _ENABLE_DOC)
+enable.__wrapped__.__doc__ = enable.__doc__
+
+
 def disable(model: keras.Model) -> None:
-    """Back to the compiled model's plain step (the accumulators stay optimizer variables)."""
+    """Back to the compiled model's plain step; the accumulators stay (``enable`` again
+    continues with them). Called from a callback during ``fit``, it takes effect at the next
+    step."""
     state = _ENABLED.pop(model, None)
     if state is None:
         return
-    for obj, attr in ((model, "train_step"), (model, "make_train_function"),
-                      (model.optimizer, "load_own_variables")):
-        if attr in vars(obj):
-            object.__delattr__(obj, attr)
-    model.train_function = None
+    for attr in ("train_step", "make_train_function"):
+        if attr in vars(model):
+            object.__delattr__(model, attr)
+    if model.train_function is not None:  # rebuilt now: fit calls it again at the next step
+        model.train_function = None
+        model.make_train_function(force=True)
 
 
 def enabled(model: keras.Model) -> KerasSVGD | None:
@@ -268,28 +380,48 @@ def enabled(model: keras.Model) -> KerasSVGD | None:
 
 
 class VirtualGradients(keras.callbacks.Callback):
-    """``model.fit(..., callbacks=[VirtualGradients(scale=0.1)])``: enable for this fit.
+    """``model.fit(..., callbacks=[VirtualGradients(scale=0.01)])``: train this ``fit`` with
+    virtual gradients.
 
-    ``state`` is the ``KerasSVGD`` (its ``report`` once the step is traced). The model stays
-    enabled after ``fit`` (so a later ``fit`` continues with the same accumulators) unless
-    ``disable_at_end=True``.
+    Takes ``enable``'s options. ``keep`` (default False): leave the model enabled after
+    ``fit`` (a later ``fit`` then continues with SVGD); by default the model is back to its
+    plain step when ``fit`` ends (the accumulators stay for the next enable). ``state`` is the
+    ``KerasSVGD`` (its ``report`` once the step is traced). A model that is not compiled, or
+    not a Keras 3 model, is refused with one line when ``fit`` starts.
     """
 
+    @checked_arguments
     def __init__(self, *, scale: float = Options.scale, rho: float = Options.rho,
                  epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
-                 granularity: str = Options.granularity,
-                 disable_at_end: bool = False):
+                 granularity: str = Options.granularity, transform: str = Options.transform,
+                 pooling: str = Options.pooling, post_scale: bool = Options.post_scale,
+                 portable: bool | None = Options.portable, keep: bool = False):
         super().__init__()
         self.options: dict[str, Any] = dict(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
-                                            granularity=granularity)
+                                            granularity=granularity, transform=transform,
+                                            pooling=pooling, post_scale=post_scale,
+                                            portable=portable)
         make_options(**self.options)  # validate now, not at the start of fit
-        self.disable_at_end = disable_at_end
+        self.keep = keep
         self.state: KerasSVGD | None = None
+        self._was_enabled = False
+
+    # tf_keras's callback list asks these of every callback: answer them so that a tf_keras
+    # model reaches on_train_begin, which refuses it with one line.
+    def _implements_train_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_test_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_predict_batch_hooks(self) -> bool:
+        return False
 
     def on_train_begin(self, logs=None):
+        self._was_enabled = enabled(self.model) is not None
         self.state = enabled(self.model) or enable(self.model, **self.options)
         self.model.make_train_function(force=True)
 
     def on_train_end(self, logs=None):
-        if self.disable_at_end:
+        if not self.keep and not self._was_enabled:
             disable(self.model)

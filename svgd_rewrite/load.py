@@ -68,6 +68,10 @@ class LoadedStep:
     # a TF1 front end gives its train op and the op's ancestors).
     update_scope: frozenset[str] | None = None
     jit_compile: bool | None = None  # the step was declared with jit_compile=True
+    xla: bool = False  # the step runs under XLA (its own jit_compile, or Keras's)
+    # θ's placeholder -> the name of its accumulator in the training state (default: the
+    # variable's name; tf.distribute: the mirrored variable's)
+    variable_keys: dict[str, str] = field(default_factory=dict)
 
 
 def is_rewritten(graph_def: graph_pb2.GraphDef) -> bool:
@@ -166,6 +170,8 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
         variable_objects=objects,
         distribution=distribution,
         jit_compile=jit_compile,
+        xla=bool(jit_compile),
+        variable_keys={p: info.logical_name for p, info in infos.items()},
     )
 
 

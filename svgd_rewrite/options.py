@@ -12,16 +12,25 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, checked_arguments
 from .registry import DEFAULT_OPS, REGISTRY
 
-GRANULARITIES = ("full", "channel")
+GRANULARITIES = ("full", "channel", "auto")
+_TINY = float(np.finfo(np.float32).tiny)
 TRANSFORMS = ("svgd", "identity")
+POOLINGS = ("variable", "application")
 
 
 @dataclass(frozen=True)
 class Options:
-    """Validated options. ``ops`` is the sorted tuple of forward op types to transform."""
+    """Validated options. ``ops`` is the sorted tuple of forward op types to transform.
+
+    ``pooling``: ``variable`` — one r per trained variable θ, fed by every application of θ
+    in the step; ``application`` — one r per application (the first version's behaviour).
+    ``post_scale``: scale P's output instead of g where that is exact. ``portable``: the
+    reduction XLA and TFLite compile (``Square`` + ``Sum``) instead of the default runtime's
+    one-pass ``EuclideanNorm``; ``None`` decides from the step (``jit_compile=True``: portable).
+    """
 
     scale: float = 0.1
     rho: float = 0.9
@@ -29,6 +38,9 @@ class Options:
     ops: tuple[str, ...] = DEFAULT_OPS
     granularity: str = "full"
     transform: str = "svgd"
+    pooling: str = "variable"
+    post_scale: bool = True
+    portable: bool | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -36,10 +48,13 @@ class Options:
         return d
 
 
+@checked_arguments
 def make_options(scale: float = Options.scale, rho: float = Options.rho,
                  epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
                  granularity: str = Options.granularity,
-                 transform: str = Options.transform) -> Options:
+                 transform: str = Options.transform, pooling: str = Options.pooling,
+                 post_scale: bool = Options.post_scale,
+                 portable: bool | None = Options.portable) -> Options:
     """Validate user options (``ops=None``: ``DEFAULT_OPS``); raise ``InvalidOptionError``
     with what to change."""
     def number(name: str, value) -> float:
@@ -59,13 +74,16 @@ def make_options(scale: float = Options.scale, rho: float = Options.rho,
                                  "surgery without scaling use transform='identity'")
     if scale < 0:
         raise InvalidOptionError(f"scale must be > 0, got {scale}")
+    if scale < _TINY:
+        raise InvalidOptionError(f"scale must be at least {_TINY:.3g} (the smallest normal "
+                                 f"float32; smaller values round to 0), got {scale:g}")
     if not 0 <= rho < 1 or float(np.float32(rho)) >= 1:
         raise InvalidOptionError(f"rho must be in [0, 1) in float32, got {rho}")
     if epsilon <= 0:
         raise InvalidOptionError(f"epsilon must be > 0, got {epsilon}")
-    if epsilon < float(np.finfo(np.float32).tiny):
-        raise InvalidOptionError(f"epsilon must be at least {np.finfo(np.float32).tiny:.3g} (the "
-                                 f"smallest normal float32), got {epsilon:g}")
+    if epsilon < _TINY:
+        raise InvalidOptionError(f"epsilon must be at least {_TINY:.3g} (the smallest normal "
+                                 f"float32), got {epsilon:g}")
     if ops is None:
         op_tuple = DEFAULT_OPS
     else:
@@ -85,5 +103,12 @@ def make_options(scale: float = Options.scale, rho: float = Options.rho,
     if transform not in TRANSFORMS:
         raise InvalidOptionError(f"transform must be one of {', '.join(TRANSFORMS)}, "
                                  f"got {transform!r}")
+    if pooling not in POOLINGS:
+        raise InvalidOptionError(f"pooling must be one of {', '.join(POOLINGS)}, "
+                                 f"got {pooling!r}")
+    for name, value in (("post_scale", post_scale), ("portable", portable)):
+        if not isinstance(value, bool) and not (name == "portable" and value is None):
+            raise InvalidOptionError(f"{name} must be True or False, got {value!r}")
     return Options(scale=scale, rho=rho, epsilon=epsilon, ops=op_tuple,
-                   granularity=granularity, transform=transform)
+                   granularity=granularity, transform=transform, pooling=pooling,
+                   post_scale=post_scale, portable=portable)

@@ -1,36 +1,91 @@
-"""Plan stage: apply the options to the analysis; fix each site's accumulator shape and axes."""
+"""Plan stage: apply the options to the analysis; one accumulator r per trained variable θ.
+
+Every application of θ in the step (a layer called twice, micro-batches, the timesteps of an
+unrolled or looped recurrent layer, the copies of tf.distribute replicas) is an
+``Application`` with its own g and P; the applications of one θ form one ``PlannedSite`` that
+owns one r, updated from mean(g²) over all of their rows. Each application is either
+*pre-scaled* (ĝ = g·f feeds P, as in the paper's Figure 6) or *post-scaled* (P keeps reading
+g and its parameter-sized output is scaled by f): exact whenever f is constant over every axis
+P contracts, which the registry's ``channel_out`` tells per gradient op.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tensorflow as tf
 
 from .analyze import Analysis, Consumer, Match
+from .distribute import group_replicas, logical_name
+from .errors import NoSitesError
 from .ir import Tensor
 from .load import Distribution
-from .distribute import group_replicas
-from .errors import NoSitesError
 from .options import Options
 from .registry import CONV_OPS, REGISTRY
-from .report import MemoryReport, Report, SiteReport, SkippedNode
+from .report import ApplicationReport, MemoryReport, Report, SiteReport, SkippedNode
+
+
+@dataclass(frozen=True)
+class LoopInfo:
+    """Where a loop application lives: the forward ``While`` whose body holds F, the gradient
+    ``While`` whose body holds P, its body function, and the output of that loop that
+    accumulates θ's gradient (Σ_t P(x_t, g_t)). ``g`` is P's g input in FunctionDef syntax."""
+
+    forward_loop: str
+    backward_loop: str
+    backward_body: str
+    grad_output: int
+    g: str
+
+
+@dataclass(frozen=True)
+class Application:
+    """One use of θ: F, its P (with g), the axes of g that mean(g²) sums, and how f reaches it.
+
+    ``broadcast_shape``: r's shape broadcast over g (pre-scaling; None: it broadcasts as is);
+    ``post_shape``: f's shape broadcast over P's output when post-scaled, else None.
+    """
+
+    forward: str
+    op: str
+    slot: int
+    match: Match
+    g_dtype: tf.DType
+    dims: tuple[int | None, ...]
+    reduce_axes: tuple[int, ...]
+    broadcast_shape: tuple[int, ...] | None
+    post_shape: tuple[int, ...] | None = None
+    loop: LoopInfo | None = None
+
+    @property
+    def post_scaled(self) -> bool:
+        return self.post_shape is not None
+
+    @property
+    def target(self) -> str:
+        """The tensor f scales when post-scaled: P's output, or the gradient loop's output."""
+        if self.loop is not None:
+            return f"{self.loop.backward_loop}:{self.loop.grad_output}"
+        return f"{self.match.grad_op}:0"
 
 
 @dataclass(frozen=True)
 class PlannedSite:
-    """One site to rewrite: where g is, where ĝ goes, and the accumulator's geometry."""
+    """One accumulator r (per θ, per replica under tf.distribute) and the applications it
+    scales. ``key`` names r in the training state (``svgd/<key>``)."""
 
     index: int
-    forward: str
-    variable: str
-    match: Match
-    g_dtype: tf.DType
-    reduce_axes: tuple[int, ...]
+    variable: str  # θ's placeholder (this replica's component under tf.distribute)
+    key: str
     accumulator_shape: tuple[int, ...]
-    broadcast_shape: tuple[int, ...] | None  # reshape r before scaling g (None: broadcasts as is)
+    applications: tuple[Application, ...]
     loss_scale: str | None = None  # divide g by this before squaring (mixed precision)
     replica: int | None = None  # tf.distribute: this copy's replica
     peers: tuple[int, ...] = ()  # tf.distribute: the indices of every replica's copy
+
+    @property
+    def g_dtype(self) -> tf.DType:
+        return self.applications[0].g_dtype
 
 
 @dataclass
@@ -46,100 +101,239 @@ def _shape_list(shape: tf.TensorShape) -> list[int | None] | None:
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """A site's accumulator: the axes of σ' that mean(g²) reduces, r's shape, the shape r is
-    reshaped to before scaling g (None: it broadcasts as it is), the granularity used (full
-    falls back to channel when σ' has unknown non-batch axes, with a note), σ''s static dims."""
+class _Geometry:
+    """An application's axes: σ''s static dims, the batch and channel axes, and the axes r
+    keeps at full granularity (every axis but the batch)."""
 
-    reduce_axes: tuple[int, ...]
-    accumulator_shape: tuple[int, ...]
-    broadcast_shape: tuple[int, ...] | None
-    granularity: str
-    note: str
-    dims: list[int | None]
+    dims: tuple[int | None, ...]
+    batch: int
+    channel: int
+
+    def kept(self, granularity: str) -> list[int]:
+        if granularity == "channel":
+            return [self.channel]
+        return [a for a in range(len(self.dims)) if a != self.batch]
+
+    def shape(self, granularity: str) -> tuple[int, ...] | None:
+        kept = self.kept(granularity)
+        if any(self.dims[a] is None for a in kept):
+            return None
+        return tuple(self.dims[a] for a in kept)
 
 
-def _geometry(c: Consumer, analysis: Analysis, granularity: str) -> Geometry | str:
-    """The site's ``Geometry``, or the reason it has none (σ''s rank or channels unknown)."""
+def _geometry(c: Consumer, analysis: Analysis) -> _Geometry | str:
+    """σ''s axes, or the reason there are none (σ''s rank unknown)."""
     spec = REGISTRY[c.op]
-    _, out_shape = analysis.shapes[Tensor(c.node, 0)]
-    dims = _shape_list(out_shape)
+    if c.loop is not None:
+        dims, node = c.loop.dims, c.loop.forward_node
+    else:
+        dims, node = _shape_list(analysis.shapes[Tensor(c.node, 0)][1]), analysis.ir.node(c.node)
     if dims is None:
         return f"the rank of {c.op}'s output is unknown at trace time"
     rank = len(dims)
-    node = analysis.ir.node(c.node)
-    batch = spec.batch_axis(node, c.slot, rank)
-    channel = spec.channel_axis(node, c.slot, rank)
-    note = ""
-    if granularity == "full":
-        kept = [a for a in range(rank) if a != batch]
-        if any(dims[a] is None for a in kept):
-            kept, granularity = [channel], "channel"
-            note = "full→channel: a non-batch axis of σ' is unknown at trace time"
-    else:
-        kept = [channel]
-    if any(dims[a] is None for a in kept):
-        return f"the channel axis of {c.op}'s output has unknown size"
-    reduce_axes = tuple(a for a in range(rank) if a not in kept)
-    acc_shape = tuple(dims[a] for a in kept)
-    trailing = kept == list(range(rank - len(kept), rank))
-    bshape = None if trailing else tuple(dims[a] if a in kept else 1 for a in range(rank))
-    return Geometry(reduce_axes, acc_shape, bshape, granularity, note, dims)
+    return _Geometry(tuple(dims), spec.batch_axis(node, c.slot, rank),
+                     spec.channel_axis(node, c.slot, rank))
+
+
+def _post_shape(c: Consumer, analysis: Analysis, geo: _Geometry, kept: list[int],
+                g_dtype: tf.DType) -> tuple[int, ...] | None:
+    """f's broadcast shape over P's output when P keeps every axis r keeps (only the channel
+    axis), else None (the application is pre-scaled)."""
+    if kept != [geo.channel] or g_dtype != tf.float32:
+        return None
+    p_node, out_shape = c.p_node, c.p_shape
+    if p_node is None or out_shape is None or out_shape.rank is None:
+        return None
+    spec = REGISTRY[c.op]
+    grad = next((g for g in spec.grad_ops if g.op == p_node.op), None)
+    if grad is None:
+        return None
+    axes = grad.channel_out(p_node, c.match.g_slot, len(geo.dims), geo.channel)
+    if axes is None:
+        return None
+    dims = out_shape.as_list()
+    rank = len(dims)
+    if any(not -rank <= a < 0 for a in axes):
+        return None
+    sizes = [dims[a] for a in axes]
+    if any(s is None for s in sizes) or int(np.prod(sizes)) != geo.dims[geo.channel]:
+        return None
+    shape = [1] * rank
+    for a, s in zip(axes, sizes):
+        shape[a] = s
+    return tuple(shape)
+
+
+@dataclass
+class _Group:
+    """The applications of one θ (one accumulator) while the plan is being made."""
+
+    variable: str
+    key: str
+    consumers: list[Consumer] = field(default_factory=list)
+    geometries: list[_Geometry] = field(default_factory=list)
 
 
 def make_plan(analysis: Analysis, options: Options) -> Plan:
     """Choose the sites (``options.ops``), their accumulators, and build the report."""
-    sites, site_reports, skipped, notes = _choose_sites(analysis, options)
+    groups, skipped = _choose(analysis, options)
+    sites, rows, notes = [], [], []
+    for group in groups:
+        planned = _plan_group(group, analysis, options, len(sites))
+        if isinstance(planned, str):
+            skipped += [SkippedNode(_shown(c), c.op, analysis.variables[c.variable].name, planned)
+                        for c in group.consumers]
+            continue
+        site, row = planned
+        sites.append(site)
+        rows.append(row)
+        if row.note:
+            notes.append(f"site {row.node} ({row.variable}): {row.note}")
     if analysis.distribution is not None:
-        sites, site_reports, skipped = group_replicas(
-            sites, site_reports, skipped, analysis.variables, len(analysis.distribution.devices))
-    report = Report(sites=site_reports, skipped=skipped, memory=_memory(analysis, sites),
+        sites, rows, skipped = group_replicas(
+            sites, rows, skipped, analysis.variables, len(analysis.distribution.devices))
+    report = Report(sites=rows, skipped=skipped, memory=_memory(analysis, sites),
                     options=options.to_dict(),
-                    warnings=notes + _warnings(analysis, options, sites, site_reports, skipped))
+                    warnings=notes + _warnings(analysis, options, sites, rows, skipped))
     return Plan(sites=sites, report=report, tensor_types=analysis.shapes,
                 distribution=analysis.distribution)
 
 
-def _choose_sites(analysis: Analysis, options: Options):
-    """The planned sites and their report rows, the skipped V_θ→σ nodes with their reasons,
-    and the per-site notes (a granularity fallback)."""
-    sites: list[PlannedSite] = []
-    site_reports: list[SiteReport] = []
+def _shown(c: Consumer) -> str:
+    return c.node if c.loop is None else f"{c.loop.forward_loop}/{c.node}"
+
+
+def _choose(analysis: Analysis, options: Options) -> tuple[list[_Group], list[SkippedNode]]:
+    """The matched consumers grouped per accumulator, and the skipped V_θ→σ nodes."""
     skipped: list[SkippedNode] = []
-    notes: list[str] = []
-    var_name = {p: v.name for p, v in analysis.variables.items()}
+    groups: dict[tuple, _Group] = {}
     for c in analysis.forward:
-        vname = var_name[c.variable]
+        info = analysis.variables[c.variable]
         if c.match is None:
-            skipped.append(SkippedNode(c.node, c.op, vname, c.reason or "not transformable"))
+            skipped.append(SkippedNode(_shown(c), c.op, info.name, c.reason or "not transformable"))
+            continue
+        if not analysis.writes.get(c.variable):
+            skipped.append(SkippedNode(_shown(c), c.op, info.name,
+                                       "θ is not updated by the step (frozen: trainable=False, "
+                                       "or not among the variables the optimizer applies)"))
             continue
         if c.op not in options.ops:
             hint = "opt-in" if not REGISTRY[c.op].default else "excluded"
-            skipped.append(SkippedNode(c.node, c.op, vname,
+            skipped.append(SkippedNode(_shown(c), c.op, info.name,
                                        f"op {c.op} is not in ops ({hint}: add it to ops)"))
             continue
-        geo = _geometry(c, analysis, options.granularity)
+        geo = _geometry(c, analysis)
         if isinstance(geo, str):
-            skipped.append(SkippedNode(c.node, c.op, vname, geo))
+            skipped.append(SkippedNode(_shown(c), c.op, info.name, geo))
             continue
-        g = Tensor(*c.match.g)
-        g_dtype = analysis.shapes[g][0]
-        index = len(sites)
-        scale = analysis.loss_scale if g_dtype == tf.float16 else None
-        sites.append(PlannedSite(index=index, forward=c.node, variable=c.variable, match=c.match,
-                                 g_dtype=g_dtype, reduce_axes=geo.reduce_axes,
-                                 accumulator_shape=geo.accumulator_shape,
-                                 broadcast_shape=geo.broadcast_shape,
-                                 loss_scale=str(Tensor(*scale)) if scale else None))
-        site_reports.append(SiteReport(
-            index=index, node=c.node, op=c.op, variable=vname, param_input=c.slot,
-            gradient_op=c.match.grad_op, gradient_op_type=analysis.ir.op(c.match.grad_op),
-            gradient_input=c.match.g_slot, upstream_gradient=str(g), output_shape=geo.dims,
-            accumulator_shape=list(geo.accumulator_shape), granularity=geo.granularity,
-            note=geo.note, variable_node=c.variable))
-        if geo.note:
-            notes.append(f"site {c.node}: {geo.note}")
-    return sites, site_reports, skipped, notes
+        family = "bias" if c.op == "BiasAdd" else "kernel"
+        key = (c.variable, family) if options.pooling == "variable" else (c.variable, c.node,
+                                                                         c.slot)
+        group = groups.setdefault(key, _Group(variable=c.variable, key=analysis.keys.get(
+            c.variable, info.name)))
+        group.consumers.append(c)
+        group.geometries.append(geo)
+    out = list(groups.values())
+    # distinct accumulators with one key (several θ with one name, one r per application, a
+    # kernel and a bias role) get distinct keys; a θ's copies on tf.distribute replicas keep
+    # one key (they share one mirrored accumulator)
+    def identity(g: _Group) -> tuple:
+        info = analysis.variables[g.variable]
+        owner = info.logical_name if info.replica is not None else g.variable
+        first = g.consumers[0]
+        return (owner, "bias" if first.op == "BiasAdd" else "kernel") + (
+            (logical_name(first.node), first.slot)
+            if options.pooling == "application" else ())
+    seen: dict[str, list[tuple]] = {}
+    for g in out:
+        ids = seen.setdefault(g.key, [])
+        ident = identity(g)
+        if ident not in ids:
+            ids.append(ident)
+        k = ids.index(ident)
+        if k:
+            g.key = f"{g.key}#{k}"
+    return out, skipped
+
+
+def _granularity(group: _Group, options: Options) -> tuple[str, str]:
+    """The granularity of the group's r and a note when it differs from the option."""
+    wanted = options.granularity
+    geos = group.geometries
+    if wanted == "auto":
+        conv = any(c.op in CONV_OPS for c in group.consumers)
+        full = geos[0].shape("full")
+        params = group.consumers[0].param_size
+        wanted = "channel" if conv and (full is None or int(np.prod(full)) > params) else "full"
+        note = f"auto: {wanted}"
+    else:
+        note = ""
+    if wanted == "full":
+        shapes = {g.shape("full") for g in geos}
+        if None in shapes:
+            return "channel", "full→channel: a non-batch axis of σ' is unknown at trace time"
+        if len(shapes) > 1:
+            return "channel", "full→channel: the applications of θ differ in σ''s shape"
+        loops = [c for c, g in zip(group.consumers, geos)
+                 if c.loop is not None and g.kept("full") != [g.channel]]
+        if loops:
+            return "channel", ("full→channel: inside a loop f must be constant over every axis "
+                               "P sums (the post-scaled form)")
+    return wanted, note
+
+
+def _plan_group(group: _Group, analysis: Analysis, options: Options,
+                index: int) -> tuple[PlannedSite, SiteReport] | str:
+    """One accumulator for the group, or the reason none can be made."""
+    granularity, note = _granularity(group, options)
+    shapes = {g.shape(granularity) for g in group.geometries}
+    if None in shapes:
+        return "the channel axis of σ' has unknown size"
+    if len(shapes) > 1:
+        return "the applications of θ disagree on r's shape (channels differ)"
+    acc_shape = shapes.pop()
+    apps, app_rows = [], []
+    for c, geo in zip(group.consumers, group.geometries):
+        kept = geo.kept(granularity)
+        reduce_axes = tuple(a for a in range(len(geo.dims)) if a not in kept)
+        rank = len(geo.dims)
+        trailing = kept == list(range(rank - len(kept), rank))
+        bshape = None if trailing else tuple(geo.dims[a] if a in kept else 1 for a in range(rank))
+        g_dtype = c.g_dtype
+        post = (_post_shape(c, analysis, geo, kept, g_dtype)
+                if options.post_scale and options.transform == "svgd" else None)
+        if c.loop is not None and post is None and options.transform == "svgd":
+            return ("inside a loop only the post-scaled form is exact and P does not keep σ''s "
+                    "channel axis (or g is not float32)")
+        loop = None
+        if c.loop is not None:
+            loop = LoopInfo(c.loop.forward_loop, c.loop.backward_loop, c.loop.backward_body,
+                            c.loop.grad_output, c.loop.g_in_body)
+        apps.append(Application(forward=c.node, op=c.op, slot=c.slot, match=c.match,
+                                g_dtype=g_dtype, dims=geo.dims, reduce_axes=reduce_axes,
+                                broadcast_shape=bshape, post_shape=post, loop=loop))
+        app_rows.append(ApplicationReport(
+            node=_shown(c), gradient_op=c.match.grad_op,
+            gradient_op_type=c.p_node.op if c.p_node is not None else "",
+            gradient_input=c.match.g_slot, upstream_gradient=str(Tensor(*c.match.g)),
+            output_shape=list(geo.dims), scaling="post" if post is not None else "pre",
+            loop=c.loop.forward_loop if c.loop is not None else ""))
+    first = group.consumers[0]
+    info = analysis.variables[group.variable]
+    half = [a for a in apps if a.g_dtype == tf.float16]
+    scale = analysis.loss_scale if half else None
+    site = PlannedSite(index=index, variable=group.variable, key=group.key,
+                       accumulator_shape=acc_shape, applications=tuple(apps),
+                       loss_scale=str(Tensor(*scale)) if scale else None)
+    a0 = app_rows[0]
+    row = SiteReport(index=index, node=a0.node, op=first.op, variable=info.name,
+                     param_input=first.slot, gradient_op=a0.gradient_op,
+                     gradient_op_type=a0.gradient_op_type, gradient_input=a0.gradient_input,
+                     upstream_gradient=a0.upstream_gradient, output_shape=a0.output_shape,
+                     accumulator_shape=list(acc_shape), granularity=granularity, note=note,
+                     variable_node=group.variable, accumulator=f"svgd/{group.key}",
+                     applications=app_rows)
+    return site, row
 
 
 def _memory(analysis: Analysis, sites: list[PlannedSite]) -> MemoryReport:
@@ -161,9 +355,9 @@ def _memory(analysis: Analysis, sites: list[PlannedSite]) -> MemoryReport:
 
 
 def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
-              site_reports: list[SiteReport], skipped: list[SkippedNode]) -> list[str]:
-    """What the user should know about the plan: mixed precision, optimizer state, registry
-    ops left out, the scale for convolutions."""
+              rows: list[SiteReport], skipped: list[SkippedNode]) -> list[str]:
+    """What the user should know about the plan: mixed precision, optimizer state, kernels
+    left without virtual gradients, the scale for convolutions and sequences."""
     warnings: list[str] = []
     if any(s.loss_scale for s in sites):
         warnings.append(f"mixed precision: accumulators square g / {analysis.loss_scale_variable}"
@@ -179,17 +373,32 @@ def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
             + ", ".join(analysis.stateful_optimizer_vars[:6])
             + (", ..." if len(analysis.stateful_optimizer_vars) > 6 else "")
             + "); SVGD as in the paper is plain SGD on virtual gradients")
-    lost = [k for k in skipped if k.op in options.ops and "is not in ops" not in k.reason]
+    transformed = {r.variable for r in rows}
+    lost: dict[str, str] = {}
+    for k in skipped:
+        if (k.op in REGISTRY and k.variable not in transformed and "frozen" not in k.reason
+                and "is not in ops" not in k.reason):
+            lost.setdefault(k.variable, k.reason)
+        elif k.op in _LOOP_OPS and k.variable not in transformed:
+            lost.setdefault(k.variable, k.reason)
     if lost:
-        warnings.append(f"{len(lost)} node(s) of registry ops were not transformed ("
-                        + ", ".join(f"{k.node} on {k.variable}" for k in lost[:4])
-                        + (", ..." if len(lost) > 4 else "") + "): see the skipped list")
-    if (options.transform == "svgd" and options.scale >= 0.1
-            and any(s.op in CONV_OPS for s in site_reports)):
-        warnings.append(f"convolution sites with scale {options.scale:g}: the paper used "
-                        "s = 0.01 (ResNet-20) and s = 0.001 (VGG) for convolutional nets; if "
-                        "the loss goes NaN, lower the scale")
+        items = list(lost.items())
+        warnings.append(f"{len(items)} kernel(s) get no virtual gradients: "
+                        + "; ".join(f"{v} ({r})" for v, r in items[:4])
+                        + ("; ..." if len(items) > 4 else "") + " (see the skipped list)")
+    if options.transform == "svgd" and options.scale >= 0.1:
+        wide = sorted({r.variable for r in rows if r.op in CONV_OPS or len(r.output_shape) > 2})
+        if wide:
+            warnings.append(
+                f"scale {options.scale:g} on sites whose σ' has more than 2 axes (convolutions, "
+                f"Dense on sequences, einsum: {', '.join(wide[:3])}"
+                + (", ..." if len(wide) > 3 else "") + "): the paper used s = 0.01 (ResNet-20) "
+                "and s = 0.001 (VGG) for such layers; if the loss grows or goes NaN, lower the "
+                "scale")
     return warnings
+
+
+_LOOP_OPS = frozenset({"While", "StatelessWhile"})
 
 
 def require_sites(plan: Plan) -> Plan:
@@ -204,3 +413,8 @@ def require_sites(plan: Plan) -> Plan:
             + "; check the step trains a model with linear layers, or widen ops",
             report=plan.report)
     return plan
+
+
+def with_index(site: PlannedSite, index: int, **changes) -> PlannedSite:
+    """``site`` under another index (tf.distribute numbering)."""
+    return replace(site, index=index, **changes)

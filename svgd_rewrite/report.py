@@ -6,10 +6,29 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import one_line
 
+WIDTH = 100  # the text report's tables fit this many columns
+
+
+@dataclass(frozen=True)
+class ApplicationReport:
+    """One application of θ scaled by its site's r: F, its P and g, and how f reaches P
+    (``scaling``: ``pre`` — ĝ = g·f feeds P; ``post`` — P's output is scaled)."""
+
+    node: str
+    gradient_op: str
+    gradient_op_type: str
+    gradient_input: int
+    upstream_gradient: str
+    output_shape: list[int | None]
+    scaling: str = "pre"
+    loop: str = ""  # the forward While holding F, for a site inside a loop
+
 
 @dataclass(frozen=True)
 class SiteReport:
-    """One transformed site σ' and its accumulator."""
+    """One accumulator r (one per trained variable θ) and the applications of θ it scales.
+
+    The top-level ``node``/``gradient_op``/... fields describe the first application."""
 
     index: int
     node: str
@@ -26,6 +45,8 @@ class SiteReport:
     note: str = ""
     variable_node: str = ""  # θ's resource placeholder in the graph
     replicas: int = 1  # tf.distribute: the local replicas holding a copy of this site
+    accumulator: str = ""  # r's name in the training state (``svgd/<θ>``)
+    applications: list[ApplicationReport] = field(default_factory=list)
 
     @property
     def accumulator_size(self) -> int:
@@ -63,7 +84,8 @@ class MemoryReport:
 
 @dataclass
 class Report:
-    """What a rewrite did (or would do). ``str(report)`` is a readable table."""
+    """What a rewrite did (or would do). ``str(report)`` is a readable table (100 columns;
+    skipped nodes grouped by op and reason); ``to_dict``/``to_json`` keep every row."""
 
     sites: list[SiteReport]
     skipped: list[SkippedNode]
@@ -88,17 +110,29 @@ class Report:
                      f"scale={o['scale']:g}, rho={o['rho']:g}, epsilon={o['epsilon']:g}, "
                      f"granularity={o['granularity']})")
         if self.sites:
-            rows = [("#", "site σ'", "op", "variable θ", "gradient op P", "accumulator", "note")]
+            rows = [("#", "site σ'", "op", "variable θ", "gradient op P", "uses", "scaling",
+                     "accumulator", "note")]
             for s in self.sites:
+                apps = s.applications
+                scaling = ",".join(sorted({a.scaling for a in apps})) if apps else "pre"
+                loop = " (loop)" if any(a.loop for a in apps) else ""
                 rows.append((str(s.index), s.node, s.op, s.variable,
                              f"{s.gradient_op} [in {s.gradient_input}]",
+                             str(max(len(apps), 1)) + loop, scaling,
                              "x".join(map(str, s.accumulator_shape)) or "scalar", s.note))
-            lines += _table(rows)
+            lines += _table(rows, shrink=(1, 4, 3))
         if self.skipped:
-            lines.append("kept as identity:")
-            rows = [("node", "op", "variable θ", "reason")]
-            rows += [(k.node, k.op, k.variable, k.reason) for k in self.skipped]
-            lines += _table(rows)
+            lines.append("kept as identity (grouped by op and reason; the JSON report lists "
+                         "every node):")
+            groups: dict[tuple[str, str], list[SkippedNode]] = {}
+            for k in self.skipped:
+                groups.setdefault((k.op, k.reason), []).append(k)
+            rows = [("count", "op", "reason", "e.g. (variable θ)")]
+            for (op, reason), members in groups.items():
+                examples = ", ".join(_middle(m.variable, 28) for m in members[:3])
+                rows.append((str(len(members)), op, reason,
+                             examples + (", ..." if len(members) > 3 else "")))
+            lines += _table(rows, shrink=(2, 3))
         m = self.memory
         lines.append(f"optimizer state: SVGD accumulators {m.accumulator_floats:,} floats "
                      f"({_bytes(m.accumulator_bytes)}); for the {m.params:,} trained parameters "
@@ -116,12 +150,32 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _middle(text: str, width: int) -> str:
+    """``text`` shortened from the middle to ``width`` characters (an ellipsis marks the cut)."""
+    if len(text) <= width:
+        return text
+    keep = max(width - 1, 2)
+    head = keep // 2
+    return text[:head] + "…" + text[len(text) - (keep - head):]
+
+
+def _table(rows: list[tuple[str, ...]], shrink: tuple[int, ...] = ()) -> list[str]:
+    """A text table: columns empty in every data row are left out; the ``shrink`` columns are
+    shortened from the middle (widest first) until a line fits ``WIDTH``."""
     rows = [tuple(one_line(c) for c in r) for r in rows]
+    keep = [i for i in range(len(rows[0])) if any(r[i] for r in rows[1:])]
+    rows = [tuple(r[i] for i in keep) for r in rows]
+    shrink = [keep.index(i) for i in shrink if i in keep]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    while 2 + sum(widths) + 2 * (len(widths) - 1) > WIDTH:
+        col = max(shrink, key=lambda i: widths[i], default=None)
+        if col is None or widths[col] <= 12:
+            break
+        widths[col] -= 1
     out = []
     for k, r in enumerate(rows):
-        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        cells = [_middle(c, w) for c, w in zip(r, widths)]
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
         if k == 0:
             out.append("  " + "  ".join("-" * w for w in widths))
     return out

@@ -1,20 +1,26 @@
-"""Rewrite stage: the GraphDef surgery of the paper's Figure 6 (right), one site at a time.
+"""Rewrite stage: the GraphDef surgery of the paper's Figure 6 (right), one accumulator at a time.
 
-For each site, with g = ∂J/∂σ' at P's g input, the transform T (``svgd_transform``, written
-once as TensorFlow code and traced per site) is::
+Each planned site owns one accumulator r (one per trained variable θ) and scales every
+application of θ in the step. With g_a the upstream gradient of application a, T
+(``svgd_transform``, written once as TensorFlow code and traced per site geometry) is::
 
-    m     = mean(g ⊙ g)                     (float32; over the batch axis, or every axis but
-                                             the channel for granularity="channel")
+    m     = Σ_a Σ g_a² / Σ_a rows_a         (float32, over the axes r does not keep; one
+                                             application: mean(g²); tf.distribute: over the
+                                             replicas too; loops: over every timestep)
     r'    = ρ·r + (1-ρ)·m                   (m divided by the loss scale² under mixed precision)
-    r_new = r' where r' < ∞, else r         (a step with non-finite g leaves r as it was)
+    r_new = r' where finite, else r         (an overflow, NaN, a skipped mixed-precision step)
     r    ← r_new
-    ĝ     = g · (s·rsqrt(r_new + ε))        (reshaped to broadcast, cast back to g's dtype)
-    P's g input ← ĝ                         (every other consumer of g keeps g)
+    f     = s·rsqrt(r' + ε)                 (0 when r' overflowed: that step's update is 0)
+    pre-scaled a:  P_a's g input ← g_a·f    (every other consumer of g_a keeps g_a)
+    post-scaled a: P_a's output  → P_a(x, g_a)·f   (where P keeps σ''s channel axis: exact,
+                                             and no g-sized tensor is written)
 
-Every inserted op is compiled by XLA and is a TFLite builtin (``INSERTED_OPS``). The traced
-nodes are renamed into ``svgd_rewrite/site_K/`` (``inserted_name``) and spliced in; the
-placeholder standing for g is replaced by g itself. With ``transform="identity"`` ĝ = g and
-the accumulators are still updated.
+The reduction reads g once on TensorFlow's default runtime (``EuclideanNorm``²); the portable
+form (``Square`` + ``Sum``/``Mean``, fused by XLA) is used for jit-compiled steps and with
+``portable=True``; every op of the portable form is compiled by XLA and is a TFLite builtin
+(``INSERTED_OPS``). The traced nodes are renamed into ``svgd_rewrite/site_K/``
+(``inserted_name``) and spliced in; placeholders standing for graph tensors are replaced by
+those tensors. With ``transform="identity"`` ĝ = g and the accumulators are still updated.
 """
 from __future__ import annotations
 
@@ -28,37 +34,44 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from .distribute import collective_templates, reduce_for
 from .ir import map_colocation, parse_input, tensor_name
 from .load import MARKER_NODE
+from .loops import LoopStatistic, add_statistics
 from .options import Options
 from .plan import Plan, PlannedSite
 from .validate import check_rewritten_graph
 
 SCOPE = "svgd_rewrite"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
-# The op types T inserts (besides the accumulator's own variable/placeholder), for the README
-# table and the portability tests: each compiles with XLA and is a TFLite builtin.
-INSERTED_OPS = ("Cast", "Square", "Mean", "Mul", "AddV2", "RealDiv", "Less", "SelectV2",
-                "Rsqrt", "Reshape", "ReadVariableOp", "AssignVariableOp", "Identity", "Const")
+# The op types T inserts in its portable form (besides the accumulator's own
+# variable/placeholder), for the README table and the portability tests: each compiles with
+# XLA and is a TFLite builtin. The default runtime's one-pass form adds ``ONE_PASS_OPS``.
+INSERTED_OPS = ("Cast", "Square", "Sum", "Mean", "Mul", "AddV2", "AddN", "RealDiv", "Less",
+                "SelectV2", "Rsqrt", "Reshape", "Size", "ReadVariableOp",
+                "AssignVariableOp", "Identity", "Const")
+ONE_PASS_OPS = ("EuclideanNorm",)
 
 # Placeholders of the traced template that the splice replaces by tensors of the graph, and
 # the constant it sets (a collective's instance key, one per logical site).
-_G, _LOSS_SCALE, _INSTANCE_KEY = "g", "loss_scale", "instance_key"
+_LOSS_SCALE, _INSTANCE_KEY = "loss_scale", "instance_key"
 
 
 def inserted_name(site: int, role: str) -> str:
     """The name of an inserted node: ``role`` is ``accumulator``, ``r``, ``r_new``,
-    ``assign_r``, ``g_hat``, ``initializer`` or ``zeros`` (graph variables)."""
+    ``assign_r``, ``factor``, ``g_hat_A`` (pre-scaled application A), ``scaled_T`` (post-scaled
+    target T), ``initializer`` or ``zeros`` (graph variables)."""
     return f"{SCOPE}/site_{site}/{role}"
 
 
 @dataclass(frozen=True)
 class Accumulator:
     """An accumulator r of one site: its variable (or the placeholder its handle is fed
-    through), its shape, and the names of its read, update and (graph variables) initializer."""
+    through), its shape, its state key, and the names of its read, update and (graph
+    variables) initializer."""
 
     placeholder: str
     shape: tuple[int, ...]
     site: int
+    key: str = ""  # the training state's name for r (``svgd/<key>``)
     group: int = 0  # tf.distribute: the logical site (replica 0's site index)
     replica: int | None = None  # tf.distribute: the replica whose component feeds it
 
@@ -85,57 +98,222 @@ class Rewritten:
     accumulators: list[Accumulator]
 
 
-def svgd_transform(g: tf.Tensor, r: tf.Tensor, site: PlannedSite, options: Options,
-                   loss_scale: tf.Tensor | None,
-                   mean_sq: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-    """T of Algorithm 1 for one site, in graph mode: returns (r_new, ĝ). ``mean_sq``: mean(g²)
-    when it is computed elsewhere (all-reduced over tf.distribute replicas)."""
+# --- T, as TensorFlow code ------------------------------------------------------------------
+
+def sum_of_squares(g: tf.Tensor, g_dtype: tf.DType, reduce_axes: tuple[int, ...],
+                   accumulator_shape: tuple[int, ...], one_pass: bool):
+    """(Σ g² over ``reduce_axes`` in float32, the number of rows summed) for one tensor g."""
     f32, raw = tf.float32, tf.raw_ops
-    if mean_sq is None:
-        g32 = g if site.g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
-        axes = tf.constant(list(site.reduce_axes), tf.int32, name="reduce_axes")
-        mean_sq = raw.Mean(input=raw.Square(x=g32, name="g_squared"), axis=axes,
-                           keep_dims=False, name="mean_g_squared")
+    g32 = g if g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
+    axes = tf.constant(list(reduce_axes), tf.int32, name="reduce_axes")
+    if one_pass:
+        sums = raw.Square(x=raw.EuclideanNorm(input=g32, axis=axes, keep_dims=False,
+                                              name="norm"), name="sum_g_squared")
+    else:
+        sums = raw.Sum(input=raw.Square(x=g32, name="g_squared"), axis=axes, keep_dims=False,
+                       name="sum_g_squared")
+    size = float(np.prod(accumulator_shape, dtype=np.int64))
+    count = raw.RealDiv(x=raw.Cast(x=raw.Size(input=g32, out_type=tf.int32, name="g_size"),
+                                   DstT=f32, name="g_size_float32"),
+                        y=tf.constant(size, f32, name="r_size"), name="rows")
+    return sums, count
+
+
+def _mean_of_squares(g: tf.Tensor, g_dtype: tf.DType, reduce_axes: tuple[int, ...],
+                     accumulator_shape: tuple[int, ...], one_pass: bool) -> tf.Tensor:
+    """mean(g²) over ``reduce_axes`` for a site with one application."""
+    raw = tf.raw_ops
+    if one_pass:
+        sums, count = sum_of_squares(g, g_dtype, reduce_axes, accumulator_shape, True)
+        return raw.RealDiv(x=sums, y=count, name="mean_g_squared")
+    g32 = g if g_dtype == tf.float32 else raw.Cast(x=g, DstT=tf.float32, name="g_float32")
+    return raw.Mean(input=raw.Square(x=g32, name="g_squared"),
+                    axis=tf.constant(list(reduce_axes), tf.int32, name="reduce_axes"),
+                    keep_dims=False, name="mean_g_squared")
+
+
+def svgd_update(r: tf.Tensor, mean_sq: tf.Tensor, options: Options,
+                loss_scale: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """(r_new, r') of Algorithm 1 from mean(g²): r' = ρ·r + (1-ρ)·m scales this step's g;
+    r_new = r' is stored, except that a step whose g² is not finite (an overflow, NaN, or a
+    step a loss-scale optimizer skips) keeps r as it was. Such a step's f = s·rsqrt(∞) = 0:
+    its update of θ is zero instead of s·g/√ε (unbounded while r is still 0)."""
+    f32, raw = tf.float32, tf.raw_ops
     coef = tf.constant(1.0 - options.rho, f32, name="one_minus_rho")
     if loss_scale is not None:  # the unscaled gradient's square: divide by scale²
         coef = raw.RealDiv(x=coef, y=raw.Square(x=loss_scale, name="loss_scale_squared"),
                            name="coef")
-    r_candidate = raw.AddV2(
+    candidate = raw.AddV2(
         x=raw.Mul(x=r, y=tf.constant(options.rho, f32, name="rho"), name="r_decayed"),
         y=raw.Mul(x=mean_sq, y=coef, name="r_fresh"), name="r_candidate")
-    finite = raw.Less(x=r_candidate, y=tf.constant(np.inf, f32, name="infinity"),
+    finite = raw.Less(x=candidate, y=tf.constant(np.inf, f32, name="infinity"),
                       name="is_finite")  # False for inf and NaN
-    r_new = raw.SelectV2(condition=finite, t=r_candidate, e=r, name="r_new")
-    if options.transform == "identity":
-        return r_new, raw.Identity(input=g, name="g_hat")
-    factor = raw.Mul(
+    r_new = raw.SelectV2(condition=finite, t=candidate, e=r, name="r_new")
+    return r_new, candidate
+
+
+def svgd_factor(r_new: tf.Tensor, options: Options) -> tf.Tensor:
+    """f = s·rsqrt(r_new + ε)."""
+    f32, raw = tf.float32, tf.raw_ops
+    return raw.Mul(
         x=raw.Rsqrt(x=raw.AddV2(x=r_new, y=tf.constant(options.epsilon, f32, name="epsilon"),
                                 name="r_plus_epsilon"), name="rsqrt"),
         y=tf.constant(options.scale, f32, name="scale"), name="factor")
-    if site.broadcast_shape is not None:
-        factor = raw.Reshape(tensor=factor, name="factor_broadcast", shape=tf.constant(
-            list(site.broadcast_shape), tf.int32, name="broadcast_shape"))
-    if site.g_dtype != f32:
-        factor = raw.Cast(x=factor, DstT=site.g_dtype, name="factor_cast")
-    return r_new, raw.Mul(x=g, y=factor, name="g_hat")
 
 
-def replica_mean_square(g: tf.Tensor, site: PlannedSite, reduce) -> tf.Tensor:
-    """mean(g²) over every replica's g (tf.distribute): this replica's sum of g² and count of
-    squared elements, packed into one vector, summed over the replicas (``reduce``: None for
-    an ``AddN`` of the local replicas' vectors, fed as ``peer_J``; else a collective
-    template) and divided."""
+def _broadcast(factor: tf.Tensor, shape: tuple[int, ...] | None, dtype: tf.DType,
+               name: str, accumulator_shape: tuple[int, ...]) -> tf.Tensor:
+    """f (of ``accumulator_shape``) reshaped to ``shape`` (None, or r's shape behind leading
+    ones: it broadcasts as it is) and cast to ``dtype``."""
+    raw = tf.raw_ops
+    if shape is not None:
+        trailing = list(shape)
+        while trailing and trailing[0] == 1 and len(trailing) > len(accumulator_shape):
+            trailing.pop(0)
+        if trailing == list(accumulator_shape):
+            shape = None
+    if shape is not None:
+        factor = raw.Reshape(tensor=factor, shape=tf.constant(list(shape), tf.int32),
+                             name=f"{name}_shape")
+    if dtype != tf.float32:
+        factor = raw.Cast(x=factor, DstT=dtype, name=f"{name}_cast")
+    return factor
+
+
+def _targets(site: PlannedSite) -> list[tuple[str, tuple[int, ...], tf.DType]]:
+    """The tensors post-scaling multiplies (one per P output, or per gradient-loop output that
+    several P's of θ add into), with f's broadcast shape over them."""
+    out, seen = [], set()
+    for a in site.applications:
+        if a.post_scaled and a.target not in seen:
+            seen.add(a.target)
+            out.append((a.target, a.post_shape, a.g_dtype))
+    return out
+
+
+def _trace_key(site: PlannedSite, options: Options, kind: str, one_pass: bool, reduce) -> tuple:
+    apps = tuple((a.loop is not None, a.g_dtype, a.reduce_axes, a.broadcast_shape, a.post_shape)
+                 for a in site.applications)
+    targets = tuple(a.target for a in site.applications)  # which applications share a target
+    shared = tuple(targets.index(t) for t in targets)
+    key = (apps, shared, site.accumulator_shape, site.loss_scale is not None, options, kind,
+           one_pass)
+    if kind != "placeholder":
+        key += (site.key,)
+    if site.peers:  # tf.distribute: this replica's slot among its peers, the collective group
+        key += (site.replica, len(site.peers),
+                replace(reduce, instance_key=0) if reduce is not None else None)
+    return key
+
+
+_TRACES: dict[tuple, graph_pb2.GraphDef] = {}
+
+
+def _trace_site(site: PlannedSite, options: Options, kind: str, one_pass: bool,
+                reduce=None) -> graph_pb2.GraphDef:
+    """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed).
+
+    ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
+    (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables. Sites with
+    the same geometry share one trace.
+    """
+    key = _trace_key(site, options, kind, one_pass, reduce)
+    if key not in _TRACES:
+        if len(_TRACES) >= 512:
+            _TRACES.clear()
+        _TRACES[key] = _trace(site, options, kind, one_pass, reduce)
+    return _TRACES[key]
+
+
+def _accumulator_nodes(site: PlannedSite, kind: str):
+    f32, raw = tf.float32, tf.raw_ops
+    if kind == "placeholder":
+        return tf.compat.v1.placeholder(tf.resource, (), name="accumulator")
+    if kind == "resource":
+        acc = raw.VarHandleOp(dtype=f32, shape=site.accumulator_shape,
+                              shared_name=f"svgd/{site.key}", name="accumulator")
+    else:
+        acc = raw.VariableV2(shape=site.accumulator_shape, dtype=f32, name="accumulator")
+    zeros = tf.constant(np.zeros(site.accumulator_shape, np.float32), name="zeros")
+    if kind == "resource":
+        raw.AssignVariableOp(resource=acc, value=zeros, name="initializer")
+    else:
+        raw.Assign(ref=acc, value=zeros, validate_shape=True, use_locking=True,
+                   name="initializer")
+    return acc
+
+
+def _trace(site: PlannedSite, options: Options, kind: str, one_pass: bool,
+           reduce) -> graph_pb2.GraphDef:
+    f32, raw = tf.float32, tf.raw_ops
+    graph = tf.Graph()
+    with graph.as_default():
+        acc = _accumulator_nodes(site, kind)
+        r = (raw.Identity(input=acc, name="r") if kind == "ref"
+             else raw.ReadVariableOp(resource=acc, dtype=f32, name="r"))
+        scale = (tf.compat.v1.placeholder(f32, (), name=_LOSS_SCALE)
+                 if site.loss_scale is not None else None)
+        gs = {}
+        for k, a in enumerate(site.applications):
+            if a.loop is None:
+                gs[k] = tf.compat.v1.placeholder(a.g_dtype, name=f"g_{k}")
+        single = len(site.applications) == 1 and site.applications[0].loop is None
+        if single and not site.peers:
+            a = site.applications[0]
+            mean_sq = _mean_of_squares(gs[0], a.g_dtype, a.reduce_axes, site.accumulator_shape,
+                                       one_pass)
+        else:
+            sums, counts = [], []
+            for k, a in enumerate(site.applications):
+                if a.loop is None:
+                    with tf.name_scope(f"application_{k}"):
+                        s, n = sum_of_squares(gs[k], a.g_dtype, a.reduce_axes,
+                                              site.accumulator_shape, one_pass)
+                else:
+                    s = tf.compat.v1.placeholder(f32, site.accumulator_shape,
+                                                 name=f"loop_sum_{k}")
+                    n = tf.compat.v1.placeholder(f32, (), name=f"loop_count_{k}")
+                sums.append(s)
+                counts.append(n)
+            total = sums[0] if len(sums) == 1 else raw.AddN(inputs=sums, name="sum_g_squared")
+            rows = counts[0] if len(counts) == 1 else raw.AddN(inputs=counts, name="rows")
+            if site.peers:
+                total, rows = _all_reduce(total, rows, site, reduce)
+            mean_sq = raw.RealDiv(x=total, y=rows, name="mean_g_squared")
+        r_new, r_step = svgd_update(r, mean_sq, options, scale)
+        if kind == "ref":
+            raw.Assign(ref=acc, value=r_new, validate_shape=True, use_locking=True,
+                       name="assign_r")
+        else:
+            raw.AssignVariableOp(resource=acc, value=r_new, name="assign_r")
+        if options.transform == "identity":
+            for k, a in enumerate(site.applications):
+                if a.loop is None:
+                    raw.Identity(input=gs[k], name=f"g_hat_{k}")
+        else:
+            factor = svgd_factor(r_step, options)
+            for k, a in enumerate(site.applications):
+                if a.loop is None and not a.post_scaled:
+                    f = _broadcast(factor, a.broadcast_shape, a.g_dtype, f"factor_{k}",
+                                   site.accumulator_shape)
+                    raw.Mul(x=gs[k], y=f, name=f"g_hat_{k}")
+            for t, (_, shape, dtype) in enumerate(_targets(site)):
+                target = tf.compat.v1.placeholder(dtype, name=f"target_{t}")
+                f = _broadcast(factor, shape, dtype, f"factor_target_{t}",
+                               site.accumulator_shape)
+                raw.Mul(x=target, y=f, name=f"scaled_{t}")
+    return graph.as_graph_def()
+
+
+def _all_reduce(sums: tf.Tensor, rows: tf.Tensor, site: PlannedSite, reduce):
+    """Σ g² and the rows over every replica (tf.distribute): this replica's sums and row
+    count, packed into one vector, summed over the replicas (``reduce``: None for an ``AddN``
+    of the local replicas' vectors, fed as ``peer_J``; else a collective template)."""
     f32, raw = tf.float32, tf.raw_ops
     size = int(np.prod(site.accumulator_shape, dtype=np.int64))
-    g32 = g if site.g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
-    axes = tf.constant(list(site.reduce_axes), tf.int32, name="reduce_axes")
-    sums = raw.Sum(input=raw.Square(x=g32, name="g_squared"), axis=axes, keep_dims=False,
-                   name="sum_g_squared")
-    count = raw.RealDiv(x=raw.Cast(x=raw.Size(input=g32, out_type=tf.int64), DstT=f32),
-                        y=tf.constant(float(size), f32), name="count")
     flat = tf.constant([-1], tf.int32, name="flat")
     packed = raw.ConcatV2(values=[raw.Reshape(tensor=sums, shape=flat),
-                                  raw.Reshape(tensor=count, shape=tf.constant([1], tf.int32))],
+                                  raw.Reshape(tensor=rows, shape=tf.constant([1], tf.int32))],
                           axis=tf.constant(0, tf.int32), name="packed")
     if reduce is None:
         parts = [packed if j == site.replica else
@@ -153,77 +331,30 @@ def replica_mean_square(g: tf.Tensor, site: PlannedSite, reduce) -> tf.Tensor:
             ordering_token=token, merge_op="Add", final_op="Id",
             communication_hint=reduce.communication_hint,
             timeout_seconds=reduce.timeout_seconds, name="all_reduced")
-    total_sums, total_count = raw.SplitV(
+    total_sums, total_rows = raw.SplitV(
         value=total, size_splits=tf.constant([size, 1], tf.int64), axis=tf.constant(0, tf.int32),
         num_split=2, name="split")
-    return raw.Reshape(tensor=raw.RealDiv(x=total_sums, y=total_count, name="mean"),
-                       shape=tf.constant(list(site.accumulator_shape), tf.int32),
-                       name="mean_g_squared")
+    return (raw.Reshape(tensor=total_sums, shape=tf.constant(list(site.accumulator_shape),
+                                                             tf.int32), name="total_sums"),
+            raw.Reshape(tensor=total_rows, shape=tf.constant([], tf.int32), name="total_rows"))
 
 
-def _trace_site(site: PlannedSite, options: Options, kind: str, accumulator: str,
-                reduce=None) -> graph_pb2.GraphDef:
-    """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed).
-
-    ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
-    (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables. Sites with
-    the same geometry share one trace.
-    """
-    key = (site.g_dtype, site.reduce_axes, site.broadcast_shape, site.loss_scale is not None,
-           options, kind) + ((site.accumulator_shape, accumulator) if kind != "placeholder" else ())
-    if site.peers:  # tf.distribute: this replica's slot among its peers, the collective group
-        key += (site.accumulator_shape, site.replica, len(site.peers),
-                replace(reduce, instance_key=0) if reduce is not None else None)
-    if key not in _TRACES:
-        if len(_TRACES) >= 512:
-            _TRACES.clear()
-        _TRACES[key] = _trace(site, options, kind, accumulator, reduce)
-    return _TRACES[key]
-
-
-_TRACES: dict[tuple, graph_pb2.GraphDef] = {}
-
-
-def _trace(site: PlannedSite, options: Options, kind: str, accumulator: str,
-           reduce) -> graph_pb2.GraphDef:
-    f32, raw = tf.float32, tf.raw_ops
-    graph = tf.Graph()
-    with graph.as_default():
-        if kind == "placeholder":
-            acc = tf.compat.v1.placeholder(tf.resource, (), name="accumulator")
-        elif kind == "resource":
-            acc = raw.VarHandleOp(dtype=f32, shape=site.accumulator_shape,
-                                  shared_name=accumulator, name="accumulator")
-        else:
-            acc = raw.VariableV2(shape=site.accumulator_shape, dtype=f32, name="accumulator")
-        if kind != "placeholder":
-            zeros = tf.constant(np.zeros(site.accumulator_shape, np.float32), name="zeros")
-            if kind == "resource":
-                raw.AssignVariableOp(resource=acc, value=zeros, name="initializer")
-            else:
-                raw.Assign(ref=acc, value=zeros, validate_shape=True, use_locking=True,
-                           name="initializer")
-        r = (raw.Identity(input=acc, name="r") if kind == "ref"
-             else raw.ReadVariableOp(resource=acc, dtype=f32, name="r"))
-        g = tf.compat.v1.placeholder(site.g_dtype, name=_G)
-        scale = (tf.compat.v1.placeholder(f32, (), name=_LOSS_SCALE)
-                 if site.loss_scale is not None else None)
-        mean_sq = replica_mean_square(g, site, reduce) if site.peers else None
-        r_new, _ = svgd_transform(g, r, site, options, scale, mean_sq)
-        if kind == "ref":
-            raw.Assign(ref=acc, value=r_new, validate_shape=True, use_locking=True,
-                       name="assign_r")
-        else:
-            raw.AssignVariableOp(resource=acc, value=r_new, name="assign_r")
-    return graph.as_graph_def()
-
+# --- splicing --------------------------------------------------------------------------------
 
 def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
-            reduce=None) -> list[node_def_pb2.NodeDef]:
-    """Rename the traced nodes into the site's scope and wire g (and the loss scale, the other
-    replicas' statistics, the collective's group) in."""
+            loop_stats: dict[int, tuple[str, str]], reduce=None) -> list[node_def_pb2.NodeDef]:
+    """Rename the traced nodes into the site's scope and wire the graph's tensors in (g, the
+    loop statistics, the post-scaled targets, the loss scale, the other replicas'
+    statistics, the collective's group)."""
     prefix = inserted_name(site.index, "")
-    outside = {_G: tensor_name(site.match.g)}
+    outside: dict[str, str] = {}
+    for k, a in enumerate(site.applications):
+        if a.loop is None:
+            outside[f"g_{k}"] = tensor_name(a.match.g)
+        else:
+            outside[f"loop_sum_{k}"], outside[f"loop_count_{k}"] = loop_stats[k]
+    for t, (target, _, _) in enumerate(_targets(site)):
+        outside[f"target_{t}"] = target
     if site.loss_scale is not None:
         outside[_LOSS_SCALE] = site.loss_scale
     for j, peer in enumerate(site.peers):
@@ -233,6 +364,7 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
         outside.update(group_size=reduce.group_size, group_key=reduce.group_key)
         if reduce.ordering_token:
             outside["ordering_token"] = reduce.ordering_token
+    outside = {k: _input_string(v) for k, v in outside.items()}
 
     def rename(inp: str) -> str:
         src, port, control = parse_input(inp)
@@ -258,37 +390,93 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
     return nodes
 
 
+def _input_string(tensor: str) -> str:
+    """``node:0`` as the NodeDef input ``node``; other ports kept."""
+    node, port, _ = parse_input(tensor)
+    return tensor_name((node, port))
+
+
+def _reroute_targets(graph_def: graph_pb2.GraphDef, targets: dict[str, str]) -> None:
+    """Every data input reading a post-scaled target reads its scaled value instead (the
+    inserted ``Mul`` that scales it keeps reading the target)."""
+    if not targets:
+        return
+    for node in graph_def.node:
+        if node.name.startswith(SCOPE + "/"):
+            continue
+        for i, inp in enumerate(node.input):
+            if inp.startswith("^"):
+                continue
+            scaled = targets.get(_input_string(inp))
+            if scaled is not None:
+                node.input[i] = scaled
+
+
+def _wants_one_pass(site: PlannedSite, one_pass: bool) -> bool:
+    """The one-pass reduction where it saves memory traffic: sites whose σ' has more than two
+    axes (convolutions, sequences). A rank-2 g (a Dense layer's [batch, units]) is small next
+    to its MatMul, and Square + Mean is fewer ops there."""
+    return one_pass and any(len(a.dims) > 2 for a in site.applications)
+
+
 def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
-                  accumulator_kind: str = "placeholder") -> Rewritten:
-    """Insert every site's accumulator and T, reroute P's g input to ĝ, and validate."""
+                  accumulator_kind: str = "placeholder", one_pass: bool = True) -> Rewritten:
+    """Insert every site's accumulator and T, reroute P's g input to ĝ (pre-scaled
+    applications) or P's output to P·f (post-scaled ones), and validate. ``one_pass``: the
+    default runtime's reduction (else the portable one)."""
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
+    stats, stat_index = [], {}
+    for site in plan.sites:
+        for k, a in enumerate(site.applications):
+            if a.loop is not None:
+                stat_index[(site.index, k)] = len(stats)
+                stats.append(LoopStatistic(
+                    backward_loop=a.loop.backward_loop, g=a.loop.g, g_dtype=a.g_dtype,
+                    reduce_axes=a.reduce_axes, accumulator_shape=site.accumulator_shape,
+                    one_pass=_wants_one_pass(site, one_pass),
+                    name=inserted_name(site.index, f"loop_{k}")))
+    loop_outputs = add_statistics(out, stats) if stats else {}
     by_name = {n.name: n for n in out.node}
-    accumulators, reroutes = [], []
+    accumulators, reroutes, scaled_targets = [], [], {}
     templates = collective_templates(graph_def) if plan.distribution else {}
     instance_keys: dict[tuple[int, ...], int] = {}
     for site in plan.sites:
         acc = Accumulator(placeholder=inserted_name(site.index, "accumulator"),
-                          shape=site.accumulator_shape, site=site.index,
+                          shape=site.accumulator_shape, site=site.index, key=site.key,
                           group=site.peers[0] if site.peers else site.index,
                           replica=site.replica)
-        device = by_name[site.match.g[0]].device
+        first = site.applications[0]
+        anchor = first.loop.backward_loop if first.loop else first.match.grad_op
+        device = by_name[anchor].device
         reduce = (reduce_for(plan.distribution, templates, device, instance_keys, site.peers)
                   if site.peers else None)
-        traced = _trace_site(site, options, accumulator_kind, acc.placeholder, reduce)
-        out.node.extend(_splice(traced, site, device, reduce))
+        traced = _trace_site(site, options, accumulator_kind, _wants_one_pass(site, one_pass),
+                             reduce)
+        stats_of = {k: loop_outputs[stat_index[(site.index, k)]]
+                    for k, a in enumerate(site.applications) if a.loop is not None}
+        out.node.extend(_splice(traced, site, device, stats_of, reduce))
         accumulators.append(acc)
-        p_node = by_name[site.match.grad_op]
-        old = parse_input(p_node.input[site.match.g_slot])
-        assert (old[0], old[1]) == site.match.g, "P's g input moved under the rewrite"
-        ghat = inserted_name(site.index, "g_hat")
-        p_node.input[site.match.g_slot] = ghat
-        reroutes.append((site.index, site.match.grad_op, site.match.g_slot, ghat))
+        for k, a in enumerate(site.applications):
+            if a.loop is not None or (a.post_scaled and options.transform == "svgd"):
+                continue
+            p_node = by_name[a.match.grad_op]
+            old = parse_input(p_node.input[a.match.g_slot])
+            assert (old[0], old[1]) == a.match.g, "P's g input moved under the rewrite"
+            ghat = inserted_name(site.index, f"g_hat_{k}")
+            p_node.input[a.match.g_slot] = ghat
+            reroutes.append((site.index, a.match.grad_op, a.match.g_slot, ghat))
+        if options.transform == "svgd":
+            for t, (target, _, _) in enumerate(_targets(site)):
+                scaled_targets[_input_string(target)] = inserted_name(site.index, f"scaled_{t}")
+    _reroute_targets(out, scaled_targets)
     marker = json.dumps({"tool": "svgd-rewrite", "format": FORMAT_VERSION,
                          "options": options.to_dict(), "sites": len(plan.sites)}, sort_keys=True)
     marker_node = out.node.add(name=MARKER_NODE, op="Const")
     marker_node.attr["dtype"].type = tf.string.as_datatype_enum
     marker_node.attr["value"].tensor.CopyFrom(
         tf.make_tensor_proto(np.array(marker.encode(), dtype=object)))
-    check_rewritten_graph(out, reroutes, SCOPE + "/", plan.tensor_types)
+    check_rewritten_graph(out, reroutes, SCOPE + "/", plan.tensor_types,
+                          scaled=scaled_targets,
+                          loops=sorted({s.backward_loop for s in stats}))
     return Rewritten(graph_def=out, accumulators=accumulators)

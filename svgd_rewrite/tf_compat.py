@@ -54,3 +54,44 @@ def distributed_container(handle) -> tuple[object, int] | None:
 def strategy_of(container) -> object | None:
     """The ``tf.distribute.Strategy`` a distributed variable belongs to."""
     return getattr(container, "_distribute_strategy", None)
+
+
+def op_output_names(node) -> list[tuple[str, int]]:
+    """The FunctionDef names of a node's outputs, per flat output index: ``(arg, k)`` means
+    ``node:arg:k`` (list outputs are expanded by their length attribute)."""
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(node.op)
+    if op_def is None:
+        raise ValueError(f"unknown op type {node.op!r}")
+    out: list[tuple[str, int]] = []
+    for arg in op_def.output_arg:
+        if arg.number_attr:
+            n = node.attr[arg.number_attr].i
+        elif arg.type_list_attr:
+            n = len(node.attr[arg.type_list_attr].list.type)
+        else:
+            n = 1
+        out += [(arg.name, k) for k in range(n)]
+    return out
+
+
+def register_functions(library) -> None:
+    """Register a GraphDef library's functions with the eager runtime (the loop bodies the
+    rewrite creates): a GraphDef imported into a ``tf.function`` brings its library into the
+    graph but not into the runtime that instantiates a ``While``'s body when it is lowered."""
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    for fdef in library.function:
+        if not ctx.has_function(fdef.signature.name):
+            ctx.add_function_def(fdef)
+
+
+def keras_saveable_base() -> type:
+    """Keras 3's base class of what its savers walk (``_obj_type``, ``save_own_variables``,
+    ``load_own_variables``): an object outside it is skipped by ``save_weights`` and
+    ``model.save``."""
+    from keras.src.saving.keras_saveable import KerasSaveable
+
+    return KerasSaveable

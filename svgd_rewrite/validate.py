@@ -58,6 +58,7 @@ def _local_graph(graph_def: graph_pb2.GraphDef, members: set[str],
     that tensor's dtype and shape (control inputs from outside dropped)."""
     local = graph_pb2.GraphDef()
     local.versions.CopyFrom(graph_def.versions)
+    local.library.CopyFrom(graph_def.library)
     fed: dict[Tensor, str] = {}
     for node in graph_def.node:
         if node.name not in members:
@@ -85,13 +86,19 @@ def _local_graph(graph_def: graph_pb2.GraphDef, members: set[str],
 
 def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
                           reroutes: Iterable[tuple[int, str, int, str]], inserted_prefix: str,
-                          types: dict[Tensor, tuple[tf.DType, tf.TensorShape]]) -> None:
-    """After surgery: no dangling input, every P reads its ĝ, and the inserted nodes with the
-    P ops import into a scratch graph (dtypes, shapes and attributes checked by TensorFlow)
-    with the tensors they read from the rest of the graph fed at their inferred types.
+                          types: dict[Tensor, tuple[tf.DType, tf.TensorShape]],
+                          scaled: dict[str, str] | None = None,
+                          loops: Iterable[str] = ()) -> None:
+    """After surgery: no dangling input, every pre-scaled P reads its ĝ, no node outside the
+    inserted ones reads a post-scaled tensor unscaled, and the inserted nodes with the P ops
+    and the rewritten loops import into a scratch graph (dtypes, shapes and attributes
+    checked by TensorFlow) with the tensors they read from the rest of the graph fed at their
+    inferred types.
 
-    ``reroutes``: (site index, P's name, P's g slot, ĝ's tensor name) per site; ``types``:
-    dtype and static shape of the original graph's tensors.
+    ``reroutes``: (site index, P's name, P's g slot, ĝ's tensor name) per pre-scaled
+    application; ``scaled``: post-scaled tensor -> the tensor scaling it; ``types``: dtype and
+    static shape of the original graph's tensors; ``loops``: gradient loops given new loop
+    variables.
     """
     reroutes = list(reroutes)
     problem = _dangling(graph_def)
@@ -103,8 +110,17 @@ def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
         if p is None or slot >= len(p.input) or p.input[slot] != ghat:
             raise SurgeryError(f"site {index}: the gradient op {p_name!r} does not read ĝ "
                                f"({ghat}) at input {slot} after the surgery")
+    scaled = scaled or {}
+    for node in graph_def.node:
+        if node.name.startswith(inserted_prefix):
+            continue
+        for inp in node.input:
+            if not inp.startswith("^") and (inp in scaled or inp + ":0" in scaled):
+                raise SurgeryError(f"{node.name!r} still reads {inp!r} unscaled after the "
+                                   "surgery")
     members = {n.name for n in graph_def.node if n.name.startswith(inserted_prefix)}
     members |= {p for _, p, _, _ in reroutes}
+    members |= set(loops)
     try:
         _import(_local_graph(graph_def, members, types))
     except IMPORT_ERRORS as e:

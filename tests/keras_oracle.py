@@ -38,8 +38,12 @@ class KerasOracle:
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, *,
                  scale: float, rho: float = 0.9, epsilon: float = 1e-6, loss_weights=None):
+        """``frozen`` (an attribute, default empty): variables the step neither transforms
+        nor updates (a frozen layer); ``optimizer`` may be replaced between steps (a
+        recompile)."""
         self.v = {_key(w): tf.Variable(w.numpy(), name=_key(w).replace("/", "_"))
-                  for w in model.trainable_weights}
+                  for w in model.weights}
+        self.frozen: set[str] = set()
         self.optimizer, self.s, self.rho, self.eps = optimizer, scale, rho, epsilon
         self.loss_weights = loss_weights or {}
         self.r: dict[str, tf.Tensor] = {}
@@ -64,17 +68,20 @@ class KerasOracle:
         return (w.get("cls", 1.0) * _sce(y["cls"], out["cls"])
                 + w.get("reg", 1.0) * tf.reduce_mean(tf.square(y["reg"] - out["reg"])))
 
-    def step(self, x, y) -> float:
+    def step(self, x, y, svgd: bool = True) -> float:
+        """One step; ``svgd=False``: the plain step (the true gradients)."""
         sites: dict[str, tuple] = {}
         with tf.GradientTape() as tape:
             def record(name, op):
+                if not svgd or name in self.frozen:
+                    return op(self.v[name])
                 out = op(tf.stop_gradient(self.v[name]))
                 tape.watch(out)
                 sites[name] = (op, out)
                 return out
 
             loss = self._loss(y, self._forward(x, record))
-        names = sorted(self.v)
+        names = sorted(k for k in self.v if k not in self.frozen)
         grads = tape.gradient(loss, [o for _, o in sites.values()] + [self.v[k] for k in names])
         total = {k: (g if g is not None else tf.zeros_like(self.v[k]))
                  for k, g in zip(names, grads[len(sites):])}

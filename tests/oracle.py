@@ -4,9 +4,11 @@ rewriter.
 It runs a fixture model's forward pass eagerly with recording ops: each linear op whose
 kind is transformed is computed on ``stop_gradient(θ)`` and its output σ' recorded. One
 GradientTape gives g = ∂J/∂σ' for every site and the true gradient of every other path
-(L1 penalty, biases, norms). Each site's accumulator is updated from mean(g²), ĝ is formed,
-and θ's contribution is the VJP of that single op applied to ĝ (a second tape with
-``output_gradients``). Then θ ← θ − α·(sum of contributions), i.e. SGD on virtual gradients.
+(L1 penalty, biases, norms). Each θ's accumulator is updated from mean(g²) over the rows of
+every op that applies θ (``pooling="variable"``; ``"application"``: one accumulator per op),
+ĝ is formed, and θ's contribution is the VJP of each single op applied to its ĝ (a second
+tape with ``output_gradients``). Then θ ← θ − α·(sum of contributions), i.e. SGD on virtual
+gradients.
 """
 from __future__ import annotations
 
@@ -121,7 +123,7 @@ class Oracle:
                  state: dict[str, tf.Variable], *, learning_rate: float, scale: float = 0.1,
                  rho: float = 0.9, epsilon: float = 1e-6, granularity: str = "full",
                  kinds=("MatMul", "Conv2D"), transform: str = "svgd", dtype=tf.float32,
-                 optimizer=None, loss_scale: float | None = None):
+                 optimizer=None, loss_scale: float | None = None, pooling: str = "variable"):
         """``optimizer``: a Keras optimizer fed the virtual gradients (default: plain SGD at
         ``learning_rate``); a ``LossScaleOptimizer`` is given the scaled gradients.
         ``loss_scale``: the float16 loss scale (default: the fixtures' static one)."""
@@ -131,6 +133,7 @@ class Oracle:
         self.dtype = tf.as_dtype(dtype)
         self.loss_scale = (loss_scale or LOSS_SCALE) if self.dtype == tf.float16 else 1.0
         self.optimizer = optimizer
+        self.pooling = pooling
         self.accumulators: list[tf.Tensor] | None = None
         self.site_params: list[str] = []
 
@@ -148,31 +151,44 @@ class Oracle:
         grads = tape.gradient(scaled, [s.output for s in sites] + sources)
         total = {k: (g if g is not None else tf.zeros_like(self.params[k]))
                  for k, g in zip(names, grads[len(sites):])}
-        if self.accumulators is None:
-            self.accumulators = [None] * len(sites)
-            self.site_params = [s.param for s in sites]
+        groups: dict = {}
         for i, (site, g) in enumerate(zip(sites, grads[:len(sites)])):
-            rank = len(g.shape)
-            if self.granularity == "full":
-                axes = [site.batch_axis]
-            else:
-                axes = [a for a in range(rank) if a != site.channel_axis]
-            g32 = tf.cast(g, tf.float32)
-            mean_sq = tf.reduce_mean(tf.square(g32 / self.loss_scale), axis=axes)
+            key = (site.param, site.kind == "BiasAdd") if self.pooling == "variable" else i
+            groups.setdefault(key, []).append((site, g))
+        if self.accumulators is None:
+            self.accumulators = [None] * len(groups)
+            self.site_params = [members[0][0].param for members in groups.values()]
+        for i, members in enumerate(groups.values()):
+            sums, rows, axes_of = 0.0, 0.0, []
+            for site, g in members:
+                rank = len(g.shape)
+                if self.granularity == "full":
+                    axes = [site.batch_axis]
+                else:
+                    axes = [a for a in range(rank) if a != site.channel_axis]
+                axes_of.append(axes)
+                g32 = tf.cast(g, tf.float32) / self.loss_scale
+                part = tf.reduce_sum(tf.square(g32), axis=axes)
+                sums = sums + part
+                rows = rows + float(tf.size(g32)) / float(tf.size(part))
+            mean_sq = sums / rows
             r_old = self.accumulators[i] if self.accumulators[i] is not None else tf.zeros_like(mean_sq)
             r = self.rho * r_old + (1.0 - self.rho) * mean_sq
             self.accumulators[i] = r
-            if self.transform == "svgd":
-                r_b = tf.reshape(r, [g.shape[a] if a not in axes else 1 for a in range(rank)])
-                g_hat = tf.cast(self.s * g32 / tf.sqrt(r_b + self.eps), g.dtype)
-            else:
-                g_hat = g
-            w = site.weight
-            with tf.GradientTape() as vjp_tape:
-                vjp_tape.watch(w)
-                out = site.recompute(w)
-            vjp = vjp_tape.gradient(out, w, output_gradients=g_hat)
-            total[site.param] = total[site.param] + tf.cast(vjp, tf.float32)
+            for (site, g), axes in zip(members, axes_of):
+                rank = len(g.shape)
+                if self.transform == "svgd":
+                    g32 = tf.cast(g, tf.float32)
+                    r_b = tf.reshape(r, [g.shape[a] if a not in axes else 1 for a in range(rank)])
+                    g_hat = tf.cast(self.s * g32 / tf.sqrt(r_b + self.eps), g.dtype)
+                else:
+                    g_hat = g
+                w = site.weight
+                with tf.GradientTape() as vjp_tape:
+                    vjp_tape.watch(w)
+                    out = site.recompute(w)
+                vjp = vjp_tape.gradient(out, w, output_gradients=g_hat)
+                total[site.param] = total[site.param] + tf.cast(vjp, tf.float32)
         if self.optimizer is not None:
             unscale = 1.0 if hasattr(self.optimizer, "scale_loss") else self.loss_scale
             self.optimizer.apply_gradients(

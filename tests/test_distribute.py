@@ -88,6 +88,9 @@ def test_keras_fit_under_mirrored_strategy_matches_the_keras_oracle():
         assert r["weights_error"] <= 1e-5, out
         assert [replicas for _, replicas in r["sites"]] == [2, 2]
         assert r["accumulators"] == ["MirroredVariable"] and r["finite_loss"]
+    short = out["short_last_batch"]  # 72 samples, batch 16: a second trace for the last 8
+    assert short["traced_steps"] == 2 and short["accumulators"] == 2, out
+    assert short["weights_error"] <= 1e-5, out
 
 
 @pytest.mark.slow

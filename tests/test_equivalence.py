@@ -71,10 +71,25 @@ def test_identity_transform_matches_original_step():
     assert all(np.any(acc.numpy() > 0) for acc in step.accumulators), "accumulators not updated"
 
 
-def test_shared_kernel_has_two_sites_on_one_variable():
+def test_shared_kernel_has_one_accumulator_for_two_applications():
     step = svgd_rewrite.rewrite(make_module("shared_kernel").train)
-    variables = [s.variable for s in step.report.sites]
-    assert variables.count("w") == 2 and variables.count("v") == 1
+    by_variable = {s.variable: s for s in step.report.sites}
+    assert sorted(by_variable) == ["v", "w"] and len(step.accumulators) == 2
+    assert len(by_variable["w"].applications) == 2 and len(by_variable["v"].applications) == 1
+
+
+@pytest.mark.parametrize("granularity", ["full", "channel"])
+def test_one_accumulator_per_application_on_request(granularity):
+    """pooling="application": the first version's behaviour, one r per use of θ."""
+    module, reference = make_module("shared_kernel", seed=3), make_module("shared_kernel", seed=3)
+    step = svgd_rewrite.rewrite(module.train, pooling="application", granularity=granularity)
+    assert [s.variable for s in step.report.sites].count("w") == 2
+    oracle = Oracle(reference.spec, reference.params, reference.state, learning_rate=0.05,
+                    granularity=granularity, kinds=DEFAULT_KINDS, pooling="application")
+    for i in range(3):
+        x, y = random_batch(module.spec, 8, seed=i)
+        assert np.isclose(float(step(x, y)["loss"]), oracle.step(x, y), rtol=RTOL)
+        assert_close(module_values(module), module_values(reference), RTOL, f"step {i}")
 
 
 # float16 compute: ĝ rounds to float16, and a ReLU unit whose pre-activation is within float16

@@ -112,11 +112,15 @@ def test_inliner_flattens_a_call():
     assert ir.canonical(Tensor("out", 0)) == (matmul, 0)
 
 
-def test_golden_surgery():
-    result = rewrite_graph_def(read("dense_step"))
+@pytest.mark.parametrize("golden,options", [
+    ("dense_step_svgd", {}),  # default: P's output post-scaled, one-pass reduction
+    ("dense_step_svgd_prescaled", {"post_scale": False, "portable": True}),  # Figure 6 as drawn
+])
+def test_golden_surgery(golden, options):
+    result = rewrite_graph_def(read("dense_step"), **options)
     got = [" ".join([n.name, n.op, *n.input]) for n in result.graph_def.node
            if (n.name.startswith("svgd_rewrite/") and n.name != "svgd_rewrite/marker")
-           or n.name in ("p", "assign_w")]
-    want = [line for line in (GRAPHS / "dense_step_svgd.golden").read_text().splitlines()
+           or n.name in ("p", "step", "assign_w")]
+    want = [line for line in (GRAPHS / f"{golden}.golden").read_text().splitlines()
             if line and not line.startswith("#")]
     assert sorted(got) == sorted(want)

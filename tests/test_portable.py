@@ -22,10 +22,18 @@ def _inserted_ops(step) -> set[str]:
 
 
 def test_inserted_ops_are_the_portable_set():
-    step = svgd_rewrite.rewrite(make_module("small_cnn").train, scale=0.01)
-    ops = _inserted_ops(step)
-    assert "EuclideanNorm" not in ops
-    assert ops <= set(surgery.INSERTED_OPS) | {"Placeholder"}, ops - set(surgery.INSERTED_OPS)
+    """portable=True (and every jit-compiled step) inserts only XLA/TFLite ops; the default
+    runtime's form adds the one-pass EuclideanNorm and nothing else."""
+    portable = _inserted_ops(svgd_rewrite.rewrite(make_module("small_cnn").train, scale=0.01,
+                                                  portable=True))
+    assert "EuclideanNorm" not in portable
+    assert portable <= set(surgery.INSERTED_OPS) | {"Placeholder"}, portable - set(
+        surgery.INSERTED_OPS)
+    default = _inserted_ops(svgd_rewrite.rewrite(make_module("small_cnn").train, scale=0.01))
+    assert "EuclideanNorm" in default
+    assert default <= set(surgery.INSERTED_OPS + surgery.ONE_PASS_OPS) | {"Placeholder"}
+    xla = _inserted_ops(svgd_rewrite.rewrite(_xla_train(make_module("small_cnn")), scale=0.01))
+    assert "EuclideanNorm" not in xla
 
 
 def _xla_train(module):
@@ -50,7 +58,7 @@ def test_jit_compile_is_kept_and_matches_the_plain_rewrite():
 
 def test_rewritten_step_compiles_inside_an_xla_wrapper():
     xla_module, plain_module = make_module("small_cnn", seed=3), make_module("small_cnn", seed=3)
-    xla_step = svgd_rewrite.rewrite(xla_module.train, scale=0.01)
+    xla_step = svgd_rewrite.rewrite(xla_module.train, scale=0.01, portable=True)
     plain_step = svgd_rewrite.rewrite(plain_module.train, scale=0.01)
     wrapped = tf.function(lambda *a: xla_step(*a), jit_compile=True)
     for i in range(3):
@@ -81,13 +89,14 @@ def test_tflite_converts_with_builtins_only_for_the_inserted_ops(tmp_path):
     converts before, and the rewrite adds no Flex (Select TF) op."""
     build("mlp_l1", str(tmp_path / "in"))
     cli = subprocess.run([sys.executable, "-m", "svgd_rewrite", str(tmp_path / "in"),
-                          str(tmp_path / "out"), "-q"], capture_output=True, text=True)
+                          str(tmp_path / "out"), "-q", "--portable"], capture_output=True,
+                         text=True)
     assert cli.returncode == 0, cli.stderr
     before, after = _tflite_ops(str(tmp_path / "in")), _tflite_ops(str(tmp_path / "out"))
     flex_before = {o for o in before if o.startswith("Flex")}
     flex_after = {o for o in after if o.startswith("Flex")}
     assert flex_after == flex_before
-    assert {"RSQRT", "SQUARE", "MEAN", "SELECT"} <= after  # SELECT is SelectV2's builtin
+    assert {"RSQRT", "SQUARE", "SELECT"} <= after  # SELECT is SelectV2's builtin
 
 
 def test_validation_rejects_a_broken_surgery(monkeypatch):
@@ -103,7 +112,7 @@ def test_validation_rejects_a_broken_surgery(monkeypatch):
 
 
 def test_validation_rejects_a_p_that_does_not_read_g_hat():
-    step = svgd_rewrite.rewrite(make_module("mlp_l1").train)
+    step = svgd_rewrite.rewrite(make_module("mlp_l1").train, post_scale=False)
     site = step.report.sites[0]
     from svgd_rewrite.validate import check_rewritten_graph
 
@@ -113,15 +122,31 @@ def test_validation_rejects_a_p_that_does_not_read_g_hat():
     node.input[site.gradient_input] = site.upstream_gradient.removesuffix(":0")
     with pytest.raises(SurgeryError, match=f"site {site.index}"):
         check_rewritten_graph(broken, [(site.index, site.gradient_op, site.gradient_input,
-                                        surgery.inserted_name(site.index, "g_hat"))],
+                                        surgery.inserted_name(site.index, "g_hat_0"))],
                               surgery.SCOPE + "/", {})
 
 
-def test_inserted_nodes_per_site():
-    """The README's count: a float32 site with trailing channel axes inserts 19 nodes (13 ops
-    and 6 constants) plus its accumulator placeholder."""
+def test_validation_rejects_an_unscaled_reader_of_a_post_scaled_output():
     step = svgd_rewrite.rewrite(make_module("mlp_l1").train)
+    site = step.report.sites[0]
+    from svgd_rewrite.validate import check_rewritten_graph
+
+    broken = tf.compat.v1.GraphDef()
+    broken.CopyFrom(step.graph_def)
+    scaled = surgery.inserted_name(site.index, "scaled_0")
+    reader = next(n for n in broken.node if scaled in n.input)
+    reader.input[list(reader.input).index(scaled)] = site.gradient_op
+    with pytest.raises(SurgeryError, match="unscaled"):
+        check_rewritten_graph(broken, [], surgery.SCOPE + "/", {},
+                              scaled={site.gradient_op: scaled})
+
+
+@pytest.mark.parametrize("options,count", [({}, 20), ({"post_scale": False}, 20)])
+def test_inserted_nodes_per_site(options, count):
+    """The README's count of inserted nodes (ops and constants, plus the accumulator
+    placeholder) for a float32 MatMul site with one application."""
+    step = svgd_rewrite.rewrite(make_module("mlp_l1").train, **options)
     per_site = [sum(1 for n in step.graph_def.node
                     if n.name.startswith(surgery.inserted_name(s.index, ""))) for s in
                 step.report.sites]
-    assert per_site == [20] * len(per_site), per_site
+    assert per_site == [count] * len(per_site), per_site

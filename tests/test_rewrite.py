@@ -18,17 +18,38 @@ def test_same_step_gives_identical_graph_def_bytes():
 
 
 def test_graph_def_has_marker_and_rerouted_p():
-    step = svgd_rewrite.rewrite(make_module("mlp_l1").train, scale=0.5)
+    """Pre-scaled (post_scale=False): P reads ĝ, every other consumer of g keeps g."""
+    step = svgd_rewrite.rewrite(make_module("mlp_l1").train, scale=0.5, post_scale=False)
     nodes = {n.name: n for n in step.graph_def.node}
     marker = json.loads(nodes[MARKER_NODE].attr["value"].tensor.string_val[0])
     assert marker["options"]["scale"] == 0.5 and marker["sites"] == 3
     for site in step.report.sites:
+        assert [a.scaling for a in site.applications] == ["pre"]
         p = nodes[site.gradient_op]
-        assert p.input[site.gradient_input] == f"svgd_rewrite/site_{site.index}/g_hat"
-        # every other consumer of g keeps g
+        assert p.input[site.gradient_input] == f"svgd_rewrite/site_{site.index}/g_hat_0"
         g = site.upstream_gradient.removesuffix(":0")
         readers = [n for n in step.graph_def.node if g in n.input]
         assert readers, "g lost all its consumers"
+
+
+def test_post_scaled_p_keeps_g_and_its_output_is_scaled():
+    """Post-scaled (the default for MatMul sites): P still reads g, only the inserted Mul reads
+    P's output, every former reader of P's output reads the scaled one, and no inserted node
+    writes a g-sized tensor (each inserted node's output is r-, parameter- or scalar-sized)."""
+    step = svgd_rewrite.rewrite(make_module("mlp_l1").train)
+    nodes = {n.name: n for n in step.graph_def.node}
+    original = {n.name: n for n in step.original_graph_def.node}
+    for site in step.report.sites:
+        assert [a.scaling for a in site.applications] == ["post"]
+        p = nodes[site.gradient_op]
+        assert p.input[site.gradient_input] == original[site.gradient_op].input[
+            site.gradient_input]
+        scaled = f"svgd_rewrite/site_{site.index}/scaled_0"
+        readers = [n.name for n in step.graph_def.node if site.gradient_op in n.input]
+        assert readers == [scaled]
+        before = [n.name for n in step.original_graph_def.node
+                  if site.gradient_op in n.input]
+        assert before and all(scaled in nodes[name].input for name in before)
 
 
 def test_input_gradients_stay_exact():

@@ -17,15 +17,28 @@ if TYPE_CHECKING:
     from tensorflow.core.framework.node_def_pb2 import NodeDef
 
 
+# (P's NodeDef, P's g slot, rank of g, g's channel axis) -> the axes of P's output that hold
+# g's channel axis (row-major: depthwise filters split C_in·multiplier over two axes), or None
+# when P contracts it. Where P keeps the channel, P(x, g·f) = P(x, g)·f for f constant over
+# every other axis: SVGD then scales P's parameter-sized output instead of g ("post-scaling").
+ChannelOut = Callable[["NodeDef", int, int, int], "tuple[int, ...] | None"]
+
+
+def _never(node, g_slot, rank, channel) -> None:
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class GradOp:
     """A gradient op type that can be P, with its allowed (x_slot, g_slot) pairs.
 
     ``x_slot`` is the input of P that reads F's other operand (``None`` when P does not read it).
+    ``channel_out`` says where g's channel axis lands in P's output (``ChannelOut``).
     """
 
     op: str
     slots: tuple[tuple[int | None, int], ...]
+    channel_out: ChannelOut = _never
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +105,52 @@ def _einsum_channel_axis(node: NodeDef, slot: int, rank: int) -> int:
     return max((i for i, c in enumerate(output) if c in theta), default=rank - 1)
 
 
+def _attr_flag(node: NodeDef, *names: str) -> bool:
+    return any(node.attr[n].b for n in names if n in node.attr)
+
+
+def _matmul_channel_out(node: NodeDef, g_slot: int, rank: int, channel: int):
+    """MatMul / BatchMatMul P: output [..., rows of a', cols of b']; g's channel survives when
+    it is a row of a' (g as a) or a column of b' (g as b); batch dimensions are not kept
+    (a Sum over them follows P)."""
+    if rank < 2 or channel < rank - 2:
+        return None
+    last = channel == rank - 1
+    if g_slot == 0:
+        transposed = _attr_flag(node, "transpose_a", "adj_x")
+        return (-2,) if last == transposed else None
+    transposed = _attr_flag(node, "transpose_b", "adj_y")
+    return (-1,) if last != transposed else None
+
+
+def _einsum_channel_out(node: NodeDef, g_slot: int, rank: int, channel: int):
+    equation = node.attr["equation"].s.decode().replace(" ", "")
+    inputs, _, output = equation.partition("->")
+    operands = inputs.split(",")
+    if "." in equation or len(operands) != 2 or len(operands[g_slot]) != rank:
+        return None
+    letter = operands[g_slot][channel]
+    if letter not in output or output.count(letter) != 1:
+        return None
+    return (output.index(letter) - len(output),)
+
+
+def _filter_last(node, g_slot, rank, channel):
+    return (-1,)  # Conv*BackpropFilter(x, sizes, g): filter [..., in, out]
+
+
+def _filter_in(node, g_slot, rank, channel):
+    return (-2,)  # transposed convolution: Conv*BackpropFilter(g, sizes, x): [..., out, in]
+
+
+def _depthwise_out(node, g_slot, rank, channel):
+    return (-2, -1)  # filter [h, w, in, multiplier]; σ' channel = in·multiplier
+
+
+def _bias_out(node, g_slot, rank, channel):
+    return (-1,)  # BiasAddGrad(g): [channels]
+
+
 _BINARY = ((0, 1), (1, 0))  # P reads x in one slot and g in the other
 _FILTER_GRAD = ((0, 2),)    # Conv*BackpropFilter(x, filter_sizes, g)
 _TRANSPOSED = ((2, 0),)     # Conv*BackpropFilter(g, filter_sizes, x) for a transposed conv
@@ -100,12 +159,14 @@ def _other(slot: int) -> int:
     return 1 - slot
 
 
-def _filter_op(op: str, grad_ops: tuple[str, ...], slots, x_input: int, layers: str) -> OpSpec:
+def _filter_op(op: str, grad_ops: tuple[str, ...], slots, x_input: int, layers: str,
+               channel_out: ChannelOut) -> OpSpec:
     """A convolution-like F: θ is its filter (input 1), x is its input ``x_input``, σ' is
     batch-first with the channel set by ``data_format``, and P is one of ``grad_ops`` (filter
     gradients) reading x and g at ``slots``."""
     return OpSpec(op=op, param_slots=(1,),
-                  grad_ops=tuple(GradOp(op=g, slots=slots) for g in grad_ops),
+                  grad_ops=tuple(GradOp(op=g, slots=slots, channel_out=channel_out)
+                                 for g in grad_ops),
                   batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: x_input,
                   layers=layers)
 
@@ -114,33 +175,36 @@ REGISTRY: dict[str, OpSpec] = {
     spec.op: spec
     for spec in (
         OpSpec(op="MatMul", param_slots=(0, 1),
-               grad_ops=(GradOp(op="MatMul", slots=_BINARY),),
+               grad_ops=(GradOp(op="MatMul", slots=_BINARY, channel_out=_matmul_channel_out),),
                batch_axis=_matmul_batch_axis, channel_axis=_matmul_channel_axis, x_slot=_other,
                layers="Dense kernel (either operand, any transpose_a/transpose_b; Dense on "
                       "rank ≥ 3 inputs through Tensordot)"),
-        *(OpSpec(op=op, param_slots=(0, 1), grad_ops=(GradOp(op=op, slots=_BINARY),),
+        *(OpSpec(op=op, param_slots=(0, 1), grad_ops=(GradOp(op=op, slots=_BINARY,
+                                           channel_out=_matmul_channel_out),),
                  batch_axis=_matmul_batch_axis, channel_axis=_matmul_channel_axis,
                  x_slot=_other,
                  layers="kernel of EinsumDense / MultiHeadAttention / tf.matmul on rank ≥ 3 "
                         "input (adj_x/adj_y)")
           for op in ("BatchMatMulV2", "BatchMatMulV3", "BatchMatMul")),
-        OpSpec(op="Einsum", param_slots=(0, 1), grad_ops=(GradOp(op="Einsum", slots=_BINARY),),
+        OpSpec(op="Einsum", param_slots=(0, 1), grad_ops=(GradOp(op="Einsum", slots=_BINARY,
+                                 channel_out=_einsum_channel_out),),
                batch_axis=_einsum_batch_axis, channel_axis=_einsum_channel_axis, x_slot=_other,
                layers="kernel operand of a two-operand einsum"),
         _filter_op("Conv2D", ("Conv2DBackpropFilter",), _FILTER_GRAD, 0,
                    "Conv2D filter (NHWC/NCHW, strides, padding, dilations); Conv1D on "
-                   "expanded dims; the pointwise kernel of SeparableConv2D"),
+                   "expanded dims; the pointwise kernel of SeparableConv2D", _filter_last),
         _filter_op("Conv3D", ("Conv3DBackpropFilterV2", "Conv3DBackpropFilter"), _FILTER_GRAD,
-                   0, "Conv3D filter (NDHWC/NCDHW)"),
+                   0, "Conv3D filter (NDHWC/NCDHW)", _filter_last),
         _filter_op("DepthwiseConv2dNative", ("DepthwiseConv2dNativeBackpropFilter",),
                    _FILTER_GRAD, 0, "DepthwiseConv2D kernel, the depthwise kernel of "
-                   "SeparableConv2D"),
+                   "SeparableConv2D", _depthwise_out),
         _filter_op("Conv2DBackpropInput", ("Conv2DBackpropFilter",), _TRANSPOSED, 2,
-                   "Conv2DTranspose filter (the transposed convolution as a forward op)"),
+                   "Conv2DTranspose filter (the transposed convolution as a forward op)",
+                   _filter_in),
         _filter_op("Conv3DBackpropInputV2", ("Conv3DBackpropFilterV2",), _TRANSPOSED, 2,
-                   "Conv3DTranspose filter"),
+                   "Conv3DTranspose filter", _filter_in),
         OpSpec(op="BiasAdd", param_slots=(1,),
-               grad_ops=(GradOp(op="BiasAddGrad", slots=((None, 0),)),),
+               grad_ops=(GradOp(op="BiasAddGrad", slots=((None, 0),), channel_out=_bias_out),),
                batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: None,
                layers="bias of Dense/Conv* (opt-in)", default=False),
     )
