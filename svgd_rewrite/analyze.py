@@ -18,7 +18,7 @@ from .ir import GraphIR, Tensor
 from .load import Distribution, LoadedStep, VariableInfo
 from .loops import LoopAnalysis
 from .registry import (CONTROL_FLOW_BODY_ATTRS, CONTROL_FLOW_OPS, HANDLE_ONLY_OPS, LOOP_OPS,
-                       MULTI_IDENTITY_OPS, PASS_THROUGH_OPS, REGISTRY, SHAPE_OPS,
+                       MULTI_IDENTITY_OPS, PASS_THROUGH_OPS, REGISTRY, SHAPE_OPS, SLICE_OPS,
                        VARIABLE_READ_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason)
 from .shapes import TensorInfo, infer_shapes
 
@@ -57,6 +57,7 @@ class Consumer:
     g_dtype: Any = None
     p_node: Any = None
     p_shape: Any = None
+    p_dtype: Any = None  # the dtype of what post-scaling would scale
     param_size: int = 0  # θ's number of elements
 
     def __post_init__(self):
@@ -286,7 +287,7 @@ def analyze(step: LoadedStep) -> Analysis:
         if c.match is not None:
             c.g_dtype = shapes[Tensor(*c.match.g)][0]
             c.p_node = ir.node(c.match.grad_op)
-            c.p_shape = shapes.get(Tensor(c.match.grad_op, 0), (None, None))[1]
+            c.p_dtype, c.p_shape = shapes.get(Tensor(c.match.grad_op, 0), (None, None))
     backward = ir.descendants(matched_g)
     out_tensors = [Tensor.parse(t) for t in step.output_tensors]
     reportable = ir.ancestors(out_tensors + matched_g)
@@ -312,9 +313,13 @@ def analyze(step: LoadedStep) -> Analysis:
     p_outputs = sorted({Tensor.parse(c.loop.backward_loop if c.loop else c.match.grad_op)
                         for c in forward if c.match})
     downstream = ir.descendants(p_outputs)
+    # optimizer state = per-parameter slots (shaped like a trained variable), not counters or
+    # a loss scale
+    trained_shapes = {tuple(v.shape) for p, v in trainable.items() if writes[p]}
     stateful = sorted(
         step.variables[p].name for p, ws in writes.items()
-        if p not in trainable and any(w in downstream for w in ws))
+        if p not in trainable and any(w in downstream for w in ws)
+        and len(step.variables[p].shape) > 0 and tuple(step.variables[p].shape) in trained_shapes)
     loss_scale = _find_loss_scale(ir, shapes, step, [c.match.g for c in forward
                                                      if c.match and c.loop is None])
     return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
@@ -446,6 +451,20 @@ def _candidates(ctx: MatchContext, c: Consumer, x: Tensor | None) -> list[Candid
     return out
 
 
+def consumer_reason(ir: GraphIR, node: str) -> str:
+    """Why a consumer of θ with no registry entry keeps the identity transform; a slice of θ
+    is told apart by what its parts feed (linear ops: a kernel cut per gate; else a bias)."""
+    op = ir.op(node)
+    if op in SLICE_OPS:
+        parts = [(node, port) for port in range(64)]  # Split/Unpack: one output per part
+        feeds_linear = any(ir.op(n) in REGISTRY for t in parts for a in ir.aliases(t)
+                           for n, _ in ir.consumers(a))
+        if not feeds_linear:
+            return (f"θ is cut into parts ({op}) for elementwise uses (a bias, gates): not a "
+                    "kernel op")
+    return identity_reason(op)
+
+
 def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lambda t: None,
            on_path_pool=lambda x, op, pool: pool) -> None:
     """Fill ``c.match`` (P found) or ``c.reason`` for a consumer of θ: candidate generation,
@@ -453,7 +472,7 @@ def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lamb
     tie-break by F's own gradient (``_own_gradient``)."""
     spec = REGISTRY.get(c.op)
     if spec is None:
-        c.reason = identity_reason(c.op)
+        c.reason = consumer_reason(ir, c.node)
         return
     if c.slot not in spec.param_slots:
         c.reason = f"θ enters {c.op} as input {c.slot}, in which it is not a linear parameter"

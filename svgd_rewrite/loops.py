@@ -30,11 +30,12 @@ from tensorflow.core.framework import function_pb2, graph_pb2, node_def_pb2
 
 from .ir import GraphIR, Tensor, parse_input
 from .load import VariableInfo
-from .registry import LOOP_OPS, REGISTRY, identity_reason
+from .registry import LOOP_OPS, REGISTRY
 from .tf_compat import function_def_to_graph_def, op_output_names
 
 _PUSH, _POP = "TensorListPushBack", "TensorListPopBack"
 _ADD_OPS = frozenset({"AddN", "AddV2", "Add"})
+_CASTS = frozenset({"Cast", "Identity"})
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class LoopAnalysis:
     def consumers(self, loop: str, slot: int, placeholder: str) -> list:
         """The consumers of θ (entering ``loop`` at input ``slot``) inside its body, each
         matched to its P in a gradient loop or given a reason."""
-        from .analyze import Consumer, Match, variable_uses  # the analysis calls this module
+        from .analyze import Consumer, Match, consumer_reason, variable_uses  # calls this module
 
         node = self.ir.node(loop)
         fwd = self.body(node.attr["body"].func.name)
@@ -116,7 +117,7 @@ class LoopAnalysis:
             out.append(c)
             spec = REGISTRY.get(op)
             if spec is None:
-                c.reason = identity_reason(op) + " (inside a loop)"
+                c.reason = consumer_reason(fwd.ir, f) + " (inside a loop)"
                 continue
             if f_slot not in spec.param_slots:
                 c.reason = f"θ enters {op} as input {f_slot}, in which it is not a linear parameter"
@@ -143,7 +144,9 @@ class LoopAnalysis:
                 backward_loop=back, backward_body=self.ir.node(back).attr["body"].func.name,
                 grad_output=grad_output, g_in_body=body.fdef_nodes[p].input[g_slot],
                 grad_shape=grad_shape)
+            types = self.ir.node(back).attr["T"].list.type
             c.g_dtype, c.p_node, c.p_shape = dtype, p_node, grad_shape
+            c.p_dtype = tf.as_dtype(types[grad_output]) if grad_output < len(types) else dtype
         self._check_accumulation(out)
         return out
 
@@ -200,7 +203,7 @@ class LoopAnalysis:
             body = self.body(self.ir.node(back).attr["body"].func.name)
             ps = {c.match.grad_op for c in members}
             terms = _terms(body, i)
-            if terms is None or any(body.ir.canonical(t)[0] not in ps for t in terms):
+            if terms is None or any(_source(body, t)[0] not in ps for t in terms):
                 for c in members:
                     c.loop, c.match = None, None
                     c.reason = ("inside a loop: θ's gradient loop variable also sums terms "
@@ -230,11 +233,27 @@ def _p_candidates(body: _Body, spec, popped: Tensor) -> list[tuple[str, int]]:
 
 
 def _adder(body: _Body, p: str) -> str | None:
-    for a in body.ir.aliases(Tensor(p, 0)):
-        for n, _ in body.ir.consumers(a):
+    """The add that P's output (through Identity, and Cast under mixed precision) joins."""
+    frontier, seen = [Tensor(p, 0)], set()
+    while frontier:
+        t = frontier.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for n, _ in body.ir.consumers(t):
             if body.ir.op(n) in _ADD_OPS:
                 return n
+            if body.ir.op(n) in _CASTS:
+                frontier.append(Tensor(n, 0))
     return None
+
+
+def _source(body: _Body, t: Tensor) -> Tensor:
+    """``t`` followed back through Identity and Cast."""
+    t = body.ir.canonical(t)
+    while body.ir.op(t[0]) in _CASTS:
+        t = body.ir.canonical(body.ir.data_input(t[0], 0))
+    return t
 
 
 def _accumulated_output(body: _Body, p: str) -> int | None:

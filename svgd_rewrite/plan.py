@@ -56,6 +56,7 @@ class Application:
     broadcast_shape: tuple[int, ...] | None
     post_shape: tuple[int, ...] | None = None
     loop: LoopInfo | None = None
+    target_dtype: tf.DType | None = None  # the dtype of what post-scaling multiplies
 
     @property
     def post_scaled(self) -> bool:
@@ -139,8 +140,8 @@ def _post_shape(c: Consumer, analysis: Analysis, geo: _Geometry, kept: list[int]
                 g_dtype: tf.DType) -> tuple[int, ...] | None:
     """f's broadcast shape over P's output when P keeps every axis r keeps (only the channel
     axis), else None (the application is pre-scaled)."""
-    if kept != [geo.channel] or g_dtype != tf.float32:
-        return None
+    if kept != [geo.channel] or (g_dtype != tf.float32 and c.loop is None):
+        return None  # half-precision sites outside loops keep the pre-scaled form
     p_node, out_shape = c.p_node, c.p_shape
     if p_node is None or out_shape is None or out_shape.rank is None:
         return None
@@ -209,6 +210,11 @@ def _choose(analysis: Analysis, options: Options) -> tuple[list[_Group], list[Sk
     groups: dict[tuple, _Group] = {}
     for c in analysis.forward:
         info = analysis.variables[c.variable]
+        if c.op in REGISTRY and c.op not in options.ops:  # not chosen: no P is looked for
+            hint = "opt-in" if not REGISTRY[c.op].default else "excluded"
+            skipped.append(SkippedNode(_shown(c), c.op, info.name,
+                                       f"op {c.op} is not in ops ({hint}: add it to ops)"))
+            continue
         if c.match is None:
             skipped.append(SkippedNode(_shown(c), c.op, info.name, c.reason or "not transformable"))
             continue
@@ -216,11 +222,6 @@ def _choose(analysis: Analysis, options: Options) -> tuple[list[_Group], list[Sk
             skipped.append(SkippedNode(_shown(c), c.op, info.name,
                                        "θ is not updated by the step (frozen: trainable=False, "
                                        "or not among the variables the optimizer applies)"))
-            continue
-        if c.op not in options.ops:
-            hint = "opt-in" if not REGISTRY[c.op].default else "excluded"
-            skipped.append(SkippedNode(_shown(c), c.op, info.name,
-                                       f"op {c.op} is not in ops ({hint}: add it to ops)"))
             continue
         geo = _geometry(c, analysis)
         if isinstance(geo, str):
@@ -311,7 +312,8 @@ def _plan_group(group: _Group, analysis: Analysis, options: Options,
                             c.loop.grad_output, c.loop.g_in_body)
         apps.append(Application(forward=c.node, op=c.op, slot=c.slot, match=c.match,
                                 g_dtype=g_dtype, dims=geo.dims, reduce_axes=reduce_axes,
-                                broadcast_shape=bshape, post_shape=post, loop=loop))
+                                broadcast_shape=bshape, post_shape=post, loop=loop,
+                                target_dtype=c.p_dtype or g_dtype))
         app_rows.append(ApplicationReport(
             node=_shown(c), gradient_op=c.match.grad_op,
             gradient_op_type=c.p_node.op if c.p_node is not None else "",
@@ -374,13 +376,19 @@ def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
             + (", ..." if len(analysis.stateful_optimizer_vars) > 6 else "")
             + "); SVGD as in the paper is plain SGD on virtual gradients")
     transformed = {r.variable for r in rows}
-    lost: dict[str, str] = {}
+    reasons: dict[str, list[str]] = {}
     for k in skipped:
-        if (k.op in REGISTRY and k.variable not in transformed and "frozen" not in k.reason
-                and "is not in ops" not in k.reason):
-            lost.setdefault(k.variable, k.reason)
-        elif k.op in _LOOP_OPS and k.variable not in transformed:
-            lost.setdefault(k.variable, k.reason)
+        reasons.setdefault(k.variable, []).append(k.reason)
+    lost: dict[str, str] = {}
+    for p, info in sorted(analysis.variables.items(), key=lambda kv: kv[1].logical_name):
+        name = info.logical_name or info.name
+        if (not info.trainable or info.replica or not analysis.writes.get(p)
+                or len(info.shape) < 2 or name in transformed or info.name in transformed):
+            continue  # kernels only: rank ≥ 2 variables the step trains
+        why = reasons.get(name) or reasons.get(info.name) or []
+        if why and all("gather" in r or "not a kernel op" in r for r in why):
+            continue  # an embedding table, a 2-D bias: not a linear layer's kernel
+        lost.setdefault(name, why[0] if why else "no forward op reads it linearly")
     if lost:
         items = list(lost.items())
         warnings.append(f"{len(items)} kernel(s) get no virtual gradients: "
@@ -396,9 +404,6 @@ def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
                 "and s = 0.001 (VGG) for such layers; if the loss grows or goes NaN, lower the "
                 "scale")
     return warnings
-
-
-_LOOP_OPS = frozenset({"While", "StatelessWhile"})
 
 
 def require_sites(plan: Plan) -> Plan:

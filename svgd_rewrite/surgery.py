@@ -187,13 +187,13 @@ def _targets(site: PlannedSite) -> list[tuple[str, tuple[int, ...], tf.DType]]:
     for a in site.applications:
         if a.post_scaled and a.target not in seen:
             seen.add(a.target)
-            out.append((a.target, a.post_shape, a.g_dtype))
+            out.append((a.target, a.post_shape, a.target_dtype or a.g_dtype))
     return out
 
 
 def _trace_key(site: PlannedSite, options: Options, kind: str, one_pass: bool, reduce) -> tuple:
-    apps = tuple((a.loop is not None, a.g_dtype, a.reduce_axes, a.broadcast_shape, a.post_shape)
-                 for a in site.applications)
+    apps = tuple((a.loop is not None, a.g_dtype, a.reduce_axes, a.broadcast_shape, a.post_shape,
+                  a.target_dtype) for a in site.applications)
     targets = tuple(a.target for a in site.applications)  # which applications share a target
     shared = tuple(targets.index(t) for t in targets)
     key = (apps, shared, site.accumulator_shape, site.loss_scale is not None, options, kind,

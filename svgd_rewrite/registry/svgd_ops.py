@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .tensorflow_ops import (CONTROL_FLOW_OPS, ELEMENTWISE_OPS, GATHER_OPS, LOOP_ENTRY_OPS)
+from .tensorflow_ops import (CONTROL_FLOW_OPS, ELEMENTWISE_OPS, FUSED_RNN_OPS, GATHER_OPS,
+                             LOOP_ENTRY_OPS, SLICE_OPS)
 
 if TYPE_CHECKING:
     from tensorflow.core.framework.node_def_pb2 import NodeDef
@@ -225,6 +226,13 @@ def identity_reason(op: str) -> str:
     if op in LOOP_ENTRY_OPS:
         return ("θ is used inside a tf.compat.v1.while_loop (it enters the loop frame): sites "
                 "inside loops are not rewritten; move the layer out of the loop to transform it")
+    if op in FUSED_RNN_OPS:
+        return (f"{op} is a fused cuDNN recurrent layer the tool cannot enter: use the "
+                "non-fused implementation (Keras: use_cudnn=False) to give its kernels virtual "
+                "gradients")
+    if op in SLICE_OPS:
+        return (f"θ is cut into parts ({op}) before the linear ops: a site reads θ whole, so "
+                "its parts keep their plain gradients")
     if op in GATHER_OPS:
         return f"{op} is a gather (embedding lookup): θ's rows are selected, not a linear kernel"
     if op in ELEMENTWISE_OPS:

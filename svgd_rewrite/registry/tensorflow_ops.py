@@ -18,6 +18,11 @@ VIEW_OPS = frozenset({"ReadVariableOp", "Identity", "Cast", "Snapshot", "ExpandD
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"})
 # Ops that select rows of a variable (embedding lookups).
 GATHER_OPS = frozenset({"ResourceGather", "GatherV2", "Gather", "GatherNd", "ResourceGatherNd"})
+# Fused recurrent layers (cuDNN): the whole sequence in one op, whose body the tool cannot
+# enter.
+FUSED_RNN_OPS = frozenset({"CudnnRNN", "CudnnRNNV2", "CudnnRNNV3"})
+# Ops that cut a tensor into parts (a fused kernel split per gate, say).
+SLICE_OPS = frozenset({"Split", "SplitV", "Unpack", "StridedSlice", "Slice"})
 # Elementwise arithmetic (a norm's scale and offset, a bias added with +).
 ELEMENTWISE_OPS = frozenset({"Mul", "AddV2", "Add", "Sub", "RealDiv", "Neg"})
 
