@@ -1,4 +1,5 @@
-"""``svgd-rewrite MODEL_DIR OUT_DIR``: a thin command line over ``svgd_rewrite``."""
+"""``svgd-rewrite MODEL OUT_DIR`` and ``svgd-rewrite show MODEL``: a thin command line over
+``svgd_rewrite``. Arguments are checked before TensorFlow is imported."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Iterator, Sequence
@@ -21,25 +23,45 @@ def _fixture(name: str):
     parent = __package__.rpartition(".")[0] if __package__ else ""
     return importlib.import_module(f"{parent + '.' if parent else ''}fixtures.{name}")
 
+
 PROG = "svgd-rewrite"
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 EPILOG = """\
 examples:
   svgd-rewrite ./my_model ./my_model_svgd                  rewrite the function `train`
+  svgd-rewrite show ./my_model                             functions, signatures, what would change
   svgd-rewrite ./my_model ./out --function fit_step --scale 0.01 --granularity channel
   svgd-rewrite ./my_model --dry-run                        only show what would be rewired
   svgd-rewrite ./my_model ./out --export html,tensorboard  also write pictures to ./out/graphs
+  svgd-rewrite ./my_model ./out --portable                 for TFLite (builtin ops only)
   svgd-rewrite ./train_graph.meta ./out --train-op train   a TF1 graph (+ its checkpoint)
   svgd-rewrite --example                                   build the paper's MLP and rewrite it
-  svgd-rewrite --example-fit                               Keras fit with SVGD on the digits
+  svgd-rewrite --example-fit --scale 0.01                  Keras fit with SVGD on the digits
 
+OUT_DIR: a new or empty directory; --overwrite replaces a previous output of the tool (every
+file listed in its svgd_manifest.json) and refuses a directory holding anything else.
 exit codes: 0 done, 2 bad usage or bad input (nothing written), 1 internal error.
 """
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
+
+
+def _number(text: str) -> float:
+    """A plain decimal or scientific number (no ``1_0``, no non-ASCII digits, no inf/nan)."""
+    if not _NUMBER.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain decimal number (e.g. 0.01 "
+                                         "or 1e-3)")
+    return float(text)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit code 2
+        if getattr(self, "json_errors", False):
+            sys.stdout.write(json.dumps({"error": f"{message} (see --help)", "exit": EXIT_USAGE})
+                             + "\n")
+            self.exit(EXIT_USAGE)
         self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see --help)\n")
 
 
@@ -51,55 +73,101 @@ def _version() -> str:
         return "unknown"
 
 
+def _add_options(p: argparse.ArgumentParser) -> None:
+    """The rewrite options (defaults from the library's one place; neither imports TF)."""
+    from svgd_rewrite.options import GRANULARITIES, POOLINGS, TRANSFORMS, Options
+    from svgd_rewrite.registry import DEFAULT_OPS, OPT_IN_OPS
+
+    p.add_argument("--scale", type=_number, default=None, metavar="S",
+                   help=f"s, the virtual gradients' scale (default {Options.scale:g}; with "
+                        "--example-fit 0.01; the paper: 0.1 MLP, 0.01 ResNet-20, 0.001 VGG)")
+    p.add_argument("--rho", type=_number, default=Options.rho, metavar="R",
+                   help="ρ, the accumulator's decay, in [0, 1) (default %(default)g)")
+    p.add_argument("--epsilon", type=_number, default=Options.epsilon, metavar="E",
+                   help="ε under the square root (default %(default)g)")
+    p.add_argument("--ops", metavar="OP,...",
+                   help=f"forward op types to transform (default: {', '.join(DEFAULT_OPS)}; "
+                        f"opt-in: {', '.join(OPT_IN_OPS)})")
+    p.add_argument("--granularity", choices=GRANULARITIES, default=Options.granularity,
+                   help="accumulator shape: σ' without the batch axis (full), channels only, "
+                        "or auto (channel for convolutions whose full r exceeds their "
+                        "parameters)")
+    p.add_argument("--transform", choices=TRANSFORMS, default=Options.transform,
+                   help="identity: same surgery with T = identity (trains like the input)")
+    p.add_argument("--pooling", choices=POOLINGS, default=Options.pooling,
+                   help="one accumulator per trained variable (default), or per application")
+    p.add_argument("--no-post-scale", dest="post_scale", action="store_false",
+                   help="always scale g (Figure 6 as drawn) instead of P's output")
+    p.add_argument("--portable", action="store_true", default=None,
+                   help="only ops XLA compiles and TFLite has as builtins (for TFLite "
+                        "conversion; jit-compiled steps get them anyway)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-                description="Rewrite the training function of a SavedModel so that it trains "
-                            "with virtual gradients (SVGD, Li & Shu).")
-    p.add_argument("model_dir", nargs="?", metavar="MODEL_DIR",
+                description="Rewrite the training function of a SavedModel (or a TF1 "
+                            "training graph) so that it trains with virtual gradients (SVGD, "
+                            "Li & Shu). `svgd-rewrite show MODEL` lists what is in a model.")
+    p.add_argument("model_dir", nargs="?", metavar="MODEL",
                    help="SavedModel directory holding a training tf.function, or a TF1 "
                         "training graph file (.pb, .pbtxt, .meta)")
     p.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
-                   help="where to write the rewritten SavedModel (and svgd_report.json)")
+                   help="where to write the rewritten model, svgd_report.json and "
+                        "svgd_manifest.json")
     p.add_argument("--function", metavar="NAME",
                    help="train function: attribute or signature key (default: `train`, else "
                         "the only function that computes gradients)")
     p.add_argument("--train-op", metavar="NAME",
                    help="TF1 graphs (.pb/.pbtxt/.meta): the training op (default: the op that "
                         "runs every variable update)")
-    # Defaults and op names from the library's one place for each (neither imports TF).
-    from svgd_rewrite.options import GRANULARITIES, TRANSFORMS, Options
-    from svgd_rewrite.registry import DEFAULT_OPS, OPT_IN_OPS
-
-    p.add_argument("--scale", type=float, default=Options.scale, metavar="S",
-                   help="s (default %(default)g)")
-    p.add_argument("--rho", type=float, default=Options.rho, metavar="R",
-                   help="ρ (default %(default)g)")
-    p.add_argument("--epsilon", type=float, default=Options.epsilon, metavar="E",
-                   help="ε (default %(default)g)")
-    p.add_argument("--ops", metavar="OP,...",
-                   help=f"forward op types to transform (default: {', '.join(DEFAULT_OPS)}; "
-                        f"opt-in: {', '.join(OPT_IN_OPS)})")
-    p.add_argument("--granularity", choices=GRANULARITIES, default=Options.granularity,
-                   help="accumulator shape: σ' without the batch axis, or channels only")
-    p.add_argument("--transform", choices=TRANSFORMS, default=Options.transform,
-                   help="identity: same surgery with T = identity (trains like the input)")
-    p.add_argument("--dry-run", action="store_true", help="analyse and report; write nothing")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    _add_options(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="analyse and report; write no model (with --export, only the pictures "
+                        "under OUT_DIR/graphs)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (version, input, out_dir, files written, "
+                        "options, report, warnings); errors as {\"error\": ..., \"exit\": 2}")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous svgd-rewrite output in OUT_DIR (only if every file "
+                        "in it is listed in its svgd_manifest.json)")
     p.add_argument("--export", metavar="FORMAT[,FORMAT...]",
                    help="also write graph pictures under OUT_DIR/graphs: tensorboard, graphml, "
                         "graphs-tuple, dot, svg, html, or all (works with --dry-run)")
     p.add_argument("--example", nargs="?", const="svgd_example", metavar="DIR",
                    help="build the paper's MNIST MLP training SavedModel under DIR "
-                        "(default ./svgd_example) and rewrite it")
+                        "(default ./svgd_example) and rewrite it into DIR/paper_mlp_svgd "
+                        "(takes the rewrite options; --overwrite to replace an earlier one)")
     p.add_argument("--example-fit", action="store_true",
                    help="train a small Keras model on scikit-learn's digits with fit() and "
-                        "virtual gradients (svgd_rewrite.keras), print its history")
+                        "virtual gradients (svgd_rewrite.keras), print its history (takes "
+                        "--scale, --granularity, ...; no MODEL or OUT_DIR)")
+    _verbosity(p)
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    return p
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
     verbosity = p.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true",
-                           help="log progress, TensorFlow's messages and tracebacks")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+                           help="progress with timings, and tracebacks on errors")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="print nothing on success (no progress lines)")
+    p.add_argument("--tf-logs", action="store_true", help="show TensorFlow's own log messages")
+
+
+def build_show_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} show", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="What is in a model: its functions and signatures with their "
+                            "inputs, which would be rewritten and why, and the sites a rewrite "
+                            "would find (a dry run's report).")
+    p.add_argument("model_dir", metavar="MODEL",
+                   help="SavedModel directory, .pb/.pbtxt/.meta graph, or .keras/.h5 model")
+    p.add_argument("--function", metavar="NAME", help="the function to analyse (as for the "
+                                                      "rewrite)")
+    p.add_argument("--train-op", metavar="NAME", help="TF1 graphs: the training op")
+    _add_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _verbosity(p)
     return p
 
 
@@ -121,32 +189,80 @@ def _stderr_silenced(active: bool) -> Iterator[None]:
         os.close(devnull)
 
 
-def _import_library(verbose: bool):
-    if not verbose:
+def _import_library(tf_logs: bool):
+    if not tf_logs:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _stderr_silenced(not verbose):
+    with _stderr_silenced(not tf_logs):
         import tensorflow as tf
 
         tf.config.list_logical_devices()  # device start-up messages happen here
         import svgd_rewrite
         from svgd_rewrite import savedmodel
-    if not verbose:
+    if not tf_logs:
         tf.get_logger().setLevel("ERROR")
     return svgd_rewrite, savedmodel
+
+
+def _options(args, default_scale: float | None = None):
+    from svgd_rewrite.options import Options, make_options
+
+    scale = args.scale if args.scale is not None else (default_scale or Options.scale)
+    return make_options(scale=scale, rho=args.rho, epsilon=args.epsilon, ops=args.ops,
+                        granularity=args.granularity, transform=args.transform,
+                        pooling=args.pooling, post_scale=args.post_scale,
+                        portable=args.portable)
+
+
+def _check_arguments(args) -> None:
+    """What can be refused before TensorFlow is imported (exit 2, one line)."""
+    from svgd_rewrite.errors import LoadError, OutputError, SVGDRewriteError
+
+    if args.example_fit and (args.model_dir or args.out_dir or args.example is not None):
+        raise SVGDRewriteError("--example-fit takes no MODEL, OUT_DIR or --example: it trains "
+                               "its own Keras model")
+    if args.export is not None and not args.export.strip():
+        raise SVGDRewriteError("--export is empty: name formats (tensorboard, graphml, "
+                               "graphs-tuple, dot, svg, html) or all")
+    if args.export:
+        from svgd_rewrite.options import parse_formats
+
+        parse_formats(args.export)
+    path = args.model_dir
+    if path is None or args.example is not None or args.example_fit:
+        return
+    if not os.path.lexists(path):
+        raise LoadError(f"MODEL {one_line(path)} does not exist: give a SavedModel directory "
+                        "or a .pb/.pbtxt/.meta file")
+    if path.endswith(KERAS_SUFFIXES):
+        raise LoadError(_KERAS_FILE.format(path=one_line(path)))
+    if args.out_dir is not None and not args.out_dir.strip():
+        raise OutputError("OUT_DIR is empty: give the directory to write, e.g. ./model_svgd")
+
+
+_KERAS_FILE = ("{path} is a Keras model file: train it with virtual gradients in Keras with "
+               "svgd_rewrite.keras.enable(model) (README: Keras), or save a SavedModel with a "
+               "train tf.function (README: SavedModel input) and rewrite that")
+
+
+def _files_under(root: str) -> list[str]:
+    out = []
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            out.append(os.path.relpath(os.path.join(dirpath, name), root))
+    return sorted(out)
 
 
 def _run(args, out) -> int:
     from svgd_rewrite.progress import stage
 
+    _check_arguments(args)
+    # refused here, before TensorFlow's import
+    options = _options(args, default_scale=0.01 if args.example_fit else None)
     stage("import")  # TensorFlow's import is the first wait
-    svgd_rewrite, savedmodel = _import_library(args.verbose)
-    from svgd_rewrite.options import make_options
-
-    options = make_options(scale=args.scale, rho=args.rho, epsilon=args.epsilon, ops=args.ops,
-                           granularity=args.granularity, transform=args.transform)
+    svgd_rewrite, savedmodel = _import_library(args.tf_logs)
     if args.example_fit:
-        return _example_fit(args, out)
-    model_dir, out_dir, overwrite = args.model_dir, args.out_dir, args.overwrite
+        return _example_fit(args, out, options)
+    model_dir, out_dir = args.model_dir, args.out_dir
     if args.example is not None:
         build = _fixture("saved_models").build
 
@@ -156,39 +272,33 @@ def _run(args, out) -> int:
             import tensorflow as tf
             from svgd_rewrite.errors import OutputError
 
+            if os.path.lexists(out_dir) and not args.overwrite:
+                raise OutputError(f"{one_line(out_dir)} exists: pass --overwrite to replace "
+                                  "the earlier example output, or choose another DIR")
             try:
                 build("paper_mlp", model_dir)
             except (OSError, tf.errors.OpError) as e:
                 raise OutputError(f"cannot write the example into {one_line(args.example)}: "
                                   f"{first_line(e, 200)}; choose a writable DIR") from None
-        overwrite = True
-        if not args.quiet and not args.json:
-            out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
-    if os.path.lexists(model_dir) and not os.path.isdir(model_dir):  # a TF1 graph file
-        from svgd_rewrite import graphdef
-
-        result = graphdef.rewrite_graph_file(
-            model_dir, out_dir, options, train_op=args.train_op,
-            overwrite=overwrite, dry_run=args.dry_run, export_formats=args.export)
-        what = (f"train op: {result.train_op} ({result.variable_kind} variables); initialize "
-                f"the accumulators with {result.init_op}"
-                + (f" (also run by {', '.join(result.graph_init_ops)})"
-                   if result.graph_init_ops else ""))
-    else:
-        result = savedmodel.rewrite_saved_model(
-            model_dir, out_dir, options, function=args.function, overwrite=overwrite,
-            dry_run=args.dry_run, export_formats=args.export)
-        what = (f"function: {result.function.name}"
-                + (f" (signature {result.function.signature!r})" if result.function.signature
-                   else ""))
+            if not args.quiet and not args.json:
+                out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
+    result, what = _rewrite(svgd_rewrite, savedmodel, args, model_dir, out_dir, options)
     exported = result.exported
+    written = (_files_under(result.out_dir) if result.out_dir and os.path.isdir(result.out_dir)
+               else [])
     if args.json:
-        out.write(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
+        out.write(json.dumps({
+            "version": _version(), "input": model_dir, "function": what,
+            "out_dir": result.out_dir, "files": written, "dry_run": bool(args.dry_run),
+            "options": options.to_dict(), "report": result.to_dict(),
+            "warnings": result.report.warnings,
+            "notes": list(exported.notes) if exported else []}, indent=2, sort_keys=True)
+            + "\n")
     elif not args.quiet:
         out.write(one_line(what) + "\n")
         out.write(str(result.report) + "\n")
         if result.out_dir and not args.dry_run:
-            out.write(f"wrote {result.out_dir} (report: "
+            out.write(f"wrote {result.out_dir} ({len(written)} files; report: "
                       f"{os.path.join(result.out_dir, 'svgd_report.json')})\n")
         elif not exported:
             out.write("dry run: nothing written\n")
@@ -205,7 +315,28 @@ def _run(args, out) -> int:
     return EXIT_OK
 
 
-def _example_fit(args, out) -> int:
+def _rewrite(svgd_rewrite, savedmodel, args, model_dir, out_dir, options):
+    if os.path.lexists(model_dir) and not os.path.isdir(model_dir):  # a TF1 graph file
+        from svgd_rewrite import graphdef
+
+        result = graphdef.rewrite_graph_file(
+            model_dir, out_dir, options, train_op=args.train_op,
+            overwrite=args.overwrite, dry_run=args.dry_run, export_formats=args.export)
+        what = (f"train op: {result.train_op} ({result.variable_kind} variables); initialize "
+                f"the accumulators with {result.init_op}"
+                + (f" (also run by {', '.join(result.graph_init_ops)})"
+                   if result.graph_init_ops else ""))
+        return result, what
+    result = savedmodel.rewrite_saved_model(
+        model_dir, out_dir, options, function=args.function, overwrite=args.overwrite,
+        dry_run=args.dry_run, export_formats=args.export)
+    what = (f"function: {result.function.name}"
+            + (f" (signature {result.function.signature!r})" if result.function.signature
+               else ""))
+    return result, what
+
+
+def _example_fit(args, out, options) -> int:
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -215,55 +346,121 @@ def _example_fit(args, out) -> int:
                                "pip install scikit-learn") from None
     example = _fixture("keras_fit_example").main
 
-    history = example(epochs=5, verbose=0 if args.quiet else 2)
-    if not args.quiet:
+    history = example(epochs=5, verbose=0 if args.quiet or args.json else 2,
+                      **{**options.to_dict(), "ops": list(options.ops)})
+    if args.json:
+        out.write(json.dumps({"version": _version(), "options": options.to_dict(),
+                              "history": history}, sort_keys=True) + "\n")
+    elif not args.quiet:
         out.write("history: " + json.dumps({k: [round(v, 4) for v in vs]
                                             for k, vs in sorted(history.items())}) + "\n")
     return EXIT_OK
 
 
+# --- show ----------------------------------------------------------------------------------
+
+def _show(args, out) -> int:
+    from svgd_rewrite.errors import LoadError
+
+    options = _options(args)
+    path = args.model_dir
+    if not os.path.lexists(path):
+        raise LoadError(f"MODEL {one_line(path)} does not exist")
+    svgd_rewrite, savedmodel = _import_library(args.tf_logs)
+    if path.endswith(KERAS_SUFFIXES):
+        info = _show_keras(path)
+    elif os.path.isdir(path):
+        info = savedmodel.describe_saved_model(path, args.function, options)
+    else:
+        from svgd_rewrite import graphdef
+
+        result = graphdef.rewrite_graph_file(path, None, options, train_op=args.train_op,
+                                             dry_run=True)
+        info = {"input": path, "kind": "TF1 graph", "train_op": result.train_op,
+                "variable_kind": result.variable_kind, "report": result.report}
+    report = info.pop("report", None)
+    if args.json:
+        out.write(json.dumps({"version": _version(), **info,
+                              "report": report.to_dict() if report else None},
+                             indent=2, sort_keys=True, default=str) + "\n")
+        return EXIT_OK
+    out.write(f"{info['input']}: {info['kind']}\n")
+    for fn in info.get("functions", []):
+        marker = "→" if fn.get("chosen") else " "
+        out.write(f" {marker} {fn['kind']} {fn['name']}({', '.join(fn['inputs'])})"
+                  + (f"  [{fn['note']}]" if fn.get("note") else "") + "\n")
+    for key in ("chosen", "train_op", "variable_kind", "optimizer", "loss"):
+        if info.get(key):
+            out.write(f"{key.replace('_', ' ')}: {info[key]}\n")
+    for line in info.get("lines", []):
+        out.write(line + "\n")
+    if report is not None:
+        out.write(str(report) + "\n")
+    return EXIT_OK
+
+
+def _show_keras(path: str) -> dict:
+    import keras
+
+    from svgd_rewrite.errors import LoadError
+
+    try:
+        model = keras.models.load_model(path, compile=True)
+    except Exception as e:  # Keras raises many types: all mean "cannot load"
+        raise LoadError(f"cannot load the Keras model {one_line(path)}: {first_line(e, 200)}"
+                        ) from None
+    kernels = [w.path for w in model.trainable_weights if len(w.shape) >= 2]
+    optimizer = getattr(model, "optimizer", None)
+    return {"input": path, "kind": f"Keras model {model.name!r}",
+            "optimizer": type(optimizer).__name__ if optimizer is not None else "not compiled",
+            "loss": str(getattr(model, "loss", None)),
+            "kernels": kernels,
+            "lines": [f"{len(kernels)} kernel(s) would get virtual gradients with "
+                      "svgd_rewrite.keras.enable(model): " + ", ".join(kernels[:8])
+                      + (", ..." if len(kernels) > 8 else ""),
+                      "the command line rewrites SavedModels and TF1 graphs: " + _KERAS_FILE
+                      .format(path="this")]}
+
+
 class _ProgressLines(logging.Handler):
-    """Stage lines on stderr: always with -v; on a terminal once the run has taken about
-    two seconds (the stages before that are shown then); never with -q."""
+    """Stage lines on stderr, one per stage (``-v`` adds the elapsed time); never with ``-q``
+    or ``--json``."""
 
-    DELAY = 2.0
-
-    def __init__(self, stream, always: bool):
+    def __init__(self, stream, timings: bool):
         super().__init__()
-        self.stream, self.always, self.held = stream, always, []
+        self.stream, self.timings = stream, timings
 
     def emit(self, record: logging.LogRecord) -> None:
         stage = getattr(record, "stage", None) or record.getMessage()
-        line = f"{PROG}: [{getattr(record, 'elapsed', 0.0):6.1f} s] {stage}"
-        if self.always or getattr(record, "elapsed", 0.0) >= self.DELAY:
-            for held in self.held + [line]:
-                self.stream.write(one_line(held) + "\n")
-            self.held = []
-            self.stream.flush()
-        else:
-            self.held.append(line)
+        elapsed = getattr(record, "elapsed", 0.0)
+        line = f"{PROG}: [{elapsed:6.1f} s] {stage}" if self.timings else f"{PROG}: {stage}"
+        self.stream.write(one_line(line) + "\n")
+        self.stream.flush()
 
 
 def _progress_handler(args) -> logging.Handler | None:
     if args.quiet or args.json:
         return None
-    if args.verbose:
-        return _ProgressLines(sys.stderr, always=True)
-    if sys.stderr.isatty():
-        return _ProgressLines(sys.stderr, always=False)
-    return None
+    return _ProgressLines(sys.stderr, timings=args.verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.example is None and not args.example_fit:
-        if args.model_dir is None:
-            parser.error("MODEL_DIR is required")
-        if args.out_dir is None and not args.dry_run:
-            parser.error("OUT_DIR is required (or pass --dry-run)")
-    # Without -v only errors are logged: TensorFlow's warnings (e.g. about custom gradients
-    # of a restored function) are not the user's problem.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show = bool(argv) and argv[0] == "show"
+    parser = build_show_parser() if show else build_parser()
+    parser.json_errors = "--json" in argv
+    try:
+        args = parser.parse_args(argv[1:] if show else argv)
+    except SystemExit as e:  # a usage error (exit 2, one line) or --help/--version (0)
+        return int(e.code or 0)
+    if not show and args.example is None and not args.example_fit:
+        try:
+            if args.model_dir is None:
+                parser.error("MODEL is required (or `svgd-rewrite show MODEL`, --example)")
+            if args.out_dir is None and not args.dry_run:
+                parser.error("OUT_DIR is required (or pass --dry-run)")
+        except SystemExit as e:
+            return int(e.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format=f"{PROG}: %(message)s")
     progress = logging.getLogger("svgd_rewrite.progress")
@@ -277,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from svgd_rewrite import progress as progress_clock
 
         progress_clock.begin_run()
-        return _run(args, sys.stdout)
+        return _show(args, sys.stdout) if show else _run(args, sys.stdout)
     except BrokenPipeError:  # stdout closed early (e.g. piped into head)
         return EXIT_OK
     except KeyboardInterrupt:
@@ -289,16 +486,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         if isinstance(e, SVGDRewriteError):
-            sys.stderr.write(f"{PROG}: error: {one_line(e)}\n")
+            message = _cli_spelling(one_line(e))
+            if args.json:
+                sys.stdout.write(json.dumps({"error": message, "exit": EXIT_USAGE}) + "\n")
+            else:
+                sys.stderr.write(f"{PROG}: error: {message}\n")
             return EXIT_USAGE
-        sys.stderr.write(f"{PROG}: internal error: {type(e).__name__}: {first_line(e, 300)} "
-                         "(rerun with -v for the traceback, and please report it)\n")
+        message = (f"internal error: {type(e).__name__}: {first_line(e, 300)} (rerun with -v "
+                   "for the traceback, and please report it)")
+        if args.json:
+            sys.stdout.write(json.dumps({"error": message, "exit": EXIT_INTERNAL}) + "\n")
+        else:
+            sys.stderr.write(f"{PROG}: {message}\n")
         return EXIT_INTERNAL
     finally:
         if handler is not None:  # leave the library's logger as it was (in-process callers)
             progress.removeHandler(handler)
             progress.setLevel(saved[0])
             progress.propagate = saved[1]
+
+
+def _cli_spelling(message: str) -> str:
+    """Library advice in the command line's spelling (``transform='identity'`` →
+    ``--transform identity``)."""
+    return (message.replace("transform='identity'", "--transform identity")
+            .replace("granularity='channel'", "--granularity channel"))
 
 
 if __name__ == "__main__":

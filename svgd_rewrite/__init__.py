@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import (AlreadyRewrittenError, InvalidOptionError, LoadError, NoGradientsError,
                      ExportError, NoSitesError, NoTrainableVariablesError, OutputError,
-                     SVGDRewriteError, UnsupportedError)
+                     StepCallError, SVGDRewriteError, UnsupportedError)
 
 __version__ = "0.1.0"
 
@@ -24,7 +24,7 @@ _LAZY = {
 __all__ = sorted(_LAZY) + [
     "SVGDRewriteError", "InvalidOptionError", "LoadError", "NoTrainableVariablesError",
     "NoGradientsError", "NoSitesError", "AlreadyRewrittenError", "OutputError", "ExportError",
-    "UnsupportedError",
+    "UnsupportedError", "StepCallError",
     "__version__",
 ]
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from .errors import UnsupportedError
+from .errors import StepCallError, UnsupportedError, first_line, one_line
 from .frontend import accumulator_variables
 from .ir import map_colocation
 from .load import LoadedStep
@@ -165,8 +165,19 @@ class SVGDStep(tf.Module):
         (``RewriteResult``)."""
         return dict(self._wiring.graph_variables)
 
-    def __call__(self, *args) -> Any:
-        return self.function(*args)
+    def __call__(self, *args, **kwargs) -> Any:
+        try:
+            return self.function(*args, **kwargs)
+        except TypeError as e:  # arguments that do not fit the step's input signature
+            text = str(e)
+            if not text.startswith("Binding inputs"):
+                raise
+            reason = text.split("`")[1] if text.count("`") >= 2 else first_line(e, 200)
+            wanted = ", ".join(f"{getattr(s, 'name', None) or 'arg'}: {s.dtype.name}"
+                               f"{s.shape}" for s in self.function.input_signature)
+            raise StepCallError(f"the rewritten step takes ({wanted}); this call does not fit "
+                                f"({one_line(reason)[:200]}): call it with tensors of those "
+                                "shapes and dtypes, or rewrite a step traced for them") from None
 
     def _run(self, *values) -> Any:
         w = self._wiring

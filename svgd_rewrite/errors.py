@@ -46,6 +46,10 @@ class UnsupportedError(SVGDRewriteError):
     """The step uses something this version does not support (e.g. tf.distribute replicas)."""
 
 
+class StepCallError(SVGDRewriteError):
+    """A rewritten step was called with arguments that do not fit its input signature."""
+
+
 class ExportError(SVGDRewriteError):
     """A graph export cannot be written (unknown format, missing optional dependency)."""
 

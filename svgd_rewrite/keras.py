@@ -383,7 +383,9 @@ class VirtualGradients(keras.callbacks.Callback):
     """``model.fit(..., callbacks=[VirtualGradients(scale=0.01)])``: train this ``fit`` with
     virtual gradients.
 
-    Takes ``enable``'s options. ``keep`` (default False): leave the model enabled after
+    Takes ``enable``'s options — ``scale``, ``rho``, ``epsilon``, ``ops``, ``granularity``,
+    ``transform``, ``pooling``, ``post_scale``, ``portable`` (see ``enable``) — checked when
+    the callback is made. ``keep`` (default False): leave the model enabled after
     ``fit`` (a later ``fit`` then continues with SVGD); by default the model is back to its
     plain step when ``fit`` ends (the accumulators stay for the next enable). ``state`` is the
     ``KerasSVGD`` (its ``report`` once the step is traced). A model that is not compiled, or

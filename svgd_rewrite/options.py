@@ -112,3 +112,28 @@ def make_options(scale: float = Options.scale, rho: float = Options.rho,
     return Options(scale=scale, rho=rho, epsilon=epsilon, ops=op_tuple,
                    granularity=granularity, transform=transform, pooling=pooling,
                    post_scale=post_scale, portable=portable)
+
+
+EXPORT_FORMATS = ("tensorboard", "graphml", "graphs-tuple", "dot", "svg", "html")
+
+
+def parse_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
+    """Validate export formats (``all`` means every one); ``ExportError`` naming the valid
+    ones. No TensorFlow import: the command line checks ``--export`` before loading it."""
+    from .errors import ExportError
+
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",")]
+    wanted: list[str] = []
+    for f in (x.strip() for x in formats):
+        if f == "all":
+            wanted += EXPORT_FORMATS
+        elif f in EXPORT_FORMATS:
+            wanted.append(f)
+        else:
+            raise ExportError(f"unknown export format {f!r}: choose from "
+                              f"{', '.join(EXPORT_FORMATS)} or all")
+    if not wanted:
+        raise ExportError(f"no export format given: choose from {', '.join(EXPORT_FORMATS)} "
+                          "or all")
+    return tuple(f for f in EXPORT_FORMATS if f in wanted)

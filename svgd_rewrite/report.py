@@ -132,7 +132,7 @@ class Report:
                 examples = ", ".join(_middle(m.variable, 28) for m in members[:3])
                 rows.append((str(len(members)), op, reason,
                              examples + (", ..." if len(members) > 3 else "")))
-            lines += _table(rows, shrink=(2, 3))
+            lines += _table(rows, shrink=(3,))
         m = self.memory
         lines.append(f"optimizer state: SVGD accumulators {m.accumulator_floats:,} floats "
                      f"({_bytes(m.accumulator_bytes)}); for the {m.params:,} trained parameters "

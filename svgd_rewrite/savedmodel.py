@@ -6,6 +6,7 @@ input unchanged, and ``svgd_report.json``.
 """
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import logging
@@ -27,6 +28,7 @@ from .exporters import export, parse_formats
 from .load import LoadedStep, load_concrete_function
 from .options import Options
 from .output_dir import REPORT_FILE, check_output_dir, staged_output
+from .validate import check_library
 from .progress import stage
 from .report import Report
 
@@ -106,12 +108,17 @@ def check_saved_model_dir(model_dir: str) -> None:
     try:
         with open(pb, "rb") as f:
             proto.ParseFromString(f.read())
+    except OSError as e:
+        raise LoadError(f"{one_line(pb)} cannot be read ({e.strerror or first_line(e)}): "
+                        "check its permissions") from None
     except (DecodeError, ValueError, RuntimeError) as e:
         raise LoadError(f"{one_line(pb)} is corrupt ({first_line(e)}): "
                         "save the model again") from None
     if not proto.meta_graphs or not proto.meta_graphs[0].HasField("object_graph_def"):
         raise LoadError(f"{pb} is empty or not a TF2 SavedModel: save the model again with "
                         "tf.saved_model.save")
+    for meta in proto.meta_graphs:
+        check_library(meta.graph_def.library, pb)
     index = os.path.join(model_dir, "variables", "variables.index")
     if not os.path.isfile(index):
         raise LoadError(f"{model_dir} has no variables/variables.index: the variables folder "
@@ -202,8 +209,63 @@ def choose_train_function(obj, name: str | None, variables: list[tf.Variable]) -
         return by_attribute(training[0])
     if not training:
         raise NoGradientsError(f"no function of the SavedModel computes gradients (candidates: "
-                               f"{candidates}): save a model with a training function")
+                               f"{candidates}): an inference-only export (model.export, "
+                               "serving signatures) cannot be rewritten; save the module with a "
+                               "train tf.function that applies gradients (README: SavedModel "
+                               "input)")
     raise LoadError(f"several functions train ({', '.join(training)}): choose one with --function")
+
+
+def _describe_inputs(cf) -> list[str]:
+    signature = cf.structured_input_signature
+    args, kwargs = signature if signature is not None else ((), {})
+    out = []
+    for k, spec in enumerate(tf.nest.flatten((args, kwargs))):
+        name = getattr(spec, "name", None) or f"arg_{k}"
+        shape = getattr(spec, "shape", None)
+        dims = ("?" if d is None else str(d) for d in shape) if shape is not None and \
+            shape.rank is not None else ("...",)
+        dtype = getattr(getattr(spec, "dtype", None), "name", "?")
+        out.append(f"{name}: {dtype}[{','.join(dims)}]")
+    return out
+
+
+def describe_saved_model(model_dir: str, function: str | None, options: Options) -> dict:
+    """What ``svgd-rewrite show`` prints: every function and signature with its inputs, the one
+    a rewrite would choose and why, and the dry run's report (``None`` when nothing trains)."""
+    from .frontend import plan_step
+
+    obj = load_saved_model(model_dir)
+    variables = saved_variables(obj)
+    functions = _functions(obj)
+    signatures = dict(getattr(obj, "signatures", {}) or {})
+    try:
+        chosen = choose_train_function(obj, function, variables)
+        why = ("--function" if function else "the attribute named train" if chosen.attribute ==
+               "train" else "the signature named train" if chosen.signature == "train" and
+               not chosen.attribute else "the only function that applies gradients")
+        report = plan_step(load_concrete_function(chosen.concrete, variables), options).report
+        lines = []
+    except NoGradientsError as e:
+        chosen, why, report, lines = None, "", None, [f"nothing to rewrite: {e}"]
+    rows = []
+    for name, fn in functions.items():
+        concretes = list(getattr(fn, "concrete_functions", []))
+        rows.append({"kind": "function", "name": name,
+                     "inputs": _describe_inputs(concretes[0]) if len(concretes) == 1 else
+                     [f"{len(concretes)} traces"],
+                     "chosen": chosen is not None and chosen.attribute == name,
+                     "note": ("would be rewritten: " + why) if chosen is not None and
+                     chosen.attribute == name else ""})
+    for key, sig in sorted(signatures.items()):
+        rows.append({"kind": "signature", "name": key, "inputs": _describe_inputs(sig),
+                     "chosen": chosen is not None and chosen.signature == key,
+                     "note": ("rewritten with it" if chosen is not None and chosen.attribute
+                              else "would be rewritten: " + why)
+                     if chosen is not None and chosen.signature == key else ""})
+    return {"input": model_dir, "kind": "SavedModel (TF2)", "functions": rows,
+            "chosen": chosen.name if chosen is not None else "", "lines": lines,
+            "report": report}
 
 
 def _signature_wrapper(step: SVGDStep, loaded: LoadedStep, sig_cf) -> Any:
@@ -238,10 +300,28 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options | 
                         function: str | None = None, overwrite: bool = False,
                         dry_run: bool = False,
                         export_formats: Iterable[str] | str | None = None) -> SavedModelResult:
-    """Rewrite the train function of the SavedModel in ``model_dir`` into ``out_dir``.
+    """Rewrite the train function of the SavedModel in ``model_dir`` into ``out_dir`` (what
+    the command line runs).
 
-    ``dry_run`` writes no model; with ``export_formats`` the graph pictures still go to
-    ``out_dir/graphs/`` (see ``svgd_rewrite.export``).
+    - ``model_dir``: a TF2 SavedModel directory with a training ``tf.function``.
+    - ``out_dir``: a new or empty directory, or (``overwrite=True``) a previous output of the
+      tool (every file listed in its ``svgd_manifest.json``); None only with ``dry_run``.
+    - ``options``: an ``Options`` from ``svgd_rewrite.options.make_options(...)`` (default:
+      the defaults; see ``svgd_rewrite.rewrite`` for each option).
+    - ``function``: the attribute or signature key to rewrite (default ``train``, else the
+      only function that applies gradients).
+    - ``overwrite``: replace a previous svgd-rewrite output in ``out_dir``.
+    - ``dry_run``: write no model; with ``export_formats`` the graph pictures still go to
+      ``out_dir/graphs/`` (see ``svgd_rewrite.export``).
+    - ``export_formats``: ``"all"`` or a comma-separated list of ``tensorboard``,
+      ``graphml``, ``graphs-tuple``, ``dot``, ``svg``, ``html``.
+
+    The output holds every variable of the input plus the accumulators, the rewritten train
+    function under its name and signature key, every other function unchanged,
+    ``svgd_report.json`` and ``svgd_manifest.json``. Returns a ``SavedModelResult``
+    (``report``, ``function``, ``out_dir``, ``exported``). Raises ``LoadError``,
+    ``NoGradientsError``, ``OutputError`` (nothing is written), and what
+    ``svgd_rewrite.rewrite`` raises.
     """
     options = options or Options()
     formats = parse_formats(export_formats) if export_formats else ()
@@ -279,9 +359,17 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options | 
     stage("write")
     with staged_output(out_dir, [model_dir], overwrite) as tmp:
         # Keras optimizers' update functions carry custom gradients that cannot be saved.
-        tf.saved_model.save(root, tmp, signatures=signatures or None,
-                            options=tf.saved_model.SaveOptions(
-                                experimental_custom_gradients=False))
+        try:
+            tf.saved_model.save(root, tmp, signatures=signatures or None,
+                                options=tf.saved_model.SaveOptions(
+                                    experimental_custom_gradients=False))
+        except tf.errors.ResourceExhaustedError as e:
+            raise OSError(errno.ENOSPC, f"no space left ({first_line(e, 120)})") from None
+        except tf.errors.OpError as e:
+            raise OSError(errno.EIO, first_line(e, 200)) from None
+        except ValueError as e:  # names TensorFlow's saver refuses (e.g. hostile variables)
+            raise LoadError(f"TensorFlow cannot save this model again ({first_line(e, 200)}): "
+                            "rename its variables to plain names") from None
         with open(os.path.join(tmp, REPORT_FILE), "w") as f:
             json.dump(result.to_dict(), f, indent=2, sort_keys=True)
         if formats:

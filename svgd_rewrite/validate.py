@@ -38,9 +38,63 @@ def _import(graph_def: graph_pb2.GraphDef) -> None:
         tf.graph_util.import_graph_def(graph_def, name="")
 
 
+def _called(attrs) -> set[str]:
+    """Function names an op's attributes refer to (``f``, ``body``, ``then_branch``, ...)."""
+    out = set()
+    for value in attrs.values():
+        if value.HasField("func"):
+            out.add(value.func.name)
+        out.update(f.name for f in value.list.func)
+    return out
+
+
+def library_cycle(library) -> list[str] | None:
+    """A cycle in a function library's call graph (a function calling itself, directly or
+    through others), as the list of its names, or None. TensorFlow's importer recurses
+    without a bound on such a library and crashes the process: it is checked first, on the
+    protobuf alone."""
+    names = {f.signature.name for f in library.function}
+    calls = {f.signature.name: sorted((_called(f.attr) | {c for n in f.node_def
+                                                          for c in _called(n.attr)}
+                                       | {n.op for n in f.node_def}) & names)
+             for f in library.function}
+    state: dict[str, int] = {}
+    for root in sorted(calls):
+        if state.get(root):
+            continue
+        stack, path = [(root, iter(calls[root]))], [root]
+        state[root] = 1
+        while stack:
+            name, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[name] = 2
+                stack.pop()
+                path.pop()
+                continue
+            if state.get(child) == 1:
+                return path[path.index(child):] + [child]
+            if not state.get(child):
+                state[child] = 1
+                stack.append((child, iter(calls[child])))
+                path.append(child)
+    return None
+
+
+def check_library(library, what: str) -> None:
+    """``LoadError`` for a recursive function library (before TensorFlow sees it)."""
+    cycle = library_cycle(library)
+    if cycle is not None:
+        shown = " → ".join(one_line(c)[:60] for c in cycle[:6])
+        raise LoadError(f"{one_line(what)} has a recursive function library ({shown}): "
+                        "TensorFlow cannot import it; export the graph again")
+
+
 def check_input_graph(graph_def: graph_pb2.GraphDef, what: str) -> None:
-    """Refuse (``LoadError``) a GraphDef that names missing nodes or that TensorFlow cannot
-    import (unknown ops, missing attributes, wrong input counts, cycles, missing functions)."""
+    """Refuse (``LoadError``) a GraphDef whose function library is recursive, that names
+    missing nodes or that TensorFlow cannot import (unknown ops, missing attributes, wrong
+    input counts, cycles, missing functions)."""
+    check_library(graph_def.library, what)
     problem = _dangling(graph_def)
     if problem is None:
         try:

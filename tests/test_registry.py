@@ -40,7 +40,28 @@ def test_cli_help_names_the_registry_defaults_and_options():
     assert f"opt-in: {', '.join(OPT_IN_OPS)}" in text
     for flag, value in (("scale", Options.scale), ("rho", Options.rho),
                         ("epsilon", Options.epsilon)):
-        assert f"(default {value:g})" in text, flag
+        assert f"default {value:g}" in text, flag
+
+
+@pytest.mark.parametrize("name", ["rewrite", "analyze_step", "rewrite_saved_model",
+                                  "keras.enable", "keras.VirtualGradients"])
+def test_every_public_parameter_is_documented(name):
+    """Each parameter of the public entry points is named in its docstring (``help()``)."""
+    import inspect
+
+    import svgd_rewrite
+    import svgd_rewrite.keras  # noqa: F401
+
+    obj = svgd_rewrite
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    doc = inspect.getdoc(obj) or ""
+    params = [p for p in inspect.signature(target).parameters if p not in ("self",)]
+    params = [p for p in params if inspect.signature(target).parameters[p].kind
+              != inspect.Parameter.VAR_KEYWORD]
+    missing = [p for p in params if f"``{p}``" not in doc]
+    assert not missing, f"{name}: {missing} not documented"
 
 
 def test_cli_reads_the_defaults_without_importing_tensorflow():

@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line, one_line
+from ..options import EXPORT_FORMATS
+from ..options import parse_formats as _parse_formats
 from ..ir import GraphIR
 from ..progress import stage
 from . import dot as dot_mod
@@ -25,7 +27,7 @@ from .tensorboard import write_tensorboard
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("tensorboard", "graphml", "graphs-tuple", "dot", "svg", "html")
+FORMATS = EXPORT_FORMATS
 
 
 @dataclass
@@ -38,21 +40,9 @@ class ExportResult:
 
 
 def parse_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
-    """Validate formats (``all`` means every one); raise ExportError naming the valid ones."""
-    if isinstance(formats, str):
-        formats = [f for f in formats.split(",")]
-    wanted: list[str] = []
-    for f in (x.strip() for x in formats):
-        if f == "all":
-            wanted += FORMATS
-        elif f in FORMATS:
-            wanted.append(f)
-        else:
-            raise ExportError(f"unknown export format {f!r}: choose from {', '.join(FORMATS)} "
-                              "or all")
-    if not wanted:
-        raise ExportError(f"no export format given: choose from {', '.join(FORMATS)} or all")
-    out = tuple(f for f in FORMATS if f in wanted)
+    """Validate formats (``options.parse_formats``) and that graph-nets is importable when
+    ``graphs-tuple`` is asked for."""
+    out = _parse_formats(formats)
     if "graphs-tuple" in out:
         check_available()
     return out
@@ -60,7 +50,27 @@ def parse_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
 
 def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> ExportResult:
     """Export the graphs of ``result`` (an ``SVGDStep`` or a ``SavedModelResult``) to
-    ``out_dir/graphs/``. Reads the result only; never changes it."""
+    ``out_dir/graphs/``. Reads the result only; never changes it. A writer that fails (a full
+    disk, Graphviz failing) raises ``ExportError`` with one line."""
+    import subprocess
+
+    import tensorflow as tf
+
+    try:
+        return _export(result, out_dir, formats)
+    except subprocess.CalledProcessError as e:
+        err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise ExportError(f"Graphviz failed ({one_line(err[-1][:200]) if err else e}): "
+                          "nothing was written") from None
+    except subprocess.TimeoutExpired:
+        raise ExportError("Graphviz took over 5 minutes on a picture: export fewer formats "
+                          "(e.g. --export tensorboard)") from None
+    except tf.errors.OpError as e:
+        raise ExportError(f"cannot write the graphs ({first_line(e, 200)}): nothing was "
+                          "written") from None
+
+
+def _export(result, out_dir: str, formats) -> ExportResult:
     chosen = parse_formats(formats)
     stage("export")
     source = source_of(result)

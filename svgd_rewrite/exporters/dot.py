@@ -3,6 +3,7 @@ Figure 6, every inserted node drawn); the compact pictures and the overview are 
 ``layers``."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -20,9 +21,18 @@ COLORS = {"leaf": "#fde68a", "site": "#93c5fd", "upstream_gradient": "#fca5a5",
           "consumer": "#e5e7eb"}
 
 
+MAX_TEXT = 2000  # Graphviz refuses quoted strings over 16384 bytes
+
+
 def _q(s: str) -> str:
     """A DOT quoted string per the DOT grammar: backslashes and quotes escaped, a newline in
-    ``s`` becomes a DOT line break, other control characters are dropped."""
+    ``s`` becomes a DOT line break, other control characters are dropped; a text over
+    ``MAX_TEXT`` characters is cut in the middle (an ellipsis and a hash of the whole keep
+    two long names apart)."""
+    if len(s) > MAX_TEXT:
+        digest = hashlib.sha1(s.encode("utf-8", "replace")).hexdigest()[:8]
+        half = (MAX_TEXT - 12) // 2
+        s = f"{s[:half]}…{digest}…{s[-half:]}"
     s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return '"' + "".join(c for c in s if c.isprintable()) + '"'
 

@@ -1,6 +1,7 @@
 """TensorBoard: the rewritten graph and the original as two runs, for the Graphs tab."""
 from __future__ import annotations
 
+import errno
 import os
 
 import tensorflow as tf
@@ -18,5 +19,10 @@ def write_tensorboard(source: ExportSource, out_dir: str) -> list[str]:
             tf.summary.graph(gd)
         writer.flush()
         writer.close()
+        written = [f for f in os.listdir(path) if f.startswith("events.")] if os.path.isdir(
+            path) else []
+        if not written or not any(os.path.getsize(os.path.join(path, f)) for f in written):
+            raise OSError(errno.ENOSPC, f"the TensorBoard event file in {path} was not written "
+                                        "(no space left?)")
         runs.append(path)
     return runs
