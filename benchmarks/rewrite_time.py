@@ -1,5 +1,7 @@
 """Rewrite time vs trace time for CIFAR ResNets of growing depth, and for steps that call a
-tree of nested tf.functions (inlining) of growing size (linear scaling checks).
+tree of nested tf.functions (inlining) of growing size (linear scaling checks); time and peak
+memory of the command line on TF1 graphs with 1000/2000/4000 sites and on a GraphDef holding a
+large constant (memory linear in the sites, a few times the input's size).
 
 trace: ``get_concrete_function`` of the train step; rewrite: analysis + surgery + emitting a
 callable (``svgd_rewrite.rewrite`` on the traced step, then tracing the rewritten function for
@@ -10,6 +12,10 @@ one process.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import svgd_rewrite
@@ -64,6 +70,92 @@ def nested_table(depths) -> dict:
     return results
 
 
+_PEAK = ("import resource, sys, time; from svgd_rewrite.cli.main import main; t = time.time(); "
+         "rc = main(sys.argv[1:] + ['-q']); "
+         "print(rc, time.time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+
+
+def _cli_peak(*args) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of one command-line run in its own process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *map(str, args)], capture_output=True,
+                          text=True, env=env, check=True)
+    rc, seconds, kib = proc.stdout.split()[-3:]
+    assert rc == "0", proc.stderr[-2000:]
+    return float(seconds), int(kib) / 1024
+
+
+def _chain_graph(n: int, path: str) -> None:
+    """A TF1 training graph of n Dense-like layers (4×4 kernels, tanh), SGD: n sites."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        h = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        for i in range(n):
+            w = tf.compat.v1.get_variable(f"w{i}", [4, 4],
+                                          initializer=tf.compat.v1.glorot_uniform_initializer())
+            h = tf.tanh(tf.matmul(h, w))
+        tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(tf.reduce_mean(h * h),
+                                                                    name="train")
+    with open(path, "wb") as f:
+        f.write(g.as_graph_def().SerializeToString())
+
+
+def _large_constant_graph(megabytes: int, path: str) -> None:
+    """A TF1 training graph holding a frozen table of ``megabytes`` MB (a Const) that the
+    forward pass reads, and a trained 64×10 kernel."""
+    import numpy as np
+    import tensorflow as tf
+
+    rows = megabytes * (1 << 20) // (64 * 4)
+    g = tf.Graph()
+    with g.as_default():
+        table = tf.constant(np.ones((rows, 64), np.float32), name="frozen_table")
+        ids = tf.compat.v1.placeholder(tf.int32, [None], name="ids")
+        w = tf.compat.v1.get_variable("w", [64, 10])
+        logits = tf.matmul(tf.gather(table, ids), w)
+        tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(tf.reduce_mean(logits ** 2),
+                                                                    name="train")
+    with open(path, "wb") as f:
+        f.write(g.as_graph_def().SerializeToString())
+
+
+def memory_table(sites, megabytes) -> dict:
+    """Time and peak RSS of ``svgd-rewrite GRAPH.pb OUT`` in a fresh process, per graph."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        _chain_graph(1, os.path.join(tmp, "tiny.pb"))
+        _, baseline = _cli_peak(os.path.join(tmp, "tiny.pb"), os.path.join(tmp, "tiny_out"))
+        results["baseline_mib"] = baseline
+        for n in sites:
+            path = os.path.join(tmp, f"chain{n}.pb")
+            _chain_graph(n, path)
+            seconds, peak = _cli_peak(path, os.path.join(tmp, f"out{n}"))
+            results[f"sites{n}"] = {"sites": n, "input_mib": os.path.getsize(path) / 2**20,
+                                    "seconds": seconds, "peak_mib": peak}
+        for mb in megabytes:
+            path = os.path.join(tmp, f"const{mb}.pb")
+            _large_constant_graph(mb, path)
+            seconds, peak = _cli_peak(path, os.path.join(tmp, f"const_out{mb}"))
+            size = os.path.getsize(path) / 2**20
+            results[f"constant{mb}mb"] = {"input_mib": size, "seconds": seconds,
+                                         "peak_mib": peak,
+                                         "peak_over_input": peak / size,
+                                         "above_baseline_over_input": (peak - baseline) / size}
+    keys = [f"sites{n}" for n in sites]
+    for a, b in zip(keys, keys[1:]):
+        results[b]["peak_ratio_to_previous"] = results[b]["peak_mib"] / results[a]["peak_mib"]
+        results[b]["time_ratio_to_previous"] = results[b]["seconds"] / results[a]["seconds"]
+    print_table(["TF1 graph", "input MiB", "seconds", "peak MiB", "peak ×", "time ×"],
+                [[k, r["input_mib"], r["seconds"], r["peak_mib"],
+                  r.get("peak_ratio_to_previous", float("nan")),
+                  r.get("time_ratio_to_previous", float("nan"))]
+                 for k, r in results.items() if isinstance(r, dict)])
+    print(f"peak of a 1-site graph (TensorFlow's own baseline): {baseline:.0f} MiB")
+    return results
+
+
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     depths = (20, 32, 44) if args.quick else (20, 56, 110)
@@ -75,6 +167,8 @@ def main() -> None:
                   r["rewrite_over_trace"], r["rewrite_us_per_node"]] for n, r in results.items()])
     print(f"time per node, max/min over the depths: {summary['per_node_max_over_min']:.2f}")
     results.update(nested_table((5, 6) if args.quick else (7, 8, 9, 10)))
+    results["memory"] = memory_table((100, 200) if args.quick else (1000, 2000, 4000),
+                                     (8,) if args.quick else (200,))
     print("wrote", write_results(args.out, "rewrite_time", {**results, "summary": summary},
                                  args.quick))
 

@@ -243,22 +243,13 @@ def analyze(step: LoadedStep) -> Analysis:
         source_bit.setdefault(node, len(source_bit))
     reach = ir.reach_bits(source_bit)
 
-    grouped: dict[tuple, dict[int, list]] = {}
-
     def on_path_pool(x, op, pool, p):
-        """The candidates in ``pool`` whose output feeds p's update, grouped per variable."""
+        """The candidates in ``pool`` whose output feeds p's update (one bit test each: no
+        per-variable index, whose size grows with variables × candidates)."""
         if not writes[p]:
             return pool
-        if (x, op) not in grouped:
-            by_var: dict[int, list] = {}
-            for entry in pool:
-                bits = feeds.get(entry[0], 0)
-                while bits:
-                    low = bits & -bits
-                    by_var.setdefault(low.bit_length() - 1, []).append(entry)
-                    bits ^= low
-            grouped[(x, op)] = by_var
-        return grouped[(x, op)].get(var_bit[p], [])
+        bit = var_bit[p]
+        return [entry for entry in pool if feeds.get(entry[0], 0) >> bit & 1]
 
     def feeds_update(p: str, t: Tensor) -> bool:
         """Tensor ``t`` (an output of a gradient loop) reaches θ's update."""
@@ -399,8 +390,7 @@ class Candidate:
 class MatchContext:
     """What the filters ask of the graph: ``on_update_path(node)`` (the node feeds θ's
     update), ``depends_on_f(tensor)`` (F is among the tensor's ancestors), ``shape_of``, and
-    ``on_path_pool(x, op, pool)`` (the candidates of ``pool`` on θ's update path, grouped once
-    per x so that many layers reading one x stay linear)."""
+    ``on_path_pool(x, op, pool)`` (the candidates of ``pool`` on θ's update path)."""
 
     ir: GraphIR
     on_update_path: Callable[[str], bool]

@@ -130,12 +130,11 @@ class _Inliner:
 
 
 def inline_calls(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
-    """Return a copy of ``graph_def`` with every top-level function call inlined, recursively."""
+    """``graph_def`` with every top-level function call inlined, recursively (a new GraphDef;
+    ``graph_def`` itself when it has no call)."""
     inliner = _Inliner(graph_def)
     if not any(inliner.is_call(n) for n in graph_def.node):
-        gd = graph_pb2.GraphDef()
-        gd.CopyFrom(graph_def)
-        return gd
+        return graph_def  # nothing to inline: no copy (callers never modify it)
     for node in graph_def.node:
         if inliner.is_call(node):
             copy = node_def_pb2.NodeDef()

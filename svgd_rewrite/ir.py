@@ -280,3 +280,39 @@ class GraphIR:
                 t = self.data_input(t[0], t[1])
             else:
                 return t
+
+
+LARGE_CONSTANT = 1 << 16  # bytes
+
+
+def without_large_constants(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
+    """A copy of ``graph_def`` whose large constants (over ``LARGE_CONSTANT`` bytes: frozen
+    weights, tables) are placeholders of the same dtype and shape: what importing for shapes
+    and validation needs, without a second copy of the data."""
+    out = graph_pb2.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    from tensorflow.python.framework import dtypes  # the sizes of DataType enums
+
+    for node in graph_def.node:
+        value = node.attr["value"].tensor if node.op == "Const" and "value" in node.attr else None
+        if value is not None and _size_bytes(value, dtypes) > LARGE_CONSTANT:
+            stub = out.node.add(name=node.name, op="Placeholder", device=node.device)
+            stub.attr["dtype"].type = value.dtype
+            stub.attr["shape"].shape.CopyFrom(value.tensor_shape)
+            stub.input.extend(i for i in node.input if i.startswith("^"))
+        else:
+            out.node.add().CopyFrom(node)
+    return out
+
+
+def _size_bytes(tensor, dtypes) -> int:
+    """A constant's data size from its shape and dtype (asking the proto for its byte size
+    would serialize the data)."""
+    n = 1
+    for d in tensor.tensor_shape.dim:
+        n *= max(d.size, 0)
+    try:
+        return n * dtypes.as_dtype(tensor.dtype).size
+    except (TypeError, ValueError):
+        return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from .ir import Tensor
+from .ir import Tensor, without_large_constants
 from .load import VariableInfo
 
 TensorInfo = tuple[tf.DType, tf.TensorShape]
@@ -27,10 +27,10 @@ def infer_shapes(graph_def: graph_pb2.GraphDef,
                     continue
                 input_map[name] = tf.raw_ops.VarHandleOp(
                     dtype=info.dtype, shape=info.shape, shared_name=f"svgd_probe_{i}")
-        # import_graph_def adds default attrs to the GraphDef it is given: import a copy
-        copy = graph_pb2.GraphDef()
-        copy.CopyFrom(graph_def)
-        tf.graph_util.import_graph_def(copy, input_map=input_map, name="")
+        # import_graph_def adds default attrs to the GraphDef it is given: import a copy (large
+        # constants as placeholders of their shape: no second copy of their data)
+        tf.graph_util.import_graph_def(without_large_constants(graph_def), input_map=input_map,
+                                       name="")
     out: dict[Tensor, TensorInfo] = {}
     names = {n.name for n in graph_def.node}
     for op in scratch.get_operations():

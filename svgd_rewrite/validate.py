@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from .errors import LoadError, SurgeryError, first_line, one_line
-from .ir import Tensor, parse_input
+from .ir import Tensor, parse_input, without_large_constants
 
 IMPORT_ERRORS = (ValueError, TypeError, KeyError, IndexError, tf.errors.OpError)
 
@@ -35,7 +35,7 @@ def _dangling(graph_def: graph_pb2.GraphDef) -> str | None:
 
 def _import(graph_def: graph_pb2.GraphDef) -> None:
     with tf.Graph().as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
+        tf.graph_util.import_graph_def(without_large_constants(graph_def), name="")
 
 
 def _called(attrs) -> set[str]:

@@ -249,8 +249,8 @@ def test_recursive_libraries_exit_2_before_tensorflow_imports_them(tmp_path, cyc
     (saved / "saved_model.pb").write_bytes(proto.SerializeToString())
     for model in (tmp_path / "g.pb", saved):
         proc = subprocess.run([sys.executable, "-m", "svgd_rewrite", str(model),
-                               str(tmp_path / "out")], env=ENV, capture_output=True, text=True,
-                              timeout=300)
+                               str(tmp_path / "out"), "-q"], env=ENV, capture_output=True,
+                              text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count("\n") == 1 and "recursive function library" in proc.stderr
         assert not (tmp_path / "out").exists()
