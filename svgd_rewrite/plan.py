@@ -319,7 +319,9 @@ def _plan_group(group: _Group, analysis: Analysis, options: Options,
             gradient_op_type=c.p_node.op if c.p_node is not None else "",
             gradient_input=c.match.g_slot, upstream_gradient=str(Tensor(*c.match.g)),
             output_shape=list(geo.dims), scaling="post" if post is not None else "pre",
-            loop=c.loop.forward_loop if c.loop is not None else ""))
+            loop=c.loop.forward_loop if c.loop is not None else "",
+            gradient_loop=c.loop.backward_loop if c.loop is not None else "",
+            gradient_output=c.loop.grad_output if c.loop is not None else 0))
     first = group.consumers[0]
     info = analysis.variables[group.variable]
     half = [a for a in apps if a.g_dtype == tf.float16]

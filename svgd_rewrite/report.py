@@ -22,6 +22,8 @@ class ApplicationReport:
     output_shape: list[int | None]
     scaling: str = "pre"
     loop: str = ""  # the forward While holding F, for a site inside a loop
+    gradient_loop: str = ""  # ... and the gradient While holding P
+    gradient_output: int = 0  # ... whose output is θ's accumulated gradient
 
 
 @dataclass(frozen=True)
@@ -127,12 +129,12 @@ class Report:
             groups: dict[tuple[str, str], list[SkippedNode]] = {}
             for k in self.skipped:
                 groups.setdefault((k.op, k.reason), []).append(k)
-            rows = [("count", "op", "reason", "e.g. (variable θ)")]
             for (op, reason), members in groups.items():
-                examples = ", ".join(_middle(m.variable, 28) for m in members[:3])
-                rows.append((str(len(members)), op, reason,
-                             examples + (", ..." if len(members) > 3 else "")))
-            lines += _table(rows, shrink=(3,))
+                text = reason[len(op) + 1:] if reason.startswith(op + " ") else reason
+                lines.append(_middle(one_line(f"  {len(members)} × {op}: {text}"), WIDTH))
+                examples = ", ".join(_middle(m.variable, 40) for m in members[:3])
+                lines.append(_middle(one_line(f"      θ: {examples}"
+                                              + (", ..." if len(members) > 3 else "")), WIDTH))
         m = self.memory
         lines.append(f"optimizer state: SVGD accumulators {m.accumulator_floats:,} floats "
                      f"({_bytes(m.accumulator_bytes)}); for the {m.params:,} trained parameters "

@@ -1,10 +1,17 @@
 """Shared test helpers: build a fixture step, its rewrite and an oracle from the same seed."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import tensorflow as tf
 
 from fixtures.models import SPECS, TrainModule
+
+
+# A progress line of the command line (with ``-v``: "[  1.2 s] " before the stage name).
+STAGE_LINE = re.compile(r"^svgd-rewrite: (?:\[ *[0-9.]+ s\] )?"
+                        r"(import|load|analyze|plan|surgery|emit|write|export)\b")
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:

@@ -12,7 +12,7 @@ import tensorflow as tf
 import svgd_rewrite
 from fixtures import tf1_graphs
 from fixtures.models import random_batch
-from helpers import assert_close, make_module
+from helpers import STAGE_LINE, assert_close, make_module
 from oracle import Oracle
 from svgd_rewrite.graphdef import rewrite_graph_def
 
@@ -93,7 +93,7 @@ def tf1_files(tmp_path_factory):
 def test_cli_graph_def_round_trip(tf1_files, tmp_path, name):
     proc = _cli(tf1_files / name, tmp_path / "out", "-q")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(tmp_path / "out")) == sorted([name, "svgd_report.json"])
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([name, "svgd_manifest.json", "svgd_report.json"])
     g = tf1_graphs.build("mlp_l1")
     from svgd_rewrite.graphdef import read_graph_file
 
@@ -158,7 +158,7 @@ def test_cli_bad_graph_inputs(tf1_files, tmp_path):
              "frozen.pb": "training graph", "two.pb": "train_a"}
     for name, expected in cases.items():
         proc = _cli(tmp_path / name, tmp_path / f"out_{name}")
-        lines = proc.stderr.strip().splitlines()
+        lines = [ln for ln in proc.stderr.strip().splitlines() if not STAGE_LINE.match(ln)]
         assert proc.returncode == 2 and len(lines) == 1, (name, proc.stderr)
         assert expected in lines[0] and "Traceback" not in proc.stderr, (name, lines)
         assert not (tmp_path / f"out_{name}").exists()

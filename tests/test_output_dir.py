@@ -233,7 +233,8 @@ def _recursive_graph(cycle: list[str]) -> graph_pb2.GraphDef:
     return gd
 
 
-@pytest.mark.parametrize("cycle", [["f"], ["f", "g"], ["a", "b", "c"]])
+@pytest.mark.parametrize("cycle", [["f", "g"], pytest.param(["f"], marks=pytest.mark.slow),
+                                   pytest.param(["a", "b", "c"], marks=pytest.mark.slow)])
 def test_recursive_libraries_exit_2_before_tensorflow_imports_them(tmp_path, cycle):
     """Self and mutual recursion, as a .pb and inside a SavedModel: exit 2 with one line (a
     subprocess: TensorFlow's importer would crash the process)."""
@@ -297,8 +298,9 @@ def _tmpfs(path) -> bool:
     return proc.returncode == 0
 
 
-@pytest.mark.parametrize("writer", [["model"], ["tensorboard"], ["svg"], ["html"], ["graphml"],
-                                    ["dot"]])
+@pytest.mark.parametrize("writer", [["model"]] + [
+    pytest.param(w, marks=pytest.mark.slow)
+    for w in (["tensorboard"], ["svg"], ["html"], ["graphml"], ["dot"])])
 def test_a_full_disk_in_every_writer_exits_2_and_leaves_nothing(inputs, tmp_path, writer):
     """A 24 KiB tmpfs as OUT_DIR's parent: whichever writer hits the full disk (the
     SavedModel, TensorBoard's event files, Graphviz, the HTML page, GraphML), exit 2 with one

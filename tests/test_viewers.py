@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import svgd_rewrite
-from helpers import make_module
+from helpers import STAGE_LINE, make_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,8 +122,7 @@ def test_resnet56_rewrite_shows_stages_on_a_terminal(tmp_path):
                         options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
     rc, err = _run_in_pty([tmp_path / "resnet56", tmp_path / "out"])
     assert rc == 0, err
-    lines = [l for l in err.splitlines() if l.startswith("svgd-rewrite: [")]
-    stages = [l.rsplit("] ", 1)[1].strip() for l in lines]
+    stages = [m.group(1) for m in map(STAGE_LINE.match, err.splitlines()) if m]
     assert stages[:1] == ["import"] and {"load", "analyze", "surgery", "write"} <= set(stages)
     rc, err = _run_in_pty([tmp_path / "resnet56", tmp_path / "out2", "-q"])
     assert rc == 0 and err.strip() == "", err

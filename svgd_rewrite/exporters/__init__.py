@@ -98,6 +98,7 @@ def _export(result, out_dir: str, formats) -> ExportResult:
                          "graphviz package for SVG)")
     pictures = {"sites": []}
     dots, svgs = [], []
+    warnings_before = len(dot_mod.WARNINGS)
 
     def write(name: str, text: str) -> tuple[str, str | None]:
         path = os.path.join(dot_dir, name + ".dot")
@@ -114,7 +115,10 @@ def _export(result, out_dir: str, formats) -> ExportResult:
         return svg, text
 
     ir = GraphIR(source.original)  # one IR for every picture
-    for site in source.report.sites:
+    sites = source.report.sites
+    total = 3 * len(sites) + 1
+    for site in sites:
+        stage(f"export {3 * site.index + 1}/{total} pictures")
         before = write(f"site_{site.index}_before",
                        dot_mod.site_dot(source, graphs, site, "before", ir))
         after = write(f"site_{site.index}_after", layers.compact_site_dot(source, site, ir))
@@ -122,7 +126,12 @@ def _export(result, out_dir: str, formats) -> ExportResult:
                        dot_mod.site_dot(source, graphs, site, "after", ir))
         pictures["sites"].append((site, before[0], before[1], after[0], after[1],
                                   detail[0], detail[1]))
-    pictures["overview"] = write("overview", layers.overview_dot(source, ir))
+    stage(f"export {total}/{total} pictures")
+    ordered = sorted(sites, key=lambda s: (ir.order.get(layers._flat_node(s), 0), s.index))
+    pictures["units"] = layers.fold_units(ordered)
+    pictures["overview"] = write("overview", layers.overview_dot(source, ir,
+                                                                 pictures["units"]))
+    out.notes += [f"Graphviz: {w}" for w in dot_mod.WARNINGS[warnings_before:]]
     if "dot" in chosen or not svgs:
         out.files["dot"] = dots
     if "svg" in chosen and svgs:

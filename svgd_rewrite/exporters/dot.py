@@ -18,7 +18,7 @@ from .roles import ExportSource
 
 COLORS = {"leaf": "#fde68a", "site": "#93c5fd", "upstream_gradient": "#fca5a5",
           "param_gradient_op": "#c4b5fd", "inserted": "#86efac", "other": "#f3f4f6",
-          "consumer": "#e5e7eb"}
+          "consumer": "#e5e7eb", "x": "#dbeafe"}
 
 
 MAX_TEXT = 2000  # Graphviz refuses quoted strings over 16384 bytes
@@ -37,15 +37,28 @@ def _q(s: str) -> str:
     return '"' + "".join(c for c in s if c.isprintable()) + '"'
 
 
-def _label(graph: nx.MultiDiGraph, name: str) -> str:
+def _label(graph: nx.MultiDiGraph, name: str, role_text: str = "") -> str:
     d = graph.nodes[name]
-    short = name if len(name) <= 40 else "…" + name[-39:]
+    short = name if len(name) <= 40 else name[:14] + "…" + name[-25:]
     shape = f"\n{d['dtype']} {d['shape']}" if d.get("dtype") else ""
-    return f"{d['op']}\n{one_line(short)}{shape}"
+    head = f"{role_text}\n" if role_text else ""
+    return f"{head}{d['op']}\n{one_line(short)}{shape}"
 
 
 def _site_nodes(ir: GraphIR, site: SiteReport) -> dict[str, str]:
-    """The nodes of one site's picture, by role (before the rewrite)."""
+    """The nodes of one site's picture, by role (before the rewrite). A site inside a loop
+    is drawn by its loops: the forward While reading θ, and the gradient While."""
+    app = site.applications[0] if site.applications else None
+    if site.node not in ir.order and app is not None and app.loop:
+        nodes = {app.loop: "site"}
+        if app.gradient_loop and app.gradient_loop in ir.order:
+            nodes[app.gradient_loop] = "param_gradient_op"
+            for consumer, _ in ir.consumers((app.gradient_loop, app.gradient_output))[:2]:
+                nodes.setdefault(consumer, "consumer")
+        for t in ir.data_inputs(app.loop):
+            if t[0] == site.variable_node:
+                nodes[t[0]] = "leaf"
+        return nodes
     nodes: dict[str, str] = {site.node: "site", site.gradient_op: "param_gradient_op"}
     g = Tensor.parse(site.upstream_gradient)
     nodes[g.node] = "upstream_gradient"
@@ -58,27 +71,38 @@ def _site_nodes(ir: GraphIR, site: SiteReport) -> dict[str, str]:
                 cur = ir.data_inputs(cur)[0][0]
             nodes.setdefault(cur, "leaf")
         elif ir.op(cur) != "Const":
-            nodes.setdefault(cur, "other")
+            nodes.setdefault(cur, "x")
     # other consumers of g (the input-gradient op among them) keep g
     for consumer, _ in ir.consumers(g)[:3]:
         nodes.setdefault(consumer, "consumer")
     for t in ir.data_inputs(site.gradient_op):
         if ir.op(t[0]) != "Const":
-            nodes.setdefault(t[0], "other")
+            nodes.setdefault(t[0], "x")
+    for consumer, _ in ir.consumers((site.gradient_op, 0))[:2]:  # where P's output goes
+        nodes.setdefault(consumer, "consumer")
     return nodes
+
+
+ROLE_TEXT = {"site": "F (σ′)", "param_gradient_op": "P", "upstream_gradient": "g = ∂J/∂σ′",
+             "x": "x", "consumer": "", "other": "", "inserted": ""}
 
 
 def site_dot(source: ExportSource, graphs: dict[str, nx.MultiDiGraph], site: SiteReport,
              which: str, original_ir: GraphIR | None = None) -> str:
     """DOT text of one site ``before`` or ``after`` the rewrite (``original_ir``: the
-    original graph's IR, built once by the caller)."""
+    original graph's IR, built once by the caller). Nodes are labelled by their role (θ by
+    its variable's name and shape); an edge carries its input slot only where its node
+    reads several inputs from the picture."""
     original_ir = original_ir or GraphIR(source.original)
     members = _site_nodes(original_ir, site)
     graph = graphs["original" if which == "before" else "rewritten"]
     prefix = f"{SCOPE}/site_{site.index}/"
     if which == "after":  # every inserted node (constants ρ, ε, s and the axes included)
         members.update({n: "inserted" for n in graph.nodes if n.startswith(prefix)})
-    ghat = prefix + "g_hat"
+        for n in list(members):  # where the scaled output goes now
+            if n.startswith(prefix + "scaled_") and n in graph.nodes:
+                for _, v in list(graph.out_edges(n))[:2]:
+                    members.setdefault(v, "consumer")
     lines = [f"digraph {_q(f'site_{site.index}_{which}')} {{", "  rankdir=TB;",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=9, color="#6b7280"];',
@@ -88,21 +112,29 @@ def site_dot(source: ExportSource, graphs: dict[str, nx.MultiDiGraph], site: Sit
         if name not in graph.nodes:
             continue
         pen = ', penwidth=2, color="#15803d"' if role == "inserted" else ""
-        label = _label(graph, name)
-        if role == "leaf" and name in source.variables:  # θ by its variable's name
-            label = f"θ = {one_line(source.variables[name].name)}\n" + label
-        lines.append(f"  {_q(name)} [label={_q(label)}, "
-                     f'fillcolor="{COLORS[role]}"{pen}];')
-    for u, v, d in graph.edges(data=True):
-        if u not in members or v not in members or d["control"]:
-            continue
-        attrs = [f'label="{d["input_index"]}"']
-        if which == "after" and u == ghat and v == site.gradient_op:
+        if role == "leaf" and name in source.variables:  # θ by its variable's name and shape
+            info = source.variables[name]
+            label = f"θ = {one_line(info.name)}\n{info.dtype.name} {list(info.shape)}"
+        else:
+            label = _label(graph, name, ROLE_TEXT.get(role, ""))
+        fill = COLORS.get(role, COLORS["other"])
+        lines.append(f"  {_q(name)} [label={_q(label)}, fillcolor=\"{fill}\"{pen}];")
+    inside = [(u, v, d) for u, v, d in graph.edges(data=True)
+              if u in members and v in members and not d["control"]]
+    fan_in: dict[str, int] = {}
+    for _, v, _ in inside:
+        fan_in[v] = fan_in.get(v, 0) + 1
+    rerouted = {f"{prefix}g_hat_{k}" for k in range(len(site.applications) or 1)}
+    for u, v, d in inside:
+        attrs = [f'label="{d["input_index"]}"'] if fan_in[v] > 1 else []
+        if which == "after" and u in rerouted and v == site.gradient_op:
             attrs += ['color="#dc2626"', "penwidth=3", 'xlabel="rerouted ĝ"', 'fontcolor="#dc2626"']
-        elif which == "before" and v == site.gradient_op and d["input_index"] == site.gradient_input:
-            attrs += ['color="#dc2626"', 'style=dashed', 'xlabel="g → P (rerouted)"',
-                      'fontcolor="#dc2626"']
-        lines.append(f"  {_q(u)} -> {_q(v)} [{', '.join(attrs)}];")
+        elif which == "after" and u.startswith(prefix + "scaled_") and not v.startswith(prefix):
+            attrs += ['color="#dc2626"', "penwidth=3", 'xlabel="P·f"', 'fontcolor="#dc2626"']
+        elif (which == "before" and v == site.gradient_op
+              and d["input_index"] == site.gradient_input):
+            attrs += ['color="#dc2626"', 'style=dashed', 'xlabel="g → P"', 'fontcolor="#dc2626"']
+        lines.append(f"  {_q(u)} -> {_q(v)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -111,13 +143,20 @@ def have_graphviz() -> bool:
     return shutil.which("dot") is not None
 
 
+WARNINGS: list[str] = []  # what Graphviz printed while rendering (a test keeps it empty)
+
+
 def render_svg(dot_path: str) -> str | None:
-    """Render ``dot_path`` to SVG beside it with Graphviz; None when ``dot`` is missing."""
+    """Render ``dot_path`` to SVG beside it with Graphviz; None when ``dot`` is missing.
+    Graphviz's warnings are kept in ``WARNINGS``."""
     if not have_graphviz():
         return None
     svg = os.path.splitext(dot_path)[0] + ".svg"
-    subprocess.run(["dot", "-Tsvg", dot_path, "-o", svg], check=True, capture_output=True,
-                   timeout=300)
+    proc = subprocess.run(["dot", "-Tsvg", dot_path, "-o", svg], check=True,
+                          capture_output=True, timeout=300)
+    for line in proc.stderr.decode(errors="replace").splitlines():
+        if line.strip():
+            WARNINGS.append(f"{os.path.basename(dot_path)}: {one_line(line.strip())[:200]}")
     return svg
 
 

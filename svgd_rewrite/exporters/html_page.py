@@ -1,5 +1,7 @@
-"""``index.html``: one self-contained page (report table and each site's before/after SVG
-inline), that opens from disk with no server."""
+"""``index.html``: one self-contained page (the overview, the report's tables, a section per
+folded block and per site with its before/after pictures inline) that opens from disk with
+no server. Pictures keep their natural size: the overview scrolls vertically, never shrinks,
+and every site picture is drawn at the same scale."""
 from __future__ import annotations
 
 import html
@@ -10,11 +12,13 @@ from ..report import Report
 
 _STYLE = """
 body{font-family:Helvetica,Arial,sans-serif;margin:24px;color:#111827;max-width:1400px}
-table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #d1d5db;padding:3px 8px;
-font-size:13px;text-align:left}th{background:#f3f4f6}section.site{border-top:2px solid #e5e7eb;
-padding-top:8px;margin-top:16px}.pair{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
-.pair figure{margin:0;border:1px solid #e5e7eb;padding:6px;flex:1 1 45%;min-width:320px}
-svg.graph{width:100%;height:auto;max-height:900px}figure{margin:0}
+table{border-collapse:collapse;margin:8px 0 16px;table-layout:auto;max-width:100%}
+td,th{border:1px solid #d1d5db;padding:3px 8px;font-size:13px;text-align:left;
+overflow-wrap:anywhere;word-break:break-word;vertical-align:top}th{background:#f3f4f6}
+section.site,section.block{border-top:2px solid #e5e7eb;padding-top:8px;margin-top:16px}
+.pair{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+.pair figure{margin:0;border:1px solid #e5e7eb;padding:6px;max-width:100%;overflow-x:auto}
+.overview{overflow-x:auto}figure{margin:0}
 .warn{color:#b45309}pre{background:#f9fafb;padding:8px;overflow:auto;font-size:11px}
 .legend span{display:inline-block;padding:2px 8px;margin-right:6px;border-radius:4px;font-size:12px}
 """
@@ -36,19 +40,26 @@ def _esc(x) -> str:
 
 
 def _inline_svg(path: str | None, dot_source: str) -> str:
+    """The SVG at its natural size (Graphviz's width and height in points kept), or the DOT
+    source when Graphviz is missing."""
     if path and os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             svg = f.read()
-        svg = re.sub(r"^.*?(<svg)", r"\1", svg, count=1, flags=re.S)
-        # scale to the figure: drop Graphviz's fixed size, keep its viewBox
-        return re.sub(r'<svg width="[^"]*" height="[^"]*"', '<svg class="graph"', svg, count=1)
+        return re.sub(r"^.*?(<svg)", r"\1", svg, count=1, flags=re.S)
     return f"<pre>{_esc(dot_source)}</pre><p class=warn>Graphviz (dot) was not found: DOT source shown.</p>"
+
+
+def _page_links(svg: str) -> str:
+    """The standalone overview's links (``site_K_after.svg``, ``…#block-U``) as the page's
+    anchors."""
+    svg = re.sub(r'href="site_\d+_after\.svg#(block-\d+)"', r'href="#\1"', svg)
+    return re.sub(r'href="site_(\d+)_after\.svg"', r'href="#site-\1"', svg)
 
 
 def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, str]) -> str:
     """``pictures``: {"sites": [(site, before_svg, before_dot, after_svg, after_dot,
-    detail_svg, detail_dot)], "overview": (svg, dot)}. The overview comes first; its boxes
-    link to each site's section, and each section links back."""
+    detail_svg, detail_dot)], "overview": (svg, dot), "units": overview rows}. The overview
+    comes first; its boxes link to each site's or block's section, and each links back."""
     o, m = report.options, report.memory
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
              "<title>svgd-rewrite report</title>", f"<style>{_STYLE}</style>",
@@ -63,18 +74,19 @@ def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, s
              + "</p>"]
     svg, dot = pictures["overview"]
     parts.append("<section class='overview' id='overview'><h2>Overview: the layers, what was "
-                 "inserted and where (click a box for its site)</h2>"
-                 f"<figure>{_inline_svg(svg, dot)}</figure></section>")
+                 "inserted and where (click a box for its site or block)</h2>"
+                 f"<figure>{_page_links(_inline_svg(svg, dot))}</figure></section>")
     parts += ["<h2>Sites</h2><table><tr><th>#</th><th>site σ'</th><th>op</th>"
-             "<th>variable θ</th><th>gradient op P [g input]</th><th>σ' shape</th>"
-             "<th>accumulator</th><th>note</th></tr>"]
+              "<th>variable θ</th><th>uses</th><th>gradient op P [g input]</th>"
+              "<th>σ' shape</th><th>accumulator</th><th>scaling</th><th>note</th></tr>"]
     for s in report.sites:
-        parts.append(f"<tr><td><a href='#site-{s.index}'>{s.index} (pictures)</a></td>"
-                     f"<td>{_esc(s.node)}</td>"
-                     f"<td>{_esc(s.op)}</td><td>{_esc(s.variable)}</td>"
+        scaling = ", ".join(sorted({a.scaling for a in s.applications})) or "pre"
+        parts.append(f"<tr><td><a href='#site-{s.index}'>{s.index}</a></td>"
+                     f"<td>{_esc(s.node)}</td><td>{_esc(s.op)}</td><td>{_esc(s.variable)}</td>"
+                     f"<td>{max(len(s.applications), 1)}</td>"
                      f"<td>{_esc(s.gradient_op)} [{s.gradient_input}]</td>"
                      f"<td>{_esc(s.output_shape)}</td><td>{_esc(s.accumulator_shape)}</td>"
-                     f"<td>{_esc(s.note)}</td></tr>")
+                     f"<td>{_esc(scaling)}</td><td>{_esc(s.note)}</td></tr>")
     parts.append("</table><h2>Optimizer state</h2><table><tr><th>method</th><th>bytes</th></tr>"
                  f"<tr><td>SVGD accumulators ({m.accumulator_floats:,} floats)</td>"
                  f"<td>{m.accumulator_bytes:,}</td></tr>"
@@ -84,17 +96,33 @@ def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, s
         parts.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li class=warn>{_esc(w)}</li>" for w in report.warnings) + "</ul>")
     if report.skipped:
-        parts.append("<h2>Kept as identity</h2><table><tr><th>node</th><th>op</th>"
-                     "<th>variable θ</th><th>reason</th></tr>" + "".join(
-                         f"<tr><td>{_esc(k.node)}</td><td>{_esc(k.op)}</td>"
-                         f"<td>{_esc(k.variable)}</td><td>{_esc(k.reason)}</td></tr>"
-                         for k in report.skipped) + "</table>")
+        groups: dict[tuple[str, str], list] = {}
+        for k in report.skipped:
+            groups.setdefault((k.op, k.reason), []).append(k)
+        parts.append("<h2>Kept as identity</h2><table><tr><th>count</th><th>op</th>"
+                     "<th>reason</th><th>variables θ (nodes)</th></tr>" + "".join(
+                         f"<tr><td>{len(ks)}</td><td>{_esc(op)}</td><td>{_esc(reason)}</td>"
+                         f"<td>{_esc(', '.join(f'{k.variable} ({k.node})' for k in ks[:20]))}"
+                         f"{' …' if len(ks) > 20 else ''}</td></tr>"
+                         for (op, reason), ks in groups.items()) + "</table>")
+    for u, unit in enumerate(pictures.get("units", [])):
+        if unit.kind == "site":
+            continue
+        first, last = unit.sites[0], unit.sites[-1]
+        what = (f"×{unit.count} repeated block of {unit.period} site(s)" if unit.kind == "block"
+                else f"{len(unit.sites)} consecutive sites")
+        parts.append(f"<section class='block' id='block-{u}'><h2>Sites {first.index}–"
+                     f"{last.index}: {_esc(what)}</h2><p><a href='#overview'>↑ overview</a></p>"
+                     "<ul>" + "".join(f"<li><a href='#site-{s.index}'>site {s.index}</a>: "
+                                      f"{_esc(s.op)} on {_esc(s.variable)}, σ' "
+                                      f"{_esc(s.output_shape)}</li>" for s in unit.sites)
+                     + "</ul></section>")
     for (site, before_svg, before_dot, after_svg, after_dot, detail_svg,
          detail_dot) in pictures["sites"]:
         parts.append(f"<section class='site' id='site-{site.index}'><h2>Site {site.index}: "
                      f"{_esc(site.op)} on {_esc(site.variable)}</h2><p>σ' = {_esc(site.node)}; "
                      f"P = {_esc(site.gradient_op)}; g = {_esc(site.upstream_gradient)}; "
-                     f"accumulator {_esc(site.accumulator_shape)} · "
+                     f"accumulator {_esc(site.accumulator_shape)} ({_esc(site.accumulator)}) · "
                      "<a href='#overview'>↑ overview</a></p><div class=pair>"
                      f"<figure><figcaption>before</figcaption>{_inline_svg(before_svg, before_dot)}"
                      f"</figure><figure><figcaption>after (T as one box)</figcaption>"
