@@ -70,9 +70,12 @@ def nested_table(depths) -> dict:
     return results
 
 
-_PEAK = ("import resource, sys, time; from svgd_rewrite.cli.main import main; t = time.time(); "
+# Peak RSS from VmHWM (per address space, reset by exec): ru_maxrss would inherit the high-water
+# mark of the benchmark process that forked this one.
+_PEAK = ("import re, sys, time; from svgd_rewrite.cli.main import main; t = time.time(); "
          "rc = main(sys.argv[1:] + ['-q']); "
-         "print(rc, time.time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+         "print(rc, time.time() - t, hwm)")
 
 
 def _cli_peak(*args) -> tuple[float, float]:

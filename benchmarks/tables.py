@@ -92,6 +92,20 @@ def fit_throughput(p: dict) -> str:
           _ratio(r["svgd_over_sgd_time"])] for m, r in _ordered(p["results"])])])
 
 
+def scaling(p: dict) -> str:
+    rows = []
+    for m, r in _ordered(p["results"]):
+        for k in (1, 2):
+            rows.append([m, str(r["global_batch"]), str(k), _ms(r[f"sgd_{k}r_ms"]),
+                         _ms(r[f"svgd_{k}r_ms"]), _ms(r[f"adam_{k}r_ms"]),
+                         _ratio(r[f"svgd_over_sgd_{k}r"]), _ratio(r[f"adam_over_sgd_{k}r"]),
+                         f"+{r['svgd_extra_floats']:,} "
+                         f"({r['svgd_extra_floats'] / r['gradient_floats']:.1%})"])
+    return "\n".join([_source(p, "python -m benchmarks.scaling"), "", _table(
+        ["model", "global batch", "replicas", "SGD ms", "SVGD ms", "Adam ms", "SVGD/SGD",
+         "Adam/SGD", "SVGD all-reduce floats"], rows)])
+
+
 def optimizer_state(p: dict) -> str:
     rows = []
     for m, r in _ordered(p["results"]):
@@ -139,6 +153,11 @@ def rewrite_time(p: dict) -> str:
     return "\n".join(out)
 
 
+def _ties(kind: dict, paired: dict) -> int:
+    a, b = kind[paired["svgd"]]["test_errors"], kind[paired["other"]]["test_errors"]
+    return sum(abs(x - y) < 1e-9 for x, y in zip(a, b))
+
+
 def convergence(p: dict) -> str:
     res = p["results"]
     labels = {"sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "svgd": "SVGD",
@@ -162,14 +181,15 @@ def convergence(p: dict) -> str:
         paired.append(f"- {kind.upper()}: {labels[q['svgd']]} − {labels[q['other']]} = "
                       f"{100 * q['mean_difference']:+.2f} ± {100 * q['std_difference']:.2f} "
                       f"points per seed; SVGD better on {q['svgd_better_seeds']} of "
-                      f"{q['seeds']} seeds; paired t-test p = {q['p_value']:.3f}")
+                      f"{q['seeds']} seeds, tied on {_ties(res[kind], q)}; paired t-test "
+                      f"p = {q['p_value']:.3f}")
     return "\n".join([_source(p, "python -m benchmarks.convergence"), "", _table(
         ["model", "method", "chosen on validation", "configs tried", "test error % (5 seeds)",
          "ms/step"], rows), "", *paired])
 
 
 SECTIONS = {"step_time": step_time, "recurrent_step_time": recurrent,
-            "fit_throughput": fit_throughput, "memory": optimizer_state,
+            "fit_throughput": fit_throughput, "scaling": scaling, "memory": optimizer_state,
             "rewrite_time": rewrite_time, "convergence": convergence}
 
 
