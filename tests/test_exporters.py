@@ -323,6 +323,7 @@ def test_overview_of_resnet56_mobilenet_v2_and_bert_fit_a_browser_window(tmp_pat
     assert len(steps["resnet56"].report.sites) == 58
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="chromium not installed")
 def test_html_page_shows_the_overview_at_its_natural_size_in_chromium(resnet20_step, tmp_path):
     """ResNet-20's page in a 1400 px window: the overview is drawn (not a thin strip), its

@@ -244,7 +244,7 @@ SAVERS = ["save_weights", "checkpoint_weights", "checkpoint_full", "tf_checkpoin
           "model_save"]
 
 
-FAST = {("save_weights", "momentum"), ("model_save", "adam")}  # the rest run with -m slow
+FAST = {("save_weights", "momentum")}  # the rest run with -m slow
 
 
 @pytest.mark.parametrize("saver,optimizer", [

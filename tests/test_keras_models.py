@@ -26,6 +26,7 @@ def batch_images():
             tf.constant(np.arange(8) % 5, tf.int32))
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_every_kernel_is_a_site_and_loss_falls(batch_images):
     model = keras_models.mobilenet_v2()
     step = svgd_rewrite.rewrite(keras_models.train_step(model, keras.optimizers.SGD(0.05), l1=0))
