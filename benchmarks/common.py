@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from typing import Callable
 
@@ -50,6 +51,23 @@ def random_batch(model: keras.Model, batch: int, seed: int = 0):
     x = rng.normal(size=(batch,) + tuple(model.input_shape[1:])).astype(np.float32)
     y = rng.integers(0, model.output_shape[-1], size=batch).astype(np.int32)
     return tf.constant(x), tf.constant(y)
+
+
+def interleaved_ms(runs: dict, reps: int, inner: int) -> dict:
+    """Median ms per call of each zero-argument ``runs[key]()`` (which returns a loss): every
+    run warmed up twice, then all run round-robin, ``reps`` times ``inner`` calls each."""
+    for run in runs.values():
+        for _ in range(2):
+            float(run())
+    times = {k: [] for k in runs}
+    for _ in range(reps):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                loss = run()
+            float(loss)
+            times[key].append((time.perf_counter() - start) / inner * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def write_results(out_dir: str, name: str, results: dict, quick: bool) -> str:

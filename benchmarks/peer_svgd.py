@@ -28,11 +28,8 @@ def _svgd_op(forward, input_vjp, kernel_vjp, r: tf.Variable, axes, scale, rho, e
     return op
 
 
-def _dense(layer, r, axes, options):
-    op = _svgd_op(lambda x, w: tf.matmul(x, w),
-                  lambda x, w, g: tf.matmul(g, w, transpose_b=True),
-                  lambda x, w, g: tf.matmul(x, g, transpose_a=True), r, axes, *options)
-
+def _layer_call(layer, op):
+    """The layer's ``call`` with its kernel op replaced by ``op`` (bias and activation kept)."""
     def call(inputs, training=None):
         y = op(inputs, layer.kernel.value)
         if layer.use_bias:
@@ -40,6 +37,14 @@ def _dense(layer, r, axes, options):
         return layer.activation(y)
 
     return call
+
+
+def _dense(layer, r, axes, options):
+    op = _svgd_op(lambda x, w: tf.matmul(x, w),
+                  lambda x, w, g: tf.matmul(g, w, transpose_b=True),
+                  lambda x, w, g: tf.matmul(x, g, transpose_a=True), r, axes, *options)
+
+    return _layer_call(layer, op)
 
 
 def _conv(layer, r, axes, options):
@@ -55,13 +60,7 @@ def _conv(layer, r, axes, options):
                       input=x, filter_sizes=tf.shape(w), out_backprop=g, strides=strides,
                       padding=padding), r, axes, *options)
 
-    def call(inputs, training=None):
-        y = op(inputs, layer.kernel.value)
-        if layer.use_bias:
-            y = tf.nn.bias_add(y, layer.bias.value)
-        return layer.activation(y)
-
-    return call
+    return _layer_call(layer, op)
 
 
 def make_peer(model: keras.Model, *, scale: float = 0.1, rho: float = 0.9,

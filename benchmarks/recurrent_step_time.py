@@ -9,15 +9,12 @@ the median over repetitions of the mean time of a few consecutive steps.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 import svgd_rewrite
-from benchmarks.common import OPTIMIZERS, parser, print_table, write_results
+from benchmarks.common import OPTIMIZERS, interleaved_ms, parser, print_table, write_results
 from fixtures import keras_models
 
 BATCH, LENGTH, FEATURES, UNITS, CLASSES = 32, 20, 16, 64, 10
@@ -45,18 +42,7 @@ def measure(layer: str, reps: int, inner: int) -> dict:
             step = svgd_rewrite.rewrite(step, scale=0.1)
             sites = len(step.report.sites)
         steps[method] = step
-    for step in steps.values():
-        for _ in range(2):
-            float(step(x, y))
-    times = {m: [] for m in METHODS}
-    for _ in range(reps):
-        for method in METHODS:
-            start = time.perf_counter()
-            for _ in range(inner):
-                loss = steps[method](x, y)
-            float(loss)
-            times[method].append((time.perf_counter() - start) / inner * 1000)
-    ms = {m: statistics.median(v) for m, v in times.items()}
+    ms = interleaved_ms({m: (lambda step=steps[m]: step(x, y)) for m in METHODS}, reps, inner)
     return {"batch": BATCH, "length": LENGTH, "units": UNITS, "sites": sites,
             "repetitions": reps, "steps_per_repetition": inner,
             **{f"{m}_ms": ms[m] for m in METHODS},

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
@@ -29,7 +27,7 @@ tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfigu
 import numpy as np  # noqa: E402
 
 import svgd_rewrite  # noqa: E402
-from benchmarks.common import (MODELS, OPTIMIZERS, parser, print_table,  # noqa: E402
+from benchmarks.common import (MODELS, OPTIMIZERS, interleaved_ms, parser, print_table,  # noqa: E402
                                random_batch, write_results)
 from fixtures.distributed import keras_distributed_step  # noqa: E402
 
@@ -72,18 +70,7 @@ def measure(name: str, reps: int, inner: int) -> dict:
             run, params, extra = build(name, method, replicas, x, y)
             runs[(method, replicas)] = run
             floats[method] = (params, extra)
-    for run in runs.values():  # warm up
-        for _ in range(2):
-            float(run())
-    times = {k: [] for k in runs}
-    for _ in range(reps):
-        for key, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                loss = run()
-            float(loss)
-            times[key].append((time.perf_counter() - start) / inner * 1000)
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    ms = interleaved_ms(runs, reps, inner)
     out = {"global_batch": batch, "repetitions": reps, "steps_per_repetition": inner,
            "gradient_floats": floats["sgd"][0], "svgd_extra_floats": floats["svgd"][1]}
     for (method, replicas), v in ms.items():

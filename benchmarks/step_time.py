@@ -12,11 +12,9 @@ median over repetitions of the mean time of a few consecutive steps.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import svgd_rewrite
-from benchmarks.common import MODELS, OPTIMIZERS, parser, print_table, random_batch, write_results
+from benchmarks.common import (MODELS, OPTIMIZERS, interleaved_ms, parser, print_table,
+                               random_batch, write_results)
 from benchmarks.peer_svgd import make_peer
 from fixtures import keras_models
 from svgd_rewrite.emit import SVGDStep
@@ -98,18 +96,7 @@ def measure(name: str, reps: int, inner: int) -> dict:
     _, batch = MODELS[name]
     steps = build_steps(name)
     x, y = random_batch(MODELS[name][0](0), batch)
-    for step in steps.values():  # trace and warm up
-        for _ in range(2):
-            float(step(x, y))
-    times = {m: [] for m in METHODS}
-    for _ in range(reps):
-        for method in METHODS:
-            start = time.perf_counter()
-            for _ in range(inner):
-                loss = steps[method](x, y)
-            float(loss)
-            times[method].append((time.perf_counter() - start) / inner * 1000)
-    ms = {m: statistics.median(v) for m, v in times.items()}
+    ms = interleaved_ms({m: (lambda step=steps[m]: step(x, y)) for m in METHODS}, reps, inner)
     out = {"batch": batch, "scale": SCALES[name], "repetitions": reps,
            "steps_per_repetition": inner}
     out.update({f"{m}_ms": ms[m] for m in METHODS})

@@ -98,14 +98,14 @@ def _export(result, out_dir: str, formats) -> ExportResult:
                          "graphviz package for SVG)")
     pictures = {"sites": []}
     dots, svgs = [], []
-    warnings_before = len(dot_mod.WARNINGS)
+    graphviz_warnings: list[str] = []
 
     def write(name: str, text: str) -> tuple[str, str | None]:
         path = os.path.join(dot_dir, name + ".dot")
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         dots.append(path)
-        svg = dot_mod.render_svg(path) if render else None
+        svg = dot_mod.render_svg(path, graphviz_warnings) if render else None
         if svg:
             final = os.path.join(base, "svg", os.path.basename(svg))
             os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -127,11 +127,10 @@ def _export(result, out_dir: str, formats) -> ExportResult:
         pictures["sites"].append((site, before[0], before[1], after[0], after[1],
                                   detail[0], detail[1]))
     stage(f"export {total}/{total} pictures")
-    ordered = sorted(sites, key=lambda s: (ir.order.get(layers._flat_node(s), 0), s.index))
-    pictures["units"] = layers.fold_units(ordered)
+    pictures["units"] = layers.overview_units(source, ir)
     pictures["overview"] = write("overview", layers.overview_dot(source, ir,
                                                                  pictures["units"]))
-    out.notes += [f"Graphviz: {w}" for w in dot_mod.WARNINGS[warnings_before:]]
+    out.notes += [f"Graphviz: {w}" for w in graphviz_warnings]
     if "dot" in chosen or not svgs:
         out.files["dot"] = dots
     if "svg" in chosen and svgs:

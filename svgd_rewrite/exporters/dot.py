@@ -143,20 +143,17 @@ def have_graphviz() -> bool:
     return shutil.which("dot") is not None
 
 
-WARNINGS: list[str] = []  # what Graphviz printed while rendering (a test keeps it empty)
-
-
-def render_svg(dot_path: str) -> str | None:
+def render_svg(dot_path: str, warnings: list[str] | None = None) -> str | None:
     """Render ``dot_path`` to SVG beside it with Graphviz; None when ``dot`` is missing.
-    Graphviz's warnings are kept in ``WARNINGS``."""
+    Graphviz's warnings are appended to ``warnings``."""
     if not have_graphviz():
         return None
     svg = os.path.splitext(dot_path)[0] + ".svg"
     proc = subprocess.run(["dot", "-Tsvg", dot_path, "-o", svg], check=True,
                           capture_output=True, timeout=300)
     for line in proc.stderr.decode(errors="replace").splitlines():
-        if line.strip():
-            WARNINGS.append(f"{os.path.basename(dot_path)}: {one_line(line.strip())[:200]}")
+        if line.strip() and warnings is not None:
+            warnings.append(f"{os.path.basename(dot_path)}: {one_line(line.strip())[:200]}")
     return svg
 
 

@@ -206,14 +206,21 @@ def unit_anchor(unit: Unit, index: int) -> str:
     return f"site-{unit.first.index}" if unit.kind == "site" else f"block-{index}"
 
 
+def overview_units(source: ExportSource, ir: GraphIR) -> list[Unit]:
+    """The overview's rows: the sites in forward order (the original graph's node order),
+    folded by ``fold_units``."""
+    return fold_units(sorted(source.report.sites,
+                             key=lambda s: (ir.order.get(_flat_node(s), 0), s.index)))
+
+
 def overview_dot(source: ExportSource, ir: GraphIR | None = None,
                  units: list[Unit] | None = None) -> str:
     """The overview (see the module docstring). Boxes link to ``site_K_after.svg`` (the
     standalone SVG; the HTML page turns the links into its own anchors). ``ir``: the
     original graph's IR, when the caller has it."""
     ir = ir or GraphIR(source.original)
-    sites = sorted(source.report.sites, key=lambda s: (ir.order.get(_flat_node(s), 0), s.index))
-    units = units if units is not None else fold_units(sites)
+    units = units if units is not None else overview_units(source, ir)
+    sites = [s for unit in units for s in unit.sites]
     unit_of = {s.index: u for u, unit in enumerate(units) for s in unit.sites}
     edges = {(unit_of[i], unit_of[j]) for i, j in site_edges(ir, sites)
              if unit_of[i] != unit_of[j]}
