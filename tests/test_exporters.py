@@ -343,3 +343,29 @@ def test_html_page_shows_the_overview_at_its_natural_size_in_chromium(resnet20_s
                          text=True, timeout=120, check=True).stdout
     assert 'id="overview"' in dom and 'href="#site-' in dom
     assert dom.count('href="#overview"') == 22  # each site's section links back
+
+
+@pytest.mark.parametrize("error", ["failed", "timeout"])
+def test_graphviz_failing_is_an_export_error_and_leaves_nothing(monkeypatch, tmp_path, error):
+    """Graphviz exiting non-zero or hanging on a picture: ExportError with one line, and no
+    half-written graphs/ folder."""
+    import subprocess
+
+    step = svgd_rewrite.rewrite(make_module("mlp_l1").train)
+    real = subprocess.run
+    calls = []
+
+    def flaky(cmd, *args, **kwargs):
+        calls.append(cmd)
+        if cmd[0] == "dot" and len(calls) == 3:
+            if error == "timeout":
+                raise subprocess.TimeoutExpired(cmd, 300)
+            raise subprocess.CalledProcessError(1, cmd, stderr=b"Error: syntax error in line 1")
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(dot_module.subprocess, "run", flaky)
+    monkeypatch.setattr(dot_module, "have_graphviz", lambda: True)
+    with pytest.raises(svgd_rewrite.ExportError) as exc:
+        svgd_rewrite.export(step, str(tmp_path), formats="svg")
+    assert "\n" not in str(exc.value) and "Graphviz" in str(exc.value)
+    assert not (tmp_path / "graphs").exists()

@@ -52,22 +52,29 @@ def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> Exp
     """Export the graphs of ``result`` (an ``SVGDStep`` or a ``SavedModelResult``) to
     ``out_dir/graphs/``. Reads the result only; never changes it. A writer that fails (a full
     disk, Graphviz failing) raises ``ExportError`` with one line."""
+    import shutil
     import subprocess
 
     import tensorflow as tf
 
+    target = os.path.join(out_dir, "graphs")
+    created = not os.path.lexists(target)  # only a folder this call creates is removed
     try:
         return _export(result, out_dir, formats)
-    except subprocess.CalledProcessError as e:
-        err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise ExportError(f"Graphviz failed ({one_line(err[-1][:200]) if err else e}): "
-                          "nothing was written") from None
-    except subprocess.TimeoutExpired:
-        raise ExportError("Graphviz took over 5 minutes on a picture: export fewer formats "
-                          "(e.g. --export tensorboard)") from None
-    except tf.errors.OpError as e:
-        raise ExportError(f"cannot write the graphs ({first_line(e, 200)}): nothing was "
-                          "written") from None
+    except BaseException as e:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        if isinstance(e, subprocess.CalledProcessError):
+            err = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise ExportError(f"Graphviz failed ({one_line(err[-1][:200]) if err else e}): "
+                              "nothing was written") from None
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise ExportError("Graphviz took over 5 minutes on a picture: export fewer "
+                              "formats (e.g. --export tensorboard)") from None
+        if isinstance(e, tf.errors.OpError):
+            raise ExportError(f"cannot write the graphs ({first_line(e, 200)}): nothing was "
+                              "written") from None
+        raise
 
 
 def _export(result, out_dir: str, formats) -> ExportResult:
