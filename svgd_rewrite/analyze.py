@@ -17,6 +17,7 @@ from .errors import NoGradientsError, NoTrainableVariablesError
 from .ir import GraphIR, Tensor
 from .load import Distribution, LoadedStep, VariableInfo
 from .loops import LoopAnalysis
+from .proofs import NO_DATA_BATCH, DataOrigin, LayerOutput, find_loss_scale, layer_output
 from .registry import (CONTROL_FLOW_BODY_ATTRS, CONTROL_FLOW_OPS, HANDLE_ONLY_OPS, LOOP_OPS,
                        MULTI_IDENTITY_OPS, PASS_THROUGH_OPS, REGISTRY, SHAPE_OPS, SLICE_OPS,
                        VARIABLE_READ_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason)
@@ -59,6 +60,7 @@ class Consumer:
     p_shape: Any = None
     p_dtype: Any = None  # the dtype of what post-scaling would scale
     param_size: int = 0  # θ's number of elements
+    output: LayerOutput | None = None  # σ' as the layer outputs it (``proofs.layer_output``)
 
     def __post_init__(self):
         self.at = self.at or self.node
@@ -75,7 +77,8 @@ class Analysis:
     forward: list[Consumer]  # V_θ→σ nodes: matched sites and forward consumers kept as identity
     stateful_optimizer_vars: list[str] = field(default_factory=list)
     loss_scale: Tensor | None = None  # the loss-scale read that seeds every float16 g
-    loss_scale_variable: str | None = None
+    loss_scale_variable: str | None = None  # how the report names the loss scale
+    loss_scale_proven: bool = False  # found by ``proofs.find_loss_scale`` (every g is scaled)
     distribution: Distribution | None = None  # tf.distribute: the step's replicas
     keys: dict[str, str] = field(default_factory=dict)  # θ's placeholder -> its state key
 
@@ -257,6 +260,11 @@ def analyze(step: LoadedStep) -> Analysis:
                    for n, _ in ir.consumers(a)) if writes[p] else False
 
     loops = LoopAnalysis(ir, step.variables, feeds_update)
+    origin = DataOrigin(ir, set(step.variables))
+
+    def shape_of(t):
+        return shapes[Tensor(*t)][1] if Tensor(*t) in shapes else None
+
     all_consumers: list[Consumer] = []
     loop_consumers: list[Consumer] = []
     for p, node, slot in candidates:
@@ -269,8 +277,10 @@ def analyze(step: LoadedStep) -> Analysis:
         _match(ir, c, on_path_pool=lambda x, op, pool, p=p: on_path_pool(x, op, pool, p),
                on_update_path=lambda d, p=p: not writes[p] or bool(feeds.get(d, 0) >> var_bit[p] & 1),
                depends_on_f=lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1),
-               shape_of=lambda t: (shapes[Tensor(*t)][1] if Tensor(*t) in shapes
-                                   else None))
+               shape_of=shape_of)
+        if c.match is not None:
+            _prove(ir, c, origin, shape_of,
+                   lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1))
         all_consumers.append(c)
 
     matched_g = [c.match.g for c in all_consumers if c.match]
@@ -311,13 +321,34 @@ def analyze(step: LoadedStep) -> Analysis:
         step.variables[p].name for p, ws in writes.items()
         if p not in trainable and any(w in downstream for w in ws)
         and len(step.variables[p].shape) > 0 and tuple(step.variables[p].shape) in trained_shapes)
-    loss_scale = _find_loss_scale(ir, shapes, step, [c.match.g for c in forward
-                                                     if c.match and c.loop is None])
+    site_gs = [c.output.g if c.output else c.match.g for c in forward
+               if c.match and c.loop is None]
+    proven = find_loss_scale(ir, shape_of, lambda t: shapes[Tensor(*t)][0]
+                             if Tensor(*t) in shapes else None, site_gs, step.variables,
+                             lambda n: bool(feeds.get(n, 0)))
+    loss_scale = ((proven.tensor, proven.label) if proven
+                  else _find_loss_scale(ir, shapes, step, site_gs))
     return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
                     forward=forward, stateful_optimizer_vars=stateful,
                     loss_scale=loss_scale[0] if loss_scale else None,
                     loss_scale_variable=loss_scale[1] if loss_scale else None,
+                    loss_scale_proven=proven is not None,
                     distribution=step.distribution, keys=dict(step.variable_keys))
+
+
+def _prove(ir: GraphIR, c: Consumer, origin: DataOrigin, shape_of, depends_on_f) -> None:
+    """Keep ``c.match`` only when the site is proven (``proofs``): σ''s batch axis is a data
+    batch, and σ' is the layer output (``c.output``); otherwise record the reason."""
+    x_slot = REGISTRY[c.op].x_slot(c.slot)
+    x = ir.canonical(ir.data_input(c.node, x_slot)) if x_slot is not None else None
+    if x is not None and origin.variables_only(x):
+        c.match, c.reason = None, NO_DATA_BATCH
+        return
+    out = layer_output(ir, shape_of, c.node, x, c.match.g, depends_on_f)
+    if isinstance(out, str):
+        c.match, c.reason = None, out
+    else:
+        c.output = out
 
 
 def _size(shape) -> int:

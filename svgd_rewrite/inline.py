@@ -58,8 +58,9 @@ class _Inliner:
     def is_call(self, node: node_def_pb2.NodeDef) -> bool:
         return node.op in CALL_OPS and _call_target(node) in self.functions
 
-    def emit(self, node: node_def_pb2.NodeDef, depth: int) -> None:
-        """Append ``node`` (already renamed) to the output, expanding it if it is a call."""
+    def emit(self, node: node_def_pb2.NodeDef, depth: int, inherited_scope: str = "") -> None:
+        """Append ``node`` (already renamed) to the output, expanding it if it is a call
+        (``inherited_scope``: the XLA scope of an enclosing must-compile body)."""
         if not self.is_call(node):
             self.out.append(node)
             return
@@ -76,6 +77,10 @@ class _Inliner:
             raise LoadError(f"the call {node.name!r} passes {len(data_in)} inputs to "
                             f"{fdef.signature.name!r}, which takes {len(arg_index)}")
         body_names = {n.name for n in body.node}
+        # a body that must be compiled (Keras's grouped convolution, whose CPU kernels exist
+        # only under XLA) stays one XLA cluster after inlining: its nodes carry the scope
+        jit_scope = (inherited_scope or
+                     (f"svgd_inlined_jit/{node.name}" if _must_compile(fdef) else ""))
 
         def rename(inp: str) -> str:
             src, port, control = parse_input(inp)
@@ -106,7 +111,9 @@ class _Inliner:
                 map_colocation(new, lambda n: prefix + n if n in body_names else None)
             if not new.device and node.device:
                 new.device = node.device
-            self.emit(new, depth + 1)
+            if jit_scope:
+                _mark_for_xla(new, jit_scope)
+            self.emit(new, depth + 1, jit_scope)
 
         # The call node becomes an IdentityN over the function's results, so that consumers
         # of "call:k" keep working; it also waits for the function's stateful ops (control_ret).
@@ -127,6 +134,19 @@ class _Inliner:
             replacement.input.extend(control_rets or control_in)
         replacement.device = node.device
         self.out.append(replacement)
+
+
+def _must_compile(fdef) -> bool:
+    attr = fdef.attr.get("_XlaMustCompile")
+    return attr is not None and attr.b
+
+
+def _mark_for_xla(node: node_def_pb2.NodeDef, scope: str) -> None:
+    """Ask TensorFlow to compile ``node`` with XLA, in one cluster per ``scope`` (the
+    attributes ``tf.xla.experimental.jit_scope`` sets)."""
+    node.attr["_XlaCompile"].b = True
+    node.attr["_XlaScope"].s = scope.encode()
+    node.attr["_XlaInternalScope"].s = scope.encode()
 
 
 def inline_calls(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:

@@ -57,6 +57,16 @@ class Application:
     post_shape: tuple[int, ...] | None = None
     loop: LoopInfo | None = None
     target_dtype: tf.DType | None = None  # the dtype of what post-scaling multiplies
+    # σ' is the layer output past position ops (``proofs.LayerOutput``): its gradient g (the
+    # statistic's input) and the gradient's position ops from g to P's g input, which a
+    # pre-scaled ĝ passes through again (cloned) on its way to P
+    layer_g: Tensor | None = None
+    chain: tuple[str, ...] = ()
+
+    @property
+    def g(self) -> Tensor:
+        """Algorithm 1's g: the gradient of σ' as the layer outputs it."""
+        return self.layer_g if self.layer_g is not None else self.match.g
 
     @property
     def post_scaled(self) -> bool:
@@ -128,7 +138,8 @@ def _geometry(c: Consumer, analysis: Analysis) -> _Geometry | str:
     if c.loop is not None:
         dims, node = c.loop.dims, c.loop.forward_node
     else:
-        dims, node = _shape_list(analysis.shapes[Tensor(c.node, 0)][1]), analysis.ir.node(c.node)
+        out = c.output.node if c.output is not None else c.node
+        dims, node = _shape_list(analysis.shapes[Tensor(out, 0)][1]), analysis.ir.node(c.node)
     if dims is None:
         return f"the rank of {c.op}'s output is unknown at trace time"
     rank = len(dims)
@@ -313,11 +324,14 @@ def _plan_group(group: _Group, analysis: Analysis, options: Options,
         apps.append(Application(forward=c.node, op=c.op, slot=c.slot, match=c.match,
                                 g_dtype=g_dtype, dims=geo.dims, reduce_axes=reduce_axes,
                                 broadcast_shape=bshape, post_shape=post, loop=loop,
-                                target_dtype=c.p_dtype or g_dtype))
+                                target_dtype=c.p_dtype or g_dtype,
+                                layer_g=c.output.g if c.output and c.output.chain else None,
+                                chain=c.output.chain if c.output else ()))
         app_rows.append(ApplicationReport(
             node=_shown(c), gradient_op=c.match.grad_op,
             gradient_op_type=c.p_node.op if c.p_node is not None else "",
-            gradient_input=c.match.g_slot, upstream_gradient=str(Tensor(*c.match.g)),
+            gradient_input=c.match.g_slot,
+            upstream_gradient=str(Tensor(*(c.output.g if c.output else c.match.g))),
             output_shape=list(geo.dims), scaling="post" if post is not None else "pre",
             loop=c.loop.forward_loop if c.loop is not None else "",
             gradient_loop=c.loop.backward_loop if c.loop is not None else "",
@@ -325,7 +339,7 @@ def _plan_group(group: _Group, analysis: Analysis, options: Options,
     first = group.consumers[0]
     info = analysis.variables[group.variable]
     half = [a for a in apps if a.g_dtype == tf.float16]
-    scale = analysis.loss_scale if half else None
+    scale = analysis.loss_scale if half or analysis.loss_scale_proven else None
     site = PlannedSite(index=index, variable=group.variable, key=group.key,
                        accumulator_shape=acc_shape, applications=tuple(apps),
                        loss_scale=str(Tensor(*scale)) if scale else None)
@@ -364,10 +378,12 @@ def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
     left without virtual gradients, the scale for convolutions and sequences."""
     warnings: list[str] = []
     if any(s.loss_scale for s in sites):
-        warnings.append(f"mixed precision: accumulators square g / {analysis.loss_scale_variable}"
-                        " (the loss scale) and keep their value on steps with non-finite g; a "
-                        "dynamic loss scale skips the first steps while it halves to fit the "
-                        "normalized virtual gradients (about s·scale per element)")
+        warnings.append(f"loss scaling: accumulators square g / {analysis.loss_scale_variable}"
+                        " (the loss scale, so r holds the unscaled g²; the optimizer's "
+                        "unscaling then gives the virtual gradients) and keep their value on "
+                        "steps with non-finite g; a dynamic loss scale skips the first steps "
+                        "while it halves to fit the normalized virtual gradients (about "
+                        "s·scale per element)")
     elif any(s.g_dtype == tf.float16 for s in sites):
         warnings.append("float16 gradients but no loss-scale variable was found: accumulators "
                         "square g as it is")

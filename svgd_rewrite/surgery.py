@@ -350,7 +350,7 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
     outside: dict[str, str] = {}
     for k, a in enumerate(site.applications):
         if a.loop is None:
-            outside[f"g_{k}"] = tensor_name(a.match.g)
+            outside[f"g_{k}"] = tensor_name(a.g)
         else:
             outside[f"loop_sum_{k}"], outside[f"loop_count_{k}"] = loop_stats[k]
     for t, (target, _, _) in enumerate(_targets(site)):
@@ -388,6 +388,23 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
             new.device = device
         nodes.append(new)
     return nodes
+
+
+def _clone_chain(by_name: dict, chain: tuple[str, ...], source: str,
+                 prefix: str) -> list[node_def_pb2.NodeDef]:
+    """Copies of the gradient's position ops ``chain`` (``SpaceToBatchND``, ``Reshape``) that
+    read ``source`` (ĝ of the layer output) instead of g: P then reads ĝ at its own positions,
+    while every other reader of g keeps g."""
+    clones = []
+    for i, name in enumerate(chain):
+        new = node_def_pb2.NodeDef()
+        new.CopyFrom(by_name[name])
+        new.name = f"{prefix}/{i}"
+        new.input[0] = source
+        map_colocation(new, lambda n: None)
+        clones.append(new)
+        source = new.name
+    return clones
 
 
 def _input_string(tensor: str) -> str:
@@ -464,6 +481,11 @@ def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
             old = parse_input(p_node.input[a.match.g_slot])
             assert (old[0], old[1]) == a.match.g, "P's g input moved under the rewrite"
             ghat = inserted_name(site.index, f"g_hat_{k}")
+            if a.chain:  # ĝ of the layer output, moved to P's positions like g was
+                clones = _clone_chain(by_name, a.chain, ghat, inserted_name(site.index,
+                                                                            f"positions_{k}"))
+                out.node.extend(clones)
+                ghat = clones[-1].name
             p_node.input[a.match.g_slot] = ghat
             reroutes.append((site.index, a.match.grad_op, a.match.g_slot, ghat))
         if options.transform == "svgd":

@@ -17,7 +17,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from fixtures.models import LOSS_SCALE, ModelSpec, ParamView, PlainOps, loss_fn
+from fixtures.models import LOSS_SCALE, ModelSpec, ParamView, PlainOps, conv2d, loss_fn
 
 
 @dataclass
@@ -59,8 +59,8 @@ class _RecordingOps(PlainOps):
         if not self._wants("Conv2D", kernel):
             return super().conv2d(x, kernel, strides=strides, padding=padding,
                                   data_format=data_format, dilations=dilations)
-        fn = lambda kv: tf.nn.conv2d(x, kv, strides=strides, padding=padding,
-                                     data_format=data_format, dilations=dilations)
+        fn = lambda kv: conv2d(x, kv, strides=strides, padding=padding,
+                               data_format=data_format, dilations=dilations)
         return self._record("Conv2D", kernel, fn, 0, 3 if data_format == "NHWC" else 1)
 
     def conv1d(self, x, kernel, *, stride=1, padding="VALID"):
@@ -131,6 +131,9 @@ class Oracle:
         self.lr, self.s, self.rho, self.eps = learning_rate, scale, rho, epsilon
         self.granularity, self.kinds, self.transform = granularity, set(kinds), transform
         self.dtype = tf.as_dtype(dtype)
+        # float64 runs keep r and the sums in float64 (the reference when float32 rounding
+        # grows over steps); otherwise float32, like the rewrite's accumulators
+        self.acc = tf.float64 if self.dtype == tf.float64 else tf.float32
         self.loss_scale = (loss_scale or LOSS_SCALE) if self.dtype == tf.float16 else 1.0
         self.optimizer = optimizer
         self.pooling = pooling
@@ -167,7 +170,7 @@ class Oracle:
                 else:
                     axes = [a for a in range(rank) if a != site.channel_axis]
                 axes_of.append(axes)
-                g32 = tf.cast(g, tf.float32) / self.loss_scale
+                g32 = tf.cast(g, self.acc) / self.loss_scale
                 part = tf.reduce_sum(tf.square(g32), axis=axes)
                 sums = sums + part
                 rows = rows + float(tf.size(g32)) / float(tf.size(part))
@@ -178,7 +181,7 @@ class Oracle:
             for (site, g), axes in zip(members, axes_of):
                 rank = len(g.shape)
                 if self.transform == "svgd":
-                    g32 = tf.cast(g, tf.float32)
+                    g32 = tf.cast(g, self.acc)
                     r_b = tf.reshape(r, [g.shape[a] if a not in axes else 1 for a in range(rank)])
                     g_hat = tf.cast(self.s * g32 / tf.sqrt(r_b + self.eps), g.dtype)
                 else:
@@ -188,7 +191,7 @@ class Oracle:
                     vjp_tape.watch(w)
                     out = site.recompute(w)
                 vjp = vjp_tape.gradient(out, w, output_gradients=g_hat)
-                total[site.param] = total[site.param] + tf.cast(vjp, tf.float32)
+                total[site.param] = total[site.param] + tf.cast(vjp, total[site.param].dtype)
         if self.optimizer is not None:
             unscale = 1.0 if hasattr(self.optimizer, "scale_loss") else self.loss_scale
             self.optimizer.apply_gradients(

@@ -61,6 +61,10 @@ def _rel(got, want):
     return [rel_error(np.asarray(got[k]).reshape(np.shape(want[k])), want[k]) for k in want]
 
 
+# RMSprop divides by the root of tiny second moments: float32 rounding in the oracle itself
+# grows over the steps differently on each CPU path (AVX2, AVX-512, oneDNN on or off), so its
+# reference runs in float64.
+FLOAT64_REFERENCE = {"rmsprop"}
 # Adafactor names its slots after the variable: it needs Keras variables (tf.Variable names
 # end in ":0", which Keras refuses in a variable name).
 KERAS_VARIABLES = {"adafactor"}
@@ -76,8 +80,13 @@ def test_keras_optimizer_matches_oracle(name):
     stateful = any("optimizer with state" in w for w in step.report.warnings)
     assert stateful == (name != "sgd"), step.report.warnings
     reference = make_module("small_cnn", seed=7, keras_variables=kv)
+    dtype = tf.float64 if name in FLOAT64_REFERENCE else tf.float32
+    if dtype == tf.float64:
+        for k, v in list(reference.params.items()):
+            reference.params[k] = tf.Variable(tf.cast(v, tf.float64), name=v.name.split(":")[0])
     oracle = Oracle(reference.spec, reference.params, reference.state, learning_rate=0.0,
-                    scale=0.01, kinds=("Conv2D", "MatMul"), optimizer=OPTIMIZERS[name]())
+                    scale=0.01, kinds=("Conv2D", "MatMul"), optimizer=OPTIMIZERS[name](),
+                    dtype=dtype)
     _compare(step, module, reference, oracle, 4, RTOL_FIRST, RTOL_LATER)
 
 
@@ -102,7 +111,7 @@ def test_loss_scale_optimizer_float16_matches_oracle():
     module = make_module("small_cnn", seed=8, dtype=tf.float16, optimizer=make_opt())
     step = svgd_rewrite.rewrite(module.train, scale=0.01)
     assert len(step.report.sites) == 4  # three convolutions and the dense kernel
-    assert any("mixed precision" in w for w in step.report.warnings)
+    assert any("loss scaling" in w for w in step.report.warnings)
     reference = make_module("small_cnn", seed=8, dtype=tf.float16)
     oracle = Oracle(reference.spec, reference.params, reference.state, learning_rate=0.0,
                     scale=0.01, kinds=("Conv2D", "MatMul"), dtype=tf.float16,

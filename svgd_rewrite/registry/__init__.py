@@ -9,7 +9,8 @@ Neither part imports TensorFlow. How to add an op: docs/architecture.md.
 """
 from .svgd_ops import (CONV_OPS, DEFAULT_OPS, OPT_IN_OPS, REGISTRY, GradOp, OpSpec,
                        identity_reason)
-from .tensorflow_ops import (BACK_EDGE_OPS, CALL_OPS, COLLECTIVE_REDUCE_OP,
+from .tensorflow_ops import (BACKWARD_POSITION_OPS, CROP_OPS, FORWARD_POSITION_OPS, PAD_OPS,
+                             BACK_EDGE_OPS, CALL_OPS, COLLECTIVE_REDUCE_OP,
                              CONTROL_FLOW_BODY_ATTRS, CONTROL_FLOW_OPS, CONTROL_GROUP_OPS,
                              DATA_SOURCE_OPS, FUSED_RNN_OPS,
                              ELEMENTWISE_OPS, FUSED_APPLY_PREFIXES, GATHER_OPS, HANDLE_ONLY_OPS,
@@ -19,6 +20,7 @@ from .tensorflow_ops import (BACK_EDGE_OPS, CALL_OPS, COLLECTIVE_REDUCE_OP,
 
 __all__ = [
     "CONV_OPS", "DEFAULT_OPS", "OPT_IN_OPS", "REGISTRY", "GradOp", "OpSpec", "identity_reason",
+    "BACKWARD_POSITION_OPS", "CROP_OPS", "FORWARD_POSITION_OPS", "PAD_OPS",
     "BACK_EDGE_OPS", "CALL_OPS", "COLLECTIVE_REDUCE_OP", "CONTROL_FLOW_BODY_ATTRS",
     "CONTROL_FLOW_OPS", "CONTROL_GROUP_OPS", "DATA_SOURCE_OPS", "FUSED_RNN_OPS", "ELEMENTWISE_OPS", "FUSED_APPLY_PREFIXES",
     "GATHER_OPS", "HANDLE_ONLY_OPS", "LOOP_ENTRY_OPS", "LOOP_OPS", "MULTI_IDENTITY_OPS",

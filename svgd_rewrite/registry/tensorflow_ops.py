@@ -14,6 +14,13 @@ MULTI_IDENTITY_OPS = frozenset({"IdentityN"})
 # through, since a forward op linear in the view is linear in θ.
 VIEW_OPS = frozenset({"ReadVariableOp", "Identity", "Cast", "Snapshot", "ExpandDims", "Reshape",
                       "Squeeze", "Transpose"})
+# Ops that only move, pad or crop positions of a linear op's output on the way to the layer
+# output (the Squeeze of Conv1D, the BatchToSpaceND of a dilated convolution), and the ops
+# their gradients are made of (Reshape, SpaceToBatchND).
+FORWARD_POSITION_OPS = frozenset({"Squeeze", "BatchToSpaceND"})
+BACKWARD_POSITION_OPS = frozenset({"SpaceToBatchND", "Reshape", "ExpandDims", "Squeeze"})
+CROP_OPS = frozenset({"BatchToSpaceND"})
+PAD_OPS = frozenset({"SpaceToBatchND"})
 # Ops that read only a tensor's shape (not a consumer of its value).
 SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"})
 # Ops that select rows of a variable (embedding lookups).
