@@ -7,9 +7,8 @@ op (variable updates, accumulator assigns) run, in the original order.
 """
 from __future__ import annotations
 
-import functools
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2

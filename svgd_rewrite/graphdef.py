@@ -17,7 +17,7 @@ import networkx as nx
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from .analyze import handle_consumers, variable_uses
+from .variables import handle_consumers, variable_uses
 from .errors import (LoadError, NoGradientsError, OutputError, already_rewritten, first_line,
                      one_line)
 from .frontend import rewrite_with
@@ -30,7 +30,7 @@ from .registry import (CONTROL_GROUP_OPS, DATA_SOURCE_OPS, FUSED_APPLY_PREFIXES,
                        RESTORE_OP_PREFIXES, VARIABLE_OPS)
 from .progress import stage
 from .report import Report
-from .surgery import SCOPE
+from .names import SCOPE
 from .validate import IMPORT_ERRORS, check_input_graph
 
 INIT_OP = f"{SCOPE}/init"

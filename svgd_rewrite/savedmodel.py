@@ -19,7 +19,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
-from .analyze import trains
+from .variables import trains
 from .frontend import accumulator_variables, rewrite_with
 from .emit import SVGDStep
 from .errors import (LoadError, NoGradientsError, OutputError, SVGDRewriteError, first_line,
@@ -296,6 +296,44 @@ def _signature_wrapper(step: SVGDStep, loaded: LoadedStep, sig_cf) -> Any:
     return fn.get_concrete_function()
 
 
+def _saved_root(front: "SavedModelFrontEnd", report: Report) -> tuple[tf.Module, dict]:
+    """The module to save: the input's children with the chosen function rewritten, the
+    SVGD step (its accumulators) and the variables; the signatures, the chosen one
+    rewritten."""
+    loaded, rewritten = front.loaded, front.rewritten
+    obj, chosen, variables = front.saved, front.chosen, front.variables
+    step = SVGDStep(loaded, rewritten, report)
+    root = tf.Module(name="svgd_saved_model")
+    for name, child in sorted(tf.train.TrackableView(obj).children(obj).items()):
+        setattr(root, name, step.function if name == chosen.attribute else child)
+    root.svgd_step = step
+    root.svgd_variables = variables
+    signatures = {}
+    for key, sig in sorted((getattr(obj, "signatures", {}) or {}).items()):
+        if key == chosen.signature:
+            signatures[key] = (step.function.get_concrete_function() if chosen.attribute is None
+                               else _signature_wrapper(step, loaded, sig))
+        else:
+            signatures[key] = sig
+    return root, signatures
+
+
+def _save(root: tf.Module, signatures: dict, tmp: str) -> None:
+    """``tf.saved_model.save`` into the staging directory, its failures as the tool's errors."""
+    # Keras optimizers' update functions carry custom gradients that cannot be saved.
+    try:
+        tf.saved_model.save(root, tmp, signatures=signatures or None,
+                            options=tf.saved_model.SaveOptions(
+                                experimental_custom_gradients=False))
+    except tf.errors.ResourceExhaustedError as e:
+        raise OSError(errno.ENOSPC, f"no space left ({first_line(e, 120)})") from None
+    except tf.errors.OpError as e:
+        raise OSError(errno.EIO, first_line(e, 200)) from None
+    except ValueError as e:  # names TensorFlow's saver refuses (e.g. hostile variables)
+        raise LoadError(f"TensorFlow cannot save this model again ({first_line(e, 200)}): "
+                        "rename its variables to plain names") from None
+
+
 def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options | None = None, *,
                         function: str | None = None, overwrite: bool = False,
                         dry_run: bool = False,
@@ -340,36 +378,10 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options | 
             result.out_dir = out_dir
         return result
     stage("emit")
-    loaded, rewritten, report = front.loaded, front.rewritten, result.report
-    obj, chosen, variables = front.saved, front.chosen, front.variables
-    step = SVGDStep(loaded, rewritten, report)
-
-    root = tf.Module(name="svgd_saved_model")
-    for name, child in sorted(tf.train.TrackableView(obj).children(obj).items()):
-        setattr(root, name, step.function if name == chosen.attribute else child)
-    root.svgd_step = step
-    root.svgd_variables = variables
-    signatures = {}
-    for key, sig in sorted((getattr(obj, "signatures", {}) or {}).items()):
-        if key == chosen.signature:
-            signatures[key] = (step.function.get_concrete_function() if chosen.attribute is None
-                               else _signature_wrapper(step, loaded, sig))
-        else:
-            signatures[key] = sig
+    root, signatures = _saved_root(front, result.report)
     stage("write")
     with staged_output(out_dir, [model_dir], overwrite) as tmp:
-        # Keras optimizers' update functions carry custom gradients that cannot be saved.
-        try:
-            tf.saved_model.save(root, tmp, signatures=signatures or None,
-                                options=tf.saved_model.SaveOptions(
-                                    experimental_custom_gradients=False))
-        except tf.errors.ResourceExhaustedError as e:
-            raise OSError(errno.ENOSPC, f"no space left ({first_line(e, 120)})") from None
-        except tf.errors.OpError as e:
-            raise OSError(errno.EIO, first_line(e, 200)) from None
-        except ValueError as e:  # names TensorFlow's saver refuses (e.g. hostile variables)
-            raise LoadError(f"TensorFlow cannot save this model again ({first_line(e, 200)}): "
-                            "rename its variables to plain names") from None
+        _save(root, signatures, tmp)
         with open(os.path.join(tmp, REPORT_FILE), "w") as f:
             json.dump(result.to_dict(), f, indent=2, sort_keys=True)
         if formats:

@@ -34,12 +34,13 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from .distribute import collective_templates, reduce_for
 from .ir import map_colocation, parse_input, tensor_name
 from .load import MARKER_NODE
-from .loops import LoopStatistic, add_statistics
+from .loop_statistics import LoopStatistic, add_statistics
+from .names import SCOPE, inserted_name
 from .options import Options
+from .transform import mean_of_squares, sum_of_squares, svgd_factor, svgd_update
 from .plan import Plan, PlannedSite
 from .validate import check_rewritten_graph
 
-SCOPE = "svgd_rewrite"
 FORMAT_VERSION = 3
 
 # The op types T inserts in its portable form (besides the accumulator's own
@@ -53,13 +54,6 @@ ONE_PASS_OPS = ("EuclideanNorm",)
 # Placeholders of the traced template that the splice replaces by tensors of the graph, and
 # the constant it sets (a collective's instance key, one per logical site).
 _LOSS_SCALE, _INSTANCE_KEY = "loss_scale", "instance_key"
-
-
-def inserted_name(site: int, role: str) -> str:
-    """The name of an inserted node: ``role`` is ``accumulator``, ``r``, ``r_new``,
-    ``assign_r``, ``factor``, ``g_hat_A`` (pre-scaled application A), ``scaled_T`` (post-scaled
-    target T), ``initializer`` or ``zeros`` (graph variables)."""
-    return f"{SCOPE}/site_{site}/{role}"
 
 
 @dataclass(frozen=True)
@@ -99,67 +93,6 @@ class Rewritten:
 
 
 # --- T, as TensorFlow code ------------------------------------------------------------------
-
-def sum_of_squares(g: tf.Tensor, g_dtype: tf.DType, reduce_axes: tuple[int, ...],
-                   accumulator_shape: tuple[int, ...], one_pass: bool):
-    """(Σ g² over ``reduce_axes`` in float32, the number of rows summed) for one tensor g."""
-    f32, raw = tf.float32, tf.raw_ops
-    g32 = g if g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
-    axes = tf.constant(list(reduce_axes), tf.int32, name="reduce_axes")
-    if one_pass:
-        sums = raw.Square(x=raw.EuclideanNorm(input=g32, axis=axes, keep_dims=False,
-                                              name="norm"), name="sum_g_squared")
-    else:
-        sums = raw.Sum(input=raw.Square(x=g32, name="g_squared"), axis=axes, keep_dims=False,
-                       name="sum_g_squared")
-    size = float(np.prod(accumulator_shape, dtype=np.int64))
-    count = raw.RealDiv(x=raw.Cast(x=raw.Size(input=g32, out_type=tf.int32, name="g_size"),
-                                   DstT=f32, name="g_size_float32"),
-                        y=tf.constant(size, f32, name="r_size"), name="rows")
-    return sums, count
-
-
-def _mean_of_squares(g: tf.Tensor, g_dtype: tf.DType, reduce_axes: tuple[int, ...],
-                     accumulator_shape: tuple[int, ...], one_pass: bool) -> tf.Tensor:
-    """mean(g²) over ``reduce_axes`` for a site with one application."""
-    raw = tf.raw_ops
-    if one_pass:
-        sums, count = sum_of_squares(g, g_dtype, reduce_axes, accumulator_shape, True)
-        return raw.RealDiv(x=sums, y=count, name="mean_g_squared")
-    g32 = g if g_dtype == tf.float32 else raw.Cast(x=g, DstT=tf.float32, name="g_float32")
-    return raw.Mean(input=raw.Square(x=g32, name="g_squared"),
-                    axis=tf.constant(list(reduce_axes), tf.int32, name="reduce_axes"),
-                    keep_dims=False, name="mean_g_squared")
-
-
-def svgd_update(r: tf.Tensor, mean_sq: tf.Tensor, options: Options,
-                loss_scale: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
-    """(r_new, r') of Algorithm 1 from mean(g²): r' = ρ·r + (1-ρ)·m scales this step's g;
-    r_new = r' is stored, except that a step whose g² is not finite (an overflow, NaN, or a
-    step a loss-scale optimizer skips) keeps r as it was. Such a step's f = s·rsqrt(∞) = 0:
-    its update of θ is zero instead of s·g/√ε (unbounded while r is still 0)."""
-    f32, raw = tf.float32, tf.raw_ops
-    coef = tf.constant(1.0 - options.rho, f32, name="one_minus_rho")
-    if loss_scale is not None:  # the unscaled gradient's square: divide by scale²
-        coef = raw.RealDiv(x=coef, y=raw.Square(x=loss_scale, name="loss_scale_squared"),
-                           name="coef")
-    candidate = raw.AddV2(
-        x=raw.Mul(x=r, y=tf.constant(options.rho, f32, name="rho"), name="r_decayed"),
-        y=raw.Mul(x=mean_sq, y=coef, name="r_fresh"), name="r_candidate")
-    finite = raw.Less(x=candidate, y=tf.constant(np.inf, f32, name="infinity"),
-                      name="is_finite")  # False for inf and NaN
-    r_new = raw.SelectV2(condition=finite, t=candidate, e=r, name="r_new")
-    return r_new, candidate
-
-
-def svgd_factor(r_new: tf.Tensor, options: Options) -> tf.Tensor:
-    """f = s·rsqrt(r_new + ε)."""
-    f32, raw = tf.float32, tf.raw_ops
-    return raw.Mul(
-        x=raw.Rsqrt(x=raw.AddV2(x=r_new, y=tf.constant(options.epsilon, f32, name="epsilon"),
-                                name="r_plus_epsilon"), name="rsqrt"),
-        y=tf.constant(options.scale, f32, name="scale"), name="factor")
-
 
 def _broadcast(factor: tf.Tensor, shape: tuple[int, ...] | None, dtype: tf.DType,
                name: str, accumulator_shape: tuple[int, ...]) -> tf.Tensor:
@@ -206,23 +139,18 @@ def _trace_key(site: PlannedSite, options: Options, kind: str, one_pass: bool, r
     return key
 
 
-_TRACES: dict[tuple, graph_pb2.GraphDef] = {}
-
-
 def _trace_site(site: PlannedSite, options: Options, kind: str, one_pass: bool,
-                reduce=None) -> graph_pb2.GraphDef:
+                traces: dict, reduce=None) -> graph_pb2.GraphDef:
     """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed).
 
     ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
     (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables. Sites with
-    the same geometry share one trace.
+    the same geometry share one trace (``traces``: the cache of one surgery).
     """
     key = _trace_key(site, options, kind, one_pass, reduce)
-    if key not in _TRACES:
-        if len(_TRACES) >= 512:
-            _TRACES.clear()
-        _TRACES[key] = _trace(site, options, kind, one_pass, reduce)
-    return _TRACES[key]
+    if key not in traces:
+        traces[key] = _trace(site, options, kind, one_pass, reduce)
+    return traces[key]
 
 
 def _accumulator_nodes(site: PlannedSite, kind: str):
@@ -260,7 +188,7 @@ def _trace(site: PlannedSite, options: Options, kind: str, one_pass: bool,
         single = len(site.applications) == 1 and site.applications[0].loop is None
         if single and not site.peers:
             a = site.applications[0]
-            mean_sq = _mean_of_squares(gs[0], a.g_dtype, a.reduce_axes, site.accumulator_shape,
+            mean_sq = mean_of_squares(gs[0], a.g_dtype, a.reduce_axes, site.accumulator_shape,
                                        one_pass)
         else:
             sums, counts = [], []
@@ -458,6 +386,7 @@ def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
     accumulators, reroutes, scaled_targets = [], [], {}
     templates = collective_templates(graph_def) if plan.distribution else {}
     instance_keys: dict[tuple[int, ...], int] = {}
+    traces: dict[tuple, graph_pb2.GraphDef] = {}
     for site in plan.sites:
         acc = Accumulator(placeholder=inserted_name(site.index, "accumulator"),
                           shape=site.accumulator_shape, site=site.index, key=site.key,
@@ -469,7 +398,7 @@ def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
         reduce = (reduce_for(plan.distribution, templates, device, instance_keys, site.peers)
                   if site.peers else None)
         traced = _trace_site(site, options, accumulator_kind, _wants_one_pass(site, one_pass),
-                             reduce)
+                             traces, reduce)
         stats_of = {k: loop_outputs[stat_index[(site.index, k)]]
                     for k, a in enumerate(site.applications) if a.loop is not None}
         out.node.extend(_splice(traced, site, device, stats_of, reduce))

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import ExportError, first_line, one_line
-from ..options import EXPORT_FORMATS
 from ..options import parse_formats as _parse_formats
 from ..ir import GraphIR
 from ..progress import stage
@@ -26,8 +25,6 @@ from .roles import ROLE_TITLES, annotated_graph, source_of
 from .tensorboard import write_tensorboard
 
 log = logging.getLogger(__name__)
-
-FORMATS = EXPORT_FORMATS
 
 
 @dataclass

@@ -10,7 +10,7 @@ from ..ir import GraphIR, Tensor
 from ..load import VariableInfo
 from ..report import Report
 from ..shapes import infer_shapes
-from ..surgery import SCOPE
+from ..names import SCOPE
 
 ROLES = ("leaf", "site", "upstream_gradient", "param_gradient_op", "inserted", "other")
 ROLE_TITLES = {"leaf": "leaf θ", "site": "site σ'", "upstream_gradient": "upstream gradient g",
