@@ -144,6 +144,7 @@ class SVGDStep(tf.Module):
         self.report = report
         self.graph_def = rewritten.graph_def
         self.original_graph_def = loaded.graph_def
+        self.edits = rewritten.edits
         self._wiring.graph_variables = accumulator_variables(loaded, rewritten)
         # The variable (or mirrored component) each accumulator placeholder is fed.
         self._wiring.feeds = [by_group[a.group] if a.replica is None else

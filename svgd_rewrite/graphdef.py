@@ -18,13 +18,15 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from .variables import handle_consumers, variable_uses
+from .edits import EditLog
 from .errors import (LoadError, NoGradientsError, OutputError, already_rewritten, first_line,
                      one_line)
 from .frontend import rewrite_with
+from .graph_edit import GraphEditor
 from .inline import inline_calls
 from .ir import GraphIR
 from .load import LoadedStep, VariableInfo, is_rewritten
-from .options import Options, make_options
+from .options import Options, takes_options
 from .output_dir import REPORT_FILE
 from .registry import (CONTROL_GROUP_OPS, DATA_SOURCE_OPS, FUSED_APPLY_PREFIXES,
                        RESTORE_OP_PREFIXES, VARIABLE_OPS)
@@ -53,6 +55,7 @@ class GraphDefResult:
     report: Report
     # RewriteResult: the graph's variable nodes (the accumulators carry their own shapes)
     graph_variables: dict
+    edits: EditLog  # what the rewrite changed (the train op's and init ops' inputs too)
     out_dir: str | None = None
     exported: Any = None
 
@@ -210,17 +213,17 @@ def _init_ops(ir: GraphIR, initializers: set[str]) -> list[str]:
     return out
 
 
+@takes_options
 def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = None,
                       trainable: Iterable[str] | None = None, what: str = "the GraphDef",
-                      **options) -> GraphDefResult:
+                      options: Options) -> GraphDefResult:
     """Rewrite a TF1 training GraphDef so that its train op trains with virtual gradients.
 
-    ``trainable`` names the trainable variables (a MetaGraph's collection); by default every
-    floating-point variable. ``**options``: ``svgd_rewrite.rewrite``'s options (``scale``,
-    ``rho``, ``epsilon``, ``ops``, ``granularity``, ``transform``, ``pooling``,
-    ``post_scale``, ``portable``).
-    """
-    options = make_options(**options)
+    ``train_op`` names the train op (default: found from the graph); ``trainable`` names the
+    trainable variables (a MetaGraph's collection); by default every floating-point
+    variable. ``what`` names the input in messages. The options are
+    ``svgd_rewrite.rewrite``'s.
+{options}"""
     return rewrite_with(GraphDefFrontEnd(graph_def, train_op, trainable, what), options)
 
 
@@ -244,17 +247,17 @@ class GraphDefFrontEnd:
 
     def finish(self, loaded: LoadedStep, rewritten, report) -> GraphDefResult:
         train, graph_inits = self.step.train_op, self.step.init_ops
-        gd = rewritten.graph_def
-        by_name = {n.name: n for n in gd.node}
-        assigns = ["^" + a.assign for a in rewritten.accumulators]
-        by_name[train].input.extend(assigns)  # running the train op updates the accumulators
+        editor = GraphEditor(rewritten.graph_def, rewritten.edits, copy=False)
+        # running the train op updates the accumulators
+        editor.add_control_inputs(train, [a.assign for a in rewritten.accumulators])
         init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")
         init.input.extend("^" + a.initializer for a in rewritten.accumulators)
-        gd.node.append(init)
+        editor.insert([init])
         for name in graph_inits:
-            by_name[name].input.append(f"^{INIT_OP}")
+            editor.add_control_inputs(name, [INIT_OP])
+        gd = editor.graph_def
         return GraphDefResult(
-            graph_def=gd, original_graph_def=loaded.graph_def, train_op=train, init_op=INIT_OP,
+            graph_def=gd, edits=editor.log, original_graph_def=loaded.graph_def, train_op=train, init_op=INIT_OP,
             graph_init_ops=graph_inits,
             accumulators=[(a.placeholder, a.shape) for a in rewritten.accumulators],
             accumulator_reads=[a.read for a in rewritten.accumulators],
@@ -418,8 +421,8 @@ def rewrite_graph_file(model_path: str, out_dir: str | None, options: Options | 
     fmt, proto = read_graph_file(model_path)
     graph = proto.graph_def if fmt == "meta" else proto
     trainable = _trainable_from_meta(proto) if fmt == "meta" else None
-    result = rewrite_graph_def(graph, train_op=train_op, trainable=trainable, what=model_path,
-                               **(options or Options()).to_dict())
+    result = rewrite_with(GraphDefFrontEnd(graph, train_op, trainable, model_path),
+                          options or Options())
     if fmt == "meta":
         _check_meta_graph(proto, model_path)
     if dry_run and not formats:

@@ -21,6 +21,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from .variables import trains
 from .frontend import accumulator_variables, rewrite_with
+from .edits import EditLog
 from .emit import SVGDStep
 from .errors import (LoadError, NoGradientsError, OutputError, SVGDRewriteError, first_line,
                      one_line)
@@ -57,6 +58,7 @@ class SavedModelResult:
     original_graph_def: Any = None
     graph_variables: dict = field(default_factory=dict)  # RewriteResult: accumulators included
     exported: Any = None  # an ExportResult when graphs were exported
+    edits: EditLog = field(default_factory=EditLog)  # RewriteResult: what the rewrite changed
 
     def to_dict(self) -> dict:
         d = self.report.to_dict()
@@ -88,7 +90,7 @@ class SavedModelFrontEnd:
         self.rewritten = rewritten
         return SavedModelResult(
             report=report, function=self.chosen, out_dir=None, graph_def=rewritten.graph_def,
-            original_graph_def=loaded.graph_def,
+            original_graph_def=loaded.graph_def, edits=rewritten.edits,
             graph_variables=accumulator_variables(loaded, rewritten))
 
 

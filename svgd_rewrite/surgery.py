@@ -25,7 +25,7 @@ those tensors. With ``transform="identity"`` ĝ = g and the accumulators are sti
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tensorflow as tf
@@ -34,8 +34,10 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from .distribute import collective_templates, reduce_for
 from .ir import map_colocation, parse_input, tensor_name
 from .load import MARKER_NODE
-from .loop_statistics import LoopStatistic, add_statistics
-from .names import SCOPE, inserted_name
+from .edits import EditLog
+from .graph_edit import GraphEditor, input_string
+from .loop_statistics import LoopStatistic
+from .names import inserted_name
 from .options import Options
 from .transform import mean_of_squares, sum_of_squares, svgd_factor, svgd_update
 from .plan import Plan, PlannedSite
@@ -90,6 +92,7 @@ class Accumulator:
 class Rewritten:
     graph_def: graph_pb2.GraphDef
     accumulators: list[Accumulator]
+    edits: EditLog = field(default_factory=EditLog)  # what the surgery changed
 
 
 # --- T, as TensorFlow code ------------------------------------------------------------------
@@ -292,7 +295,7 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
         outside.update(group_size=reduce.group_size, group_key=reduce.group_key)
         if reduce.ordering_token:
             outside["ordering_token"] = reduce.ordering_token
-    outside = {k: _input_string(v) for k, v in outside.items()}
+    outside = {k: input_string(v) for k, v in outside.items()}
 
     def rename(inp: str) -> str:
         src, port, control = parse_input(inp)
@@ -318,7 +321,7 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
     return nodes
 
 
-def _clone_chain(by_name: dict, chain: tuple[str, ...], source: str,
+def _clone_chain(editor: GraphEditor, chain: tuple[str, ...], source: str,
                  prefix: str) -> list[node_def_pb2.NodeDef]:
     """Copies of the gradient's position ops ``chain`` (``SpaceToBatchND``, ``Reshape``) that
     read ``source`` (ĝ of the layer output) instead of g: P then reads ĝ at its own positions,
@@ -326,35 +329,13 @@ def _clone_chain(by_name: dict, chain: tuple[str, ...], source: str,
     clones = []
     for i, name in enumerate(chain):
         new = node_def_pb2.NodeDef()
-        new.CopyFrom(by_name[name])
+        new.CopyFrom(editor.node(name))
         new.name = f"{prefix}/{i}"
         new.input[0] = source
         map_colocation(new, lambda n: None)
         clones.append(new)
         source = new.name
     return clones
-
-
-def _input_string(tensor: str) -> str:
-    """``node:0`` as the NodeDef input ``node``; other ports kept."""
-    node, port, _ = parse_input(tensor)
-    return tensor_name((node, port))
-
-
-def _reroute_targets(graph_def: graph_pb2.GraphDef, targets: dict[str, str]) -> None:
-    """Every data input reading a post-scaled target reads its scaled value instead (the
-    inserted ``Mul`` that scales it keeps reading the target)."""
-    if not targets:
-        return
-    for node in graph_def.node:
-        if node.name.startswith(SCOPE + "/"):
-            continue
-        for i, inp in enumerate(node.input):
-            if inp.startswith("^"):
-                continue
-            scaled = targets.get(_input_string(inp))
-            if scaled is not None:
-                node.input[i] = scaled
 
 
 def _wants_one_pass(site: PlannedSite, one_pass: bool) -> bool:
@@ -367,67 +348,75 @@ def _wants_one_pass(site: PlannedSite, one_pass: bool) -> bool:
 def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
                   accumulator_kind: str = "placeholder", one_pass: bool = True) -> Rewritten:
     """Insert every site's accumulator and T, reroute P's g input to ĝ (pre-scaled
-    applications) or P's output to P·f (post-scaled ones), and validate. ``one_pass``: the
-    default runtime's reduction (else the portable one)."""
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(graph_def)
-    stats, stat_index = [], {}
+    applications) or P's output to P·f (post-scaled ones), and validate — every change
+    through a ``GraphEditor``, whose log the result carries. ``one_pass``: the default
+    runtime's reduction (else the portable one)."""
+    editor = GraphEditor(graph_def)
+    loop_stats = _grow_loops(editor, plan, one_pass)
+    accumulators, scaled_targets = [], {}
+    templates = collective_templates(graph_def) if plan.distribution else {}
+    instance_keys: dict[tuple[int, ...], int] = {}
+    traces: dict[tuple, graph_pb2.GraphDef] = {}
+    for site in plan.sites:
+        first = site.applications[0]
+        device = editor.node(first.loop.backward_loop if first.loop else first.match.grad_op).device
+        reduce = (reduce_for(plan.distribution, templates, device, instance_keys, site.peers)
+                  if site.peers else None)
+        traced = _trace_site(site, options, accumulator_kind, _wants_one_pass(site, one_pass),
+                             traces, reduce)
+        stats_of = {k: loop_stats[(site.index, k)]
+                    for k, a in enumerate(site.applications) if a.loop is not None}
+        editor.insert(_splice(traced, site, device, stats_of, reduce), site.index)
+        accumulators.append(Accumulator(
+            placeholder=inserted_name(site.index, "accumulator"), shape=site.accumulator_shape,
+            site=site.index, key=site.key, group=site.peers[0] if site.peers else site.index,
+            replica=site.replica))
+        for k, a in enumerate(site.applications):
+            if a.loop is None and not (a.post_scaled and options.transform == "svgd"):
+                _reroute_g(editor, site, k, a)
+        if options.transform == "svgd":
+            for t, (target, _, _) in enumerate(_targets(site)):
+                scaled_targets[input_string(target)] = (inserted_name(site.index, f"scaled_{t}"),
+                                                        site.index)
+    editor.reroute_readers(scaled_targets)
+    marker = json.dumps({"tool": "svgd-rewrite", "format": FORMAT_VERSION,
+                         "options": options.to_dict(), "sites": len(plan.sites)}, sort_keys=True)
+    marker_node = node_def_pb2.NodeDef(name=MARKER_NODE, op="Const")
+    marker_node.attr["dtype"].type = tf.string.as_datatype_enum
+    marker_node.attr["value"].tensor.CopyFrom(
+        tf.make_tensor_proto(np.array(marker.encode(), dtype=object)))
+    editor.insert([marker_node])
+    check_rewritten_graph(editor.graph_def, editor.log, plan.tensor_types)
+    return Rewritten(graph_def=editor.graph_def, accumulators=accumulators, edits=editor.log)
+
+
+def _grow_loops(editor: GraphEditor, plan: Plan, one_pass: bool) -> dict:
+    """The gradient loops' new statistics loop variables, per (site, application)."""
+    stats, keys = [], []
     for site in plan.sites:
         for k, a in enumerate(site.applications):
             if a.loop is not None:
-                stat_index[(site.index, k)] = len(stats)
+                keys.append((site.index, k))
                 stats.append(LoopStatistic(
                     backward_loop=a.loop.backward_loop, g=a.loop.g, g_dtype=a.g_dtype,
                     reduce_axes=a.reduce_axes, accumulator_shape=site.accumulator_shape,
                     one_pass=_wants_one_pass(site, one_pass),
                     name=inserted_name(site.index, f"loop_{k}")))
-    loop_outputs = add_statistics(out, stats) if stats else {}
-    by_name = {n.name: n for n in out.node}
-    accumulators, reroutes, scaled_targets = [], [], {}
-    templates = collective_templates(graph_def) if plan.distribution else {}
-    instance_keys: dict[tuple[int, ...], int] = {}
-    traces: dict[tuple, graph_pb2.GraphDef] = {}
-    for site in plan.sites:
-        acc = Accumulator(placeholder=inserted_name(site.index, "accumulator"),
-                          shape=site.accumulator_shape, site=site.index, key=site.key,
-                          group=site.peers[0] if site.peers else site.index,
-                          replica=site.replica)
-        first = site.applications[0]
-        anchor = first.loop.backward_loop if first.loop else first.match.grad_op
-        device = by_name[anchor].device
-        reduce = (reduce_for(plan.distribution, templates, device, instance_keys, site.peers)
-                  if site.peers else None)
-        traced = _trace_site(site, options, accumulator_kind, _wants_one_pass(site, one_pass),
-                             traces, reduce)
-        stats_of = {k: loop_outputs[stat_index[(site.index, k)]]
-                    for k, a in enumerate(site.applications) if a.loop is not None}
-        out.node.extend(_splice(traced, site, device, stats_of, reduce))
-        accumulators.append(acc)
-        for k, a in enumerate(site.applications):
-            if a.loop is not None or (a.post_scaled and options.transform == "svgd"):
-                continue
-            p_node = by_name[a.match.grad_op]
-            old = parse_input(p_node.input[a.match.g_slot])
-            assert (old[0], old[1]) == a.match.g, "P's g input moved under the rewrite"
-            ghat = inserted_name(site.index, f"g_hat_{k}")
-            if a.chain:  # ĝ of the layer output, moved to P's positions like g was
-                clones = _clone_chain(by_name, a.chain, ghat, inserted_name(site.index,
-                                                                            f"positions_{k}"))
-                out.node.extend(clones)
-                ghat = clones[-1].name
-            p_node.input[a.match.g_slot] = ghat
-            reroutes.append((site.index, a.match.grad_op, a.match.g_slot, ghat))
-        if options.transform == "svgd":
-            for t, (target, _, _) in enumerate(_targets(site)):
-                scaled_targets[_input_string(target)] = inserted_name(site.index, f"scaled_{t}")
-    _reroute_targets(out, scaled_targets)
-    marker = json.dumps({"tool": "svgd-rewrite", "format": FORMAT_VERSION,
-                         "options": options.to_dict(), "sites": len(plan.sites)}, sort_keys=True)
-    marker_node = out.node.add(name=MARKER_NODE, op="Const")
-    marker_node.attr["dtype"].type = tf.string.as_datatype_enum
-    marker_node.attr["value"].tensor.CopyFrom(
-        tf.make_tensor_proto(np.array(marker.encode(), dtype=object)))
-    check_rewritten_graph(out, reroutes, SCOPE + "/", plan.tensor_types,
-                          scaled=scaled_targets,
-                          loops=sorted({s.backward_loop for s in stats}))
-    return Rewritten(graph_def=out, accumulators=accumulators)
+    if not stats:
+        return {}
+    outputs = editor.grow_loops(stats, [site for site, _ in keys])
+    return {key: outputs[i] for i, key in enumerate(keys)}
+
+
+def _reroute_g(editor: GraphEditor, site: PlannedSite, k: int, a) -> None:
+    """A pre-scaled application: P's g input reads ĝ (through a copy of the gradient's
+    position ops when σ' is the layer output past them)."""
+    old = parse_input(editor.node(a.match.grad_op).input[a.match.g_slot])
+    assert (old[0], old[1]) == a.match.g, "P's g input moved under the rewrite"
+    ghat = inserted_name(site.index, f"g_hat_{k}")
+    if a.chain:  # ĝ of the layer output, moved to P's positions like g was
+        clones = _clone_chain(editor, a.chain, ghat,
+                              inserted_name(site.index, f"positions_{k}"))
+        editor.insert(clones, site.index)
+        ghat = clones[-1].name
+    editor.reroute(a.match.grad_op, a.match.g_slot, ghat, site.index, k)
