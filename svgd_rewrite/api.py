@@ -62,6 +62,7 @@ def rewrite(train_step, *, variables: Sequence[tf.Variable] | None = None,
     ``NoSitesError`` (``.report`` says why each V_θ→σ node was skipped),
     ``AlreadyRewrittenError``, ``UnsupportedError`` (e.g. ``ParameterServerStrategy``).
     """
+    _check_variables(variables)
     if state is not None and not isinstance(state, AccumulatorState):
         raise InvalidOptionError(f"state must be an AccumulatorState (another step's "
                                  f"``.state``), got {type(state).__name__}")
@@ -77,4 +78,16 @@ def analyze_step(train_step, *, variables: Sequence[tf.Variable] | None = None,
     ``train_step`` and ``variables`` are ``rewrite``'s, and so are the options. Returns a
     ``Report``; raises what ``rewrite`` raises except ``NoSitesError``.
 {options}"""
+    _check_variables(variables)
     return plan_step(load_step(train_step, variables), options).report
+
+
+def _check_variables(variables) -> None:
+    """``variables``: None or a list of variables (tf.Variable or Keras variables)."""
+    if variables is None:
+        return
+    if (isinstance(variables, (str, bytes)) or not isinstance(variables, (list, tuple))
+            or not all(hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "assign")
+                       for v in variables)):
+        raise InvalidOptionError(f"variables must be a list of variables, got "
+                                 f"{type(variables).__name__}")

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from .emit import SVGDStep
-from .errors import SVGDRewriteError, UnsupportedError
+from .errors import NoSitesError, SVGDRewriteError, UnsupportedError
 from .frontend import rewrite_with
 from .load import load_concrete_function
 from .options import Options, takes_options
@@ -154,6 +154,7 @@ class KerasSVGD:
     def __init__(self, model: keras.Model, options: Options):
         self.model = model
         self.options = options
+        self.replaced = ""  # set when enable replaced an earlier enable's options
         self.steps: dict[str, SVGDStep] = {}
         self.report: Report | None = None
         self._generation: tuple | None = None
@@ -166,6 +167,10 @@ class KerasSVGD:
         return str(self.report) if self.report is not None else (
             "svgd-rewrite: enabled; the step is rewritten when fit/train_on_batch first traces it")
 
+    def _note_replaced(self) -> None:
+        if self.replaced and self.replaced not in self.report.warnings:
+            self.report.warnings.append(self.replaced)
+
     @property
     def state(self) -> AccumulatorState:
         return getattr(self.model, _STATE_ATTR)
@@ -176,7 +181,8 @@ class KerasSVGD:
 
     @property
     def notes(self) -> list[str]:
-        return self.state.notes
+        """What restoring found, and whether this enable replaced earlier options."""
+        return ([self.replaced] if self.replaced else []) + self.state.notes
 
     def _current(self) -> tuple:
         """What a rewritten step depends on besides the data: the compiled optimizer, loss and
@@ -210,6 +216,7 @@ class KerasSVGD:
             step = self._rewrite(structure, specs)
             self.steps[key] = step
             self.report = step.report
+            self._note_replaced()
         return step.function(*tensors)
 
     def _rewrite(self, structure, specs) -> SVGDStep:
@@ -262,6 +269,7 @@ class KerasSVGD:
             step = self._rewrite_distributed(data)
             self.steps[key] = step
             self.report = step.report
+            self._note_replaced()
         return step(data)
 
     def _rewrite_distributed(self, data) -> SVGDStep:
@@ -295,6 +303,10 @@ def _check_model(model) -> None:
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
         raise SVGDRewriteError("the model is not compiled: call model.compile(optimizer=..., "
                                "loss=...) before svgd_rewrite.keras.enable")
+    if model.built and not any(len(w.shape) >= 2 for w in model.trainable_weights):
+        raise NoSitesError("the model has no trainable kernel (no trainable weight of rank 2 "
+                           "or more): there is nothing to give virtual gradients; enable a "
+                           "model with Dense/Conv/attention layers")
     if model.run_eagerly:
         raise SVGDRewriteError("the model runs eagerly (run_eagerly=True): there is no graph to "
                                "rewrite; compile it with run_eagerly=False")
@@ -326,9 +338,17 @@ def enable(model: keras.Model, *, options: Options) -> KerasSVGD:
 
 def _enable(model: keras.Model, options: Options) -> KerasSVGD:
     _check_model(model)
-    if model in _ENABLED:
+    previous = _ENABLED.get(model)
+    if previous is not None:
         disable(model)
     state = KerasSVGD(model, options)
+    if previous is not None and previous.options != options:
+        changed = {k: (v, getattr(options, k)) for k, v in previous.options.to_dict().items()
+                   if getattr(options, k) != previous.options.to_dict()[k]
+                   and not (k == "ops" and list(options.ops) == v)}
+        state.replaced = ("enable: the options were replaced ("
+                          + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items())
+                          + "); the accumulators are kept")
     _ENABLED[model] = state
     accumulators = getattr(model, _STATE_ATTR)
     model._track_trackable(accumulators, name=_STATE_ATTR, overwrite=True)  # tf.train.Checkpoint

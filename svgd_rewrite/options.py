@@ -236,6 +236,9 @@ def parse_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
     ones. No TensorFlow import: the command line checks ``--export`` before loading it."""
     if isinstance(formats, str):
         formats = [f for f in formats.split(",")]
+    elif not isinstance(formats, Iterable) or not all(isinstance(f, str) for f in formats):
+        raise ExportError(f"formats must be format names (a list, or a comma-separated string: "
+                          f"{', '.join(EXPORT_FORMATS)} or all), got {formats!r}")
     wanted: list[str] = []
     for f in (x.strip() for x in formats):
         if f == "all":

@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import errno
 import inspect
-import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from .variables import trains
-from .frontend import accumulator_variables, rewrite_with
+from .frontend import accumulator_variables
 from .edits import EditLog
 from .emit import SVGDStep
-from .errors import (LoadError, NoGradientsError, OutputError, SVGDRewriteError, first_line,
+from .errors import (LoadError, NoGradientsError, SVGDRewriteError, first_line,
                      one_line)
-from .exporters import export, parse_formats
 from .load import LoadedStep, load_concrete_function
 from .options import Options
-from .output_dir import REPORT_FILE, check_output_dir, staged_output
 from .validate import check_library
 from .progress import stage
 from .report import Report
@@ -92,6 +89,29 @@ class SavedModelFrontEnd:
             report=report, function=self.chosen, out_dir=None, graph_def=rewritten.graph_def,
             original_graph_def=loaded.graph_def, edits=rewritten.edits,
             graph_variables=accumulator_variables(loaded, rewritten))
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.model_dir]
+
+    def check(self) -> None:
+        check_saved_model_dir(self.model_dir)
+
+    def prepare(self, result: "SavedModelResult") -> tuple[tf.Module, dict]:
+        return _saved_root(self, result.report)
+
+    def write(self, result: "SavedModelResult", prepared, out_dir: str) -> None:
+        """The SavedModel: every variable of the input plus the accumulators, the rewritten
+        train function under its name and signature key, every other function unchanged."""
+        _save(*prepared, out_dir)
+
+    def describe(self, options: Options) -> dict:
+        return describe_saved_model(self.model_dir, self.function, options)
+
+    def summary(self, result: "SavedModelResult") -> str:
+        return (f"function: {result.function.name}"
+                + (f" (signature {result.function.signature!r})" if result.function.signature
+                   else ""))
 
 
 def check_saved_model_dir(model_dir: str) -> None:
@@ -334,60 +354,3 @@ def _save(root: tf.Module, signatures: dict, tmp: str) -> None:
     except ValueError as e:  # names TensorFlow's saver refuses (e.g. hostile variables)
         raise LoadError(f"TensorFlow cannot save this model again ({first_line(e, 200)}): "
                         "rename its variables to plain names") from None
-
-
-def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options | None = None, *,
-                        function: str | None = None, overwrite: bool = False,
-                        dry_run: bool = False,
-                        export_formats: Iterable[str] | str | None = None) -> SavedModelResult:
-    """Rewrite the train function of the SavedModel in ``model_dir`` into ``out_dir`` (what
-    the command line runs).
-
-    - ``model_dir``: a TF2 SavedModel directory with a training ``tf.function``.
-    - ``out_dir``: a new or empty directory, or (``overwrite=True``) a previous output of the
-      tool (every file listed in its ``svgd_manifest.json``); None only with ``dry_run``.
-    - ``options``: an ``Options`` from ``svgd_rewrite.options.make_options(...)`` (default:
-      the defaults; see ``svgd_rewrite.rewrite`` for each option).
-    - ``function``: the attribute or signature key to rewrite (default ``train``, else the
-      only function that applies gradients).
-    - ``overwrite``: replace a previous svgd-rewrite output in ``out_dir``.
-    - ``dry_run``: write no model; with ``export_formats`` the graph pictures still go to
-      ``out_dir/graphs/`` (see ``svgd_rewrite.export``).
-    - ``export_formats``: ``"all"`` or a comma-separated list of ``tensorboard``,
-      ``graphml``, ``graphs-tuple``, ``dot``, ``svg``, ``html``.
-
-    The output holds every variable of the input plus the accumulators, the rewritten train
-    function under its name and signature key, every other function unchanged,
-    ``svgd_report.json`` and ``svgd_manifest.json``. Returns a ``SavedModelResult``
-    (``report``, ``function``, ``out_dir``, ``exported``). Raises ``LoadError``,
-    ``NoGradientsError``, ``OutputError`` (nothing is written), and what
-    ``svgd_rewrite.rewrite`` raises.
-    """
-    options = options or Options()
-    formats = parse_formats(export_formats) if export_formats else ()
-    check_saved_model_dir(model_dir)
-    if out_dir is None and (formats or not dry_run):
-        raise OutputError("OUT_DIR is required" + (" for --export (graphs go to OUT_DIR/graphs)"
-                                                   if formats else " (or use --dry-run)"))
-    if out_dir is not None:
-        out_dir = check_output_dir(out_dir, [model_dir], overwrite)
-    front = SavedModelFrontEnd(model_dir, function)
-    result = rewrite_with(front, options)
-    if dry_run:
-        if formats:
-            with staged_output(out_dir, [model_dir], overwrite) as tmp:
-                result.exported = export(result, tmp, formats)
-            result.out_dir = out_dir
-        return result
-    stage("emit")
-    root, signatures = _saved_root(front, result.report)
-    stage("write")
-    with staged_output(out_dir, [model_dir], overwrite) as tmp:
-        _save(root, signatures, tmp)
-        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-            json.dump(result.to_dict(), f, indent=2, sort_keys=True)
-        if formats:
-            result.exported = export(result, tmp, formats)
-    result.out_dir = out_dir
-    log.info("wrote %s", result.out_dir)
-    return result

@@ -54,6 +54,14 @@ def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> Exp
 
     import tensorflow as tf
 
+    missing = [a for a in ("report", "graph_def", "original_graph_def", "graph_variables",
+                           "edits") if not hasattr(result, a)]
+    if missing:
+        raise ExportError(f"export() takes a rewrite's result (an SVGDStep, or what "
+                          f"rewrite_saved_model returns), got {type(result).__name__}")
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip():
+        raise ExportError(f"out_dir must be a directory path, got {out_dir!r}")
+    parse_formats(formats)
     target = os.path.join(out_dir, "graphs")
     created = not os.path.lexists(target)  # only a folder this call creates is removed
     try:
