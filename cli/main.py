@@ -196,11 +196,9 @@ def _import_library(tf_logs: bool):
         import tensorflow as tf
 
         tf.config.list_logical_devices()  # device start-up messages happen here
-        import svgd_rewrite
-        from svgd_rewrite import savedmodel
+        import svgd_rewrite.runner  # noqa: F401  (the library, TensorFlow loaded)
     if not tf_logs:
         tf.get_logger().setLevel("ERROR")
-    return svgd_rewrite, savedmodel
 
 
 def _options(args, default_scale: float | None = None):
@@ -234,14 +232,11 @@ def _check_arguments(args) -> None:
         raise LoadError(f"MODEL {one_line(path)} does not exist: give a SavedModel directory "
                         "or a .pb/.pbtxt/.meta file")
     if path.endswith(KERAS_SUFFIXES):
-        raise LoadError(_KERAS_FILE.format(path=one_line(path)))
+        from svgd_rewrite.keras_file import KERAS_FILE
+
+        raise LoadError(KERAS_FILE.format(path=one_line(path)))
     if args.out_dir is not None and not args.out_dir.strip():
         raise OutputError("OUT_DIR is empty: give the directory to write, e.g. ./model_svgd")
-
-
-_KERAS_FILE = ("{path} is a Keras model file: train it with virtual gradients in Keras with "
-               "svgd_rewrite.keras.enable(model) (README: Keras), or save a SavedModel with a "
-               "train tf.function (README: SavedModel input) and rewrite that")
 
 
 def _files_under(root: str) -> list[str]:
@@ -259,7 +254,7 @@ def _run(args, out) -> int:
     # refused here, before TensorFlow's import
     options = _options(args, default_scale=0.01 if args.example_fit else None)
     stage("import")  # TensorFlow's import is the first wait
-    svgd_rewrite, savedmodel = _import_library(args.tf_logs)
+    _import_library(args.tf_logs)
     if args.example_fit:
         return _example_fit(args, out, options)
     model_dir, out_dir = args.model_dir, args.out_dir
@@ -282,7 +277,7 @@ def _run(args, out) -> int:
                                   f"{first_line(e, 200)}; choose a writable DIR") from None
             if not args.quiet and not args.json:
                 out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
-    result, what = _rewrite(svgd_rewrite, savedmodel, args, model_dir, out_dir, options)
+    result, what = _rewrite(args, model_dir, out_dir, options)
     exported = result.exported
     written = (_files_under(result.out_dir) if result.out_dir and os.path.isdir(result.out_dir)
                else [])
@@ -315,25 +310,13 @@ def _run(args, out) -> int:
     return EXIT_OK
 
 
-def _rewrite(svgd_rewrite, savedmodel, args, model_dir, out_dir, options):
-    if os.path.lexists(model_dir) and not os.path.isdir(model_dir):  # a TF1 graph file
-        from svgd_rewrite import graphdef
+def _rewrite(args, model_dir, out_dir, options):
+    from svgd_rewrite.runner import open_model, run
 
-        result = graphdef.rewrite_graph_file(
-            model_dir, out_dir, options, train_op=args.train_op,
-            overwrite=args.overwrite, dry_run=args.dry_run, export_formats=args.export)
-        what = (f"train op: {result.train_op} ({result.variable_kind} variables); initialize "
-                f"the accumulators with {result.init_op}"
-                + (f" (also run by {', '.join(result.graph_init_ops)})"
-                   if result.graph_init_ops else ""))
-        return result, what
-    result = savedmodel.rewrite_saved_model(
-        model_dir, out_dir, options, function=args.function, overwrite=args.overwrite,
-        dry_run=args.dry_run, export_formats=args.export)
-    what = (f"function: {result.function.name}"
-            + (f" (signature {result.function.signature!r})" if result.function.signature
-               else ""))
-    return result, what
+    front = open_model(model_dir, function=args.function, train_op=args.train_op)
+    result = run(front, out_dir, options, overwrite=args.overwrite, dry_run=args.dry_run,
+                 export_formats=args.export)
+    return result, front.summary(result)
 
 
 def _example_fit(args, out, options) -> int:
@@ -366,18 +349,10 @@ def _show(args, out) -> int:
     path = args.model_dir
     if not os.path.lexists(path):
         raise LoadError(f"MODEL {one_line(path)} does not exist")
-    svgd_rewrite, savedmodel = _import_library(args.tf_logs)
-    if path.endswith(KERAS_SUFFIXES):
-        info = _show_keras(path)
-    elif os.path.isdir(path):
-        info = savedmodel.describe_saved_model(path, args.function, options)
-    else:
-        from svgd_rewrite import graphdef
+    _import_library(args.tf_logs)
+    from svgd_rewrite.runner import open_model
 
-        result = graphdef.rewrite_graph_file(path, None, options, train_op=args.train_op,
-                                             dry_run=True)
-        info = {"input": path, "kind": "TF1 graph", "train_op": result.train_op,
-                "variable_kind": result.variable_kind, "report": result.report}
+    info = open_model(path, function=args.function, train_op=args.train_op).describe(options)
     report = info.pop("report", None)
     if args.json:
         out.write(json.dumps({"version": _version(), **info,
@@ -397,29 +372,6 @@ def _show(args, out) -> int:
     if report is not None:
         out.write(str(report) + "\n")
     return EXIT_OK
-
-
-def _show_keras(path: str) -> dict:
-    import keras
-
-    from svgd_rewrite.errors import LoadError
-
-    try:
-        model = keras.models.load_model(path, compile=True)
-    except Exception as e:  # Keras raises many types: all mean "cannot load"
-        raise LoadError(f"cannot load the Keras model {one_line(path)}: {first_line(e, 200)}"
-                        ) from None
-    kernels = [w.path for w in model.trainable_weights if len(w.shape) >= 2]
-    optimizer = getattr(model, "optimizer", None)
-    return {"input": path, "kind": f"Keras model {model.name!r}",
-            "optimizer": type(optimizer).__name__ if optimizer is not None else "not compiled",
-            "loss": str(getattr(model, "loss", None)),
-            "kernels": kernels,
-            "lines": [f"{len(kernels)} kernel(s) would get virtual gradients with "
-                      "svgd_rewrite.keras.enable(model): " + ", ".join(kernels[:8])
-                      + (", ..." if len(kernels) > 8 else ""),
-                      "the command line rewrites SavedModels and TF1 graphs: " + _KERAS_FILE
-                      .format(path="this")]}
 
 
 class _ProgressLines(logging.Handler):

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "rewrite": "api", "analyze_step": "api", "SVGDStep": "emit", "Report": "report",
     "SiteReport": "report", "SkippedNode": "report", "MemoryReport": "report",
-    "REGISTRY": "registry", "DEFAULT_OPS": "registry", "rewrite_saved_model": "savedmodel",
+    "REGISTRY": "registry", "DEFAULT_OPS": "registry", "rewrite_saved_model": "runner",
     "export": "exporters", "AccumulatorState": "state",
 }
 

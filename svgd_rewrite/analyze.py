@@ -9,61 +9,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import tensorflow as tf
 
 from .errors import NoGradientsError, NoTrainableVariablesError
 from .ir import GraphIR, Tensor
 from .load import Distribution, LoadedStep, VariableInfo
-from .loops import LoopAnalysis
-from .proofs import NO_DATA_BATCH, DataOrigin, LayerOutput, find_loss_scale, layer_output
-from .registry import (CONTROL_FLOW_BODY_ATTRS, CONTROL_FLOW_OPS, HANDLE_ONLY_OPS, LOOP_OPS,
-                       MULTI_IDENTITY_OPS, PASS_THROUGH_OPS, REGISTRY, SHAPE_OPS, SLICE_OPS,
-                       VARIABLE_READ_OPS, VIEW_OPS, WRITE_OP_PREFIXES, identity_reason)
+from .loop_match import LoopAnalysis
+from .proofs import NO_DATA_BATCH, DataOrigin, find_loss_scale, layer_output
+from .sites import Consumer, Match, consumer_reason
+from .variables import variable_reads, variable_uses
+from .registry import (LOOP_OPS,
+                       REGISTRY, VARIABLE_READ_OPS)
 from .shapes import TensorInfo, infer_shapes
 
 log = logging.getLogger(__name__)
 
 MAX_STATE_LEVELS = 4  # optimizer state read by other state read by θ's update, ...
-
-
-@dataclass(frozen=True)
-class Match:
-    """P for one site: the gradient op, the input slot carrying g, and g itself."""
-
-    grad_op: str
-    g_slot: int
-    g: Tensor
-
-
-@dataclass
-class Consumer:
-    """A node that consumes a view of θ (a member of V_θ→σ or a backward/update op).
-
-    Inside a loop, ``node`` names F in the forward body, ``at`` the loop, ``loop`` how F's
-    gradient leaves the gradient loop (``loops.LoopMatch``). Once matched: ``g_dtype``,
-    ``p_node`` (P's NodeDef) and ``p_shape`` (the static shape of what post-scaling would
-    scale: P's output, or the gradient loop's output).
-    """
-
-    node: str
-    op: str
-    slot: int
-    variable: str  # θ's placeholder
-    match: Match | None = None
-    reason: str | None = None  # why no match was possible, when known
-    at: str = ""  # the flat graph's node holding the consumer (itself, or its loop)
-    loop: Any = None
-    g_dtype: Any = None
-    p_node: Any = None
-    p_shape: Any = None
-    p_dtype: Any = None  # the dtype of what post-scaling would scale
-    param_size: int = 0  # θ's number of elements
-    output: LayerOutput | None = None  # σ' as the layer outputs it (``proofs.layer_output``)
-
-    def __post_init__(self):
-        self.at = self.at or self.node
 
 
 @dataclass
@@ -83,116 +46,13 @@ class Analysis:
     keys: dict[str, str] = field(default_factory=dict)  # θ's placeholder -> its state key
 
 
-def _is_write(op: str) -> bool:
-    return op.startswith(WRITE_OP_PREFIXES)
-
-
-def variable_uses(ir: GraphIR, placeholder: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(write ops, value consumers) of the variable behind ``placeholder``.
-
-    Value consumers are ``(node, slot)`` pairs past the read and view ops; an op that reads
-    the handle directly (e.g. ``ResourceGather``) is a value consumer too.
-    """
-    writes: list[str] = []
-    consumers: list[tuple[str, int]] = []
-    values: list[Tensor] = []
-    seen: set[Tensor] = set()
-    for node, slot in handle_consumers(ir, placeholder):
-        op = ir.op(node)
-        if op in PASS_THROUGH_OPS:
-            continue  # the handle passed on (its consumers are listed too)
-        if op in VARIABLE_READ_OPS:
-            values.append((node, 0))
-        elif _is_write(op) or (op in CONTROL_FLOW_OPS and _body_writes(ir, ir.node(node), slot)):
-            writes.append(node)
-        elif op in HANDLE_ONLY_OPS:
-            continue
-        else:
-            consumers.append((node, slot))
-    while values:
-        v = values.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        for node, slot in ir.consumers(v):
-            if ir.op(node) in VIEW_OPS:
-                values.append((node, 0))
-            elif ir.op(node) in MULTI_IDENTITY_OPS:
-                values.append((node, slot))
-            elif ir.op(node) in SHAPE_OPS:
-                continue  # reads θ's shape only
-            else:
-                consumers.append((node, slot))
-    order = ir.order
-    return sorted(set(writes), key=order.get), sorted(set(consumers), key=lambda c: (order[c[0]], c[1]))
-
-
-def handle_consumers(ir: GraphIR, placeholder: str) -> list[tuple[str, int]]:
-    """(node, slot) pairs that read the variable's handle, looking through ``Identity`` (which
-    is listed too: for a ref variable it is also a read)."""
-    out, handles, seen = [], [(placeholder, 0)], set()
-    while handles:
-        h = handles.pop()
-        if h in seen:
-            continue
-        seen.add(h)
-        for node, slot in ir.consumers(h):
-            if ir.op(node) in PASS_THROUGH_OPS:
-                handles.append((node, 0))
-            out.append((node, slot))
-    return out
-
-
-def variable_reads(ir: GraphIR, placeholder: str) -> list[str]:
-    """The ``ReadVariableOp`` nodes (and ref-variable ``Identity`` reads) of a variable."""
-    return [n for n, _ in handle_consumers(ir, placeholder)
-            if ir.op(n) in VARIABLE_READ_OPS or ir.op(n) in PASS_THROUGH_OPS]
-
-
-def _body_writes(ir: GraphIR, nd, slot: int, depth: int = 0) -> bool:
-    """True when the control-flow op ``nd`` writes the resource it reads at input ``slot``
-    inside one of its bodies (e.g. LossScaleOptimizer's update under ``If``)."""
-    if depth > 8 or nd.op not in CONTROL_FLOW_BODY_ATTRS:
-        return False
-    index = slot if nd.op in LOOP_OPS else slot - 1
-    names = []
-    for attr in CONTROL_FLOW_BODY_ATTRS[nd.op]:
-        value = nd.attr[attr]
-        names += [f.name for f in value.list.func] if value.list.func else [value.func.name]
-    return any(_function_writes(ir, name, index, depth) for name in names)
-
-
-def _function_writes(ir: GraphIR, name: str, index: int, depth: int) -> bool:
-    fdef = ir.functions.get(name)
-    if fdef is None or index < 0 or index >= len(fdef.signature.input_arg):
-        return False
-    aliases = {fdef.signature.input_arg[index].name}
-    for _ in range(2):  # node_defs are not sorted; two passes settle Identity chains
-        for n in fdef.node_def:
-            srcs = [i.split(":")[0] for i in n.input if not i.startswith("^")]
-            if n.op in PASS_THROUGH_OPS and srcs and srcs[0] in aliases:
-                aliases.add(n.name)
-    for n in fdef.node_def:
-        srcs = [i.split(":")[0] for i in n.input if not i.startswith("^")]
-        if _is_write(n.op) and srcs and srcs[0] in aliases:
-            return True
-        if n.op in CONTROL_FLOW_BODY_ATTRS:
-            for k, src in enumerate(srcs):
-                if src in aliases and _body_writes(ir, n, k, depth + 1):
-                    return True
-    return False
-
-
-def trains(step: LoadedStep) -> bool:
-    """True when the step writes at least one trainable variable (it applies gradients)."""
-    ir = GraphIR(step.graph_def)
-    scope = step.update_scope
-    return any(w for p, v in step.variables.items() if v.trainable
-               for w in variable_uses(ir, p)[0] if scope is None or w in scope)
-
-
 def analyze(step: LoadedStep) -> Analysis:
-    """Find every site and its P; classify the other consumers of trainable variables."""
+    """Find every site and its P; classify the other consumers of trainable variables.
+
+    The steps: the variables' uses (``_uses``), their update paths through optimizer state
+    (``UpdatePaths``), each consumer matched and proven (``_match_consumers``), the members of
+    V_θ→σ kept (``_forward``), optimizer state fed by P (``_optimizer_state``), the loss scale.
+    """
     ir = GraphIR(step.graph_def)
     shapes = infer_shapes(step.graph_def, step.variables)
     trainable = {p: v for p, v in step.variables.items() if v.trainable}
@@ -200,7 +60,36 @@ def analyze(step: LoadedStep) -> Analysis:
         raise NoTrainableVariablesError(
             "the step reads no trainable variable: pass a training step that reads and updates "
             "trainable tf.Variables")
+    writes, consumers = _uses(ir, step, trainable)
+    paths = UpdatePaths(ir, step, trainable, writes)
+    matched, looped, reach = _match_consumers(ir, step, shapes, consumers, paths)
+    forward = _forward(ir, step, matched, looped, consumers, reach)
+    stateful = _optimizer_state(ir, step, trainable, writes, forward)
+    site_gs = [c.output.g if c.output else c.match.g for c in forward
+               if c.match and c.loop is None]
+    proven = find_loss_scale(ir, lambda t: _shape(shapes, t), lambda t: _dtype(shapes, t),
+                             site_gs, step.variables, paths.feeds_any)
+    loss_scale = ((proven.tensor, proven.label) if proven
+                  else _find_loss_scale(ir, shapes, step, site_gs))
+    return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
+                    forward=forward, stateful_optimizer_vars=stateful,
+                    loss_scale=loss_scale[0] if loss_scale else None,
+                    loss_scale_variable=loss_scale[1] if loss_scale else None,
+                    loss_scale_proven=proven is not None,
+                    distribution=step.distribution, keys=dict(step.variable_keys))
 
+
+def _shape(shapes, t):
+    return shapes[Tensor(*t)][1] if Tensor(*t) in shapes else None
+
+
+def _dtype(shapes, t):
+    return shapes[Tensor(*t)][0] if Tensor(*t) in shapes else None
+
+
+def _uses(ir: GraphIR, step: LoadedStep, trainable: dict):
+    """(writes, value consumers) per variable placeholder; ``NoGradientsError`` when the step
+    updates no trainable variable."""
     writes: dict[str, list[str]] = {}
     consumers: dict[str, list[tuple[str, int]]] = {}
     for placeholder in step.variables:
@@ -211,129 +100,152 @@ def analyze(step: LoadedStep) -> Analysis:
         raise NoGradientsError(
             "the step updates no trainable variable (no gradients are applied): pass the "
             "training step, not an inference function")
+    return writes, consumers
 
-    # Which variables' updates each node feeds (port-aware through IdentityN). An optimizer
-    # with state writes the gradient into a slot variable (momentum, Adam's m and v, ...) that
-    # θ's update then reads: a write of a non-trainable variable whose reads feed θ's update
-    # feeds it too. One linear pass per level of such state (two for Adam).
-    order = sorted(trainable, key=ir.order.get)
-    var_bit = {p: i for i, p in enumerate(order)}
-    sinks: dict[str, int] = {}
-    for p in order:
-        for w in writes[p]:
-            sinks[w] = sinks.get(w, 0) | (1 << var_bit[p])
-    state_reads = {p: variable_reads(ir, p) for p in step.variables
-                   if p not in trainable and writes[p]}
-    feeds = ir.downstream_bits(sinks)
-    for _ in range(MAX_STATE_LEVELS):
+
+class UpdatePaths:
+    """Which trained variables' updates each node feeds (port-aware through IdentityN).
+
+    An optimizer with state writes the gradient into a slot variable (momentum, Adam's m and
+    v, ...) that θ's update then reads: a write of a non-trainable variable whose reads feed
+    θ's update feeds it too. One linear pass per level of such state (two for Adam).
+    """
+
+    def __init__(self, ir: GraphIR, step: LoadedStep, trainable: dict, writes: dict):
+        self.ir, self.writes = ir, writes
+        self.order = sorted(trainable, key=ir.order.get)
+        self.bit = {p: i for i, p in enumerate(self.order)}
+        sinks: dict[str, int] = {}
+        for p in self.order:
+            for w in writes[p]:
+                sinks[w] = sinks.get(w, 0) | (1 << self.bit[p])
+        state_reads = {p: variable_reads(ir, p) for p in step.variables
+                       if p not in trainable and writes[p]}
+        self.feeds = ir.downstream_bits(sinks)
+        for _ in range(MAX_STATE_LEVELS):
+            if not self._add_state(state_reads, sinks):
+                break
+            self.feeds = ir.downstream_bits(sinks)
+
+    def _add_state(self, state_reads: dict, sinks: dict) -> bool:
         changed = False
         for p, reads in state_reads.items():
             bits = 0
             for r in reads:
-                bits |= feeds.get(r, 0)
-            for w in writes[p]:
+                bits |= self.feeds.get(r, 0)
+            for w in self.writes[p]:
                 if bits & ~sinks.get(w, 0):
                     sinks[w] = sinks.get(w, 0) | bits
                     changed = True
-        if not changed:
-            break
-        feeds = ir.downstream_bits(sinks)
+        return changed
 
-    # Which consumers of θ each tensor depends on, in one pass.
-    candidates = [(p, node, slot) for p in order for node, slot in consumers[p]]
-    source_bit: dict[str, int] = {}
-    for _, node, _ in candidates:
-        source_bit.setdefault(node, len(source_bit))
-    reach = ir.reach_bits(source_bit)
+    def feeds_any(self, node: str) -> bool:
+        return bool(self.feeds.get(node, 0))
 
-    def on_path_pool(x, op, pool, p):
+    def on_path(self, p: str, node: str) -> bool:
+        """``node`` feeds θ's update (always true for a variable the step does not write)."""
+        return not self.writes[p] or bool(self.feeds.get(node, 0) >> self.bit[p] & 1)
+
+    def pool(self, p: str, pool: list) -> list:
         """The candidates in ``pool`` whose output feeds p's update (one bit test each: no
         per-variable index, whose size grows with variables × candidates)."""
-        if not writes[p]:
-            return pool
-        bit = var_bit[p]
-        return [entry for entry in pool if feeds.get(entry[0], 0) >> bit & 1]
+        return [entry for entry in pool if self.on_path(p, entry[0])]
 
-    def feeds_update(p: str, t: Tensor) -> bool:
+    def tensor_feeds(self, p: str, t: Tensor) -> bool:
         """Tensor ``t`` (an output of a gradient loop) reaches θ's update."""
-        return any(feeds.get(n, 0) >> var_bit[p] & 1 for a in ir.aliases(t)
-                   for n, _ in ir.consumers(a)) if writes[p] else False
+        return bool(self.writes[p]) and any(
+            self.feeds.get(n, 0) >> self.bit[p] & 1
+            for a in self.ir.aliases(t) for n, _ in self.ir.consumers(a))
 
-    loops = LoopAnalysis(ir, step.variables, feeds_update)
+
+@dataclass
+class _Reach:
+    """Which consumers of θ each tensor depends on (one pass): ``depends(t, f)``."""
+
+    ir: GraphIR
+    bits: dict
+    source: dict[str, int]
+
+    def depends(self, t: Tensor, f: str) -> bool:
+        return bool(self.ir.bits_of(self.bits, t) >> self.source[f] & 1)
+
+    def node_depends(self, node: str, f: str) -> bool:
+        return bool(self.bits.get(node, 0) >> self.source[f] & 1)
+
+
+def _match_consumers(ir: GraphIR, step: LoadedStep, shapes, consumers: dict,
+                     paths: UpdatePaths) -> tuple[list[Consumer], list[Consumer], _Reach]:
+    """Every consumer of a trained variable's value, matched to its P and proven, or given a
+    reason (consumers inside loops through ``LoopAnalysis``)."""
+    candidates = [(p, node, slot) for p in paths.order for node, slot in consumers[p]]
+    source: dict[str, int] = {}
+    for _, node, _ in candidates:
+        source.setdefault(node, len(source))
+    reach = _Reach(ir, ir.reach_bits(source), source)
+    loops = LoopAnalysis(ir, step.variables, paths.tensor_feeds)
     origin = DataOrigin(ir, set(step.variables))
-
-    def shape_of(t):
-        return shapes[Tensor(*t)][1] if Tensor(*t) in shapes else None
-
-    all_consumers: list[Consumer] = []
-    loop_consumers: list[Consumer] = []
+    matched: list[Consumer] = []
+    looped: list[Consumer] = []
     for p, node, slot in candidates:
         if ir.op(node) in LOOP_OPS:
             found = loops.consumers(node, slot, p)
-            loop_consumers += found
+            looped += found
             if found:
                 continue
         c = Consumer(node=node, op=ir.op(node), slot=slot, variable=p)
-        _match(ir, c, on_path_pool=lambda x, op, pool, p=p: on_path_pool(x, op, pool, p),
-               on_update_path=lambda d, p=p: not writes[p] or bool(feeds.get(d, 0) >> var_bit[p] & 1),
-               depends_on_f=lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1),
-               shape_of=shape_of)
+        _match(ir, c, on_path_pool=lambda x, op, pool, p=p: paths.pool(p, pool),
+               on_update_path=lambda d, p=p: paths.on_path(p, d),
+               depends_on_f=lambda t, f=node: reach.depends(t, f),
+               shape_of=lambda t: _shape(shapes, t))
         if c.match is not None:
-            _prove(ir, c, origin, shape_of,
-                   lambda t, f=node: bool(ir.bits_of(reach, t) >> source_bit[f] & 1))
-        all_consumers.append(c)
-
-    matched_g = [c.match.g for c in all_consumers if c.match]
-    for c in all_consumers:
+            _prove(ir, c, origin, lambda t: _shape(shapes, t),
+                   lambda t, f=node: reach.depends(t, f))
         if c.match is not None:
             c.g_dtype = shapes[Tensor(*c.match.g)][0]
             c.p_node = ir.node(c.match.grad_op)
             c.p_dtype, c.p_shape = shapes.get(Tensor(c.match.grad_op, 0), (None, None))
-    backward = ir.descendants(matched_g)
-    out_tensors = [Tensor.parse(t) for t in step.output_tensors]
-    reportable = ir.ancestors(out_tensors + matched_g)
+        matched.append(c)
+    return matched, looped, reach
 
+
+def _forward(ir: GraphIR, step: LoadedStep, consumers_found: list[Consumer],
+             looped: list[Consumer], consumers: dict, reach: _Reach) -> list[Consumer]:
+    """The members of V_θ→σ: matched sites, and the forward consumers kept as identity (not a
+    gradient op, not part of the update, not the input-gradient op of a forward op)."""
+    matched_g = [c.match.g for c in consumers_found if c.match]
+    backward = ir.descendants(matched_g)
+    reportable = ir.ancestors([Tensor.parse(t) for t in step.output_tensors] + matched_g)
     forward: list[Consumer] = []
-    for c in all_consumers:
+    for c in consumers_found:
         if c.match is not None:
             forward.append(c)
             continue
         if c.node in backward or c.node not in reportable:
             continue  # a gradient op, or part of the update: not a member of V_θ→σ
         siblings = [n for n, _ in consumers[c.variable] if n != c.node and ir.op(n) == c.op]
-        if any(reach.get(c.node, 0) >> source_bit[n] & 1 for n in siblings):
+        if any(reach.node_depends(c.node, n) for n in siblings):
             continue  # the input-gradient op of a forward op with no P, e.g. MatMul(g, Wᵀ)
         forward.append(c)
-    gradient_loops = {c.loop.backward_loop for c in loop_consumers if c.loop is not None}
-    forward += [c for c in loop_consumers if c.at not in backward and c.at not in gradient_loops]
+    gradient_loops = {c.loop.backward_loop for c in looped if c.loop is not None}
+    forward += [c for c in looped if c.at not in backward and c.at not in gradient_loops]
     for c in forward:
         c.param_size = _size(step.variables[c.variable].shape)
     forward.sort(key=lambda c: (ir.order[c.at], c.slot, c.node))
+    return forward
 
-    # Optimizers with state (momentum, Adam, ...) write non-trainable variables from the gradients.
+
+def _optimizer_state(ir: GraphIR, step: LoadedStep, trainable: dict, writes: dict,
+                     forward: list[Consumer]) -> list[str]:
+    """The optimizer's per-parameter slots (shaped like a trained variable, not counters or a
+    loss scale) written from P's outputs: momentum, Adam, ..."""
     p_outputs = sorted({Tensor.parse(c.loop.backward_loop if c.loop else c.match.grad_op)
                         for c in forward if c.match})
     downstream = ir.descendants(p_outputs)
-    # optimizer state = per-parameter slots (shaped like a trained variable), not counters or
-    # a loss scale
     trained_shapes = {tuple(v.shape) for p, v in trainable.items() if writes[p]}
-    stateful = sorted(
+    return sorted(
         step.variables[p].name for p, ws in writes.items()
         if p not in trainable and any(w in downstream for w in ws)
         and len(step.variables[p].shape) > 0 and tuple(step.variables[p].shape) in trained_shapes)
-    site_gs = [c.output.g if c.output else c.match.g for c in forward
-               if c.match and c.loop is None]
-    proven = find_loss_scale(ir, shape_of, lambda t: shapes[Tensor(*t)][0]
-                             if Tensor(*t) in shapes else None, site_gs, step.variables,
-                             lambda n: bool(feeds.get(n, 0)))
-    loss_scale = ((proven.tensor, proven.label) if proven
-                  else _find_loss_scale(ir, shapes, step, site_gs))
-    return Analysis(ir=ir, shapes=shapes, variables=step.variables, writes=writes,
-                    forward=forward, stateful_optimizer_vars=stateful,
-                    loss_scale=loss_scale[0] if loss_scale else None,
-                    loss_scale_variable=loss_scale[1] if loss_scale else None,
-                    loss_scale_proven=proven is not None,
-                    distribution=step.distribution, keys=dict(step.variable_keys))
 
 
 def _prove(ir: GraphIR, c: Consumer, origin: DataOrigin, shape_of, depends_on_f) -> None:
@@ -470,20 +382,6 @@ def _candidates(ctx: MatchContext, c: Consumer, x: Tensor | None) -> list[Candid
                 out.append(Candidate(grad_op=d, g_slot=gs, g=Tensor(*ir.data_input(d, gs)),
                                      x_slot=xs, x_at=x_at))
     return out
-
-
-def consumer_reason(ir: GraphIR, node: str) -> str:
-    """Why a consumer of θ with no registry entry keeps the identity transform; a slice of θ
-    is told apart by what its parts feed (linear ops: a kernel cut per gate; else a bias)."""
-    op = ir.op(node)
-    if op in SLICE_OPS:
-        parts = [(node, port) for port in range(64)]  # Split/Unpack: one output per part
-        feeds_linear = any(ir.op(n) in REGISTRY for t in parts for a in ir.aliases(t)
-                           for n, _ in ir.consumers(a))
-        if not feeds_linear:
-            return (f"θ is cut into parts ({op}) for elementwise uses (a bias, gates): not a "
-                    "kernel op")
-    return identity_reason(op)
 
 
 def _match(ir: GraphIR, c: Consumer, on_update_path, depends_on_f, shape_of=lambda t: None,

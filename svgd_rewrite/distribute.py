@@ -18,7 +18,6 @@ import itertools
 import re
 from dataclasses import dataclass, replace
 
-import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from .errors import UnsupportedError

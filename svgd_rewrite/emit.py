@@ -7,9 +7,8 @@ op (variable updates, accumulator assigns) run, in the original order.
 """
 from __future__ import annotations
 
-import functools
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
@@ -145,6 +144,7 @@ class SVGDStep(tf.Module):
         self.report = report
         self.graph_def = rewritten.graph_def
         self.original_graph_def = loaded.graph_def
+        self.edits = rewritten.edits
         self._wiring.graph_variables = accumulator_variables(loaded, rewritten)
         # The variable (or mirrored component) each accumulator placeholder is fed.
         self._wiring.feeds = [by_group[a.group] if a.replica is None else

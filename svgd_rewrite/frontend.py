@@ -21,6 +21,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from .analyze import analyze
+from .edits import EditLog
 from .load import LoadedStep, VariableInfo
 from .options import Options
 from .plan import Plan, make_plan, require_sites
@@ -32,12 +33,14 @@ log = logging.getLogger(__name__)
 
 
 class RewriteResult(Protocol):
-    """What every front end's result offers: the report, both graphs, and the variables of
-    the rewritten graph (its placeholders or variable nodes, accumulators included)."""
+    """What every front end's result offers: the report, both graphs, the edit log (what the
+    rewrite changed: ``edits.EditLog``) and the variables of the rewritten graph (its
+    placeholders or variable nodes, accumulators included)."""
 
     report: Report
     graph_def: graph_pb2.GraphDef
     original_graph_def: graph_pb2.GraphDef
+    edits: EditLog
 
     @property
     def graph_variables(self) -> dict[str, VariableInfo]: ...

@@ -17,20 +17,21 @@ import networkx as nx
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from .analyze import handle_consumers, variable_uses
+from .variables import handle_consumers, variable_uses
+from .edits import EditLog
 from .errors import (LoadError, NoGradientsError, OutputError, already_rewritten, first_line,
                      one_line)
 from .frontend import rewrite_with
+from .graph_edit import GraphEditor
 from .inline import inline_calls
 from .ir import GraphIR
 from .load import LoadedStep, VariableInfo, is_rewritten
-from .options import Options, make_options
-from .output_dir import REPORT_FILE
+from .options import Options, takes_options
 from .registry import (CONTROL_GROUP_OPS, DATA_SOURCE_OPS, FUSED_APPLY_PREFIXES,
                        RESTORE_OP_PREFIXES, VARIABLE_OPS)
 from .progress import stage
 from .report import Report
-from .surgery import SCOPE
+from .names import SCOPE
 from .validate import IMPORT_ERRORS, check_input_graph
 
 INIT_OP = f"{SCOPE}/init"
@@ -53,6 +54,7 @@ class GraphDefResult:
     report: Report
     # RewriteResult: the graph's variable nodes (the accumulators carry their own shapes)
     graph_variables: dict
+    edits: EditLog  # what the rewrite changed (the train op's and init ops' inputs too)
     out_dir: str | None = None
     exported: Any = None
 
@@ -210,17 +212,17 @@ def _init_ops(ir: GraphIR, initializers: set[str]) -> list[str]:
     return out
 
 
+@takes_options
 def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = None,
                       trainable: Iterable[str] | None = None, what: str = "the GraphDef",
-                      **options) -> GraphDefResult:
+                      options: Options) -> GraphDefResult:
     """Rewrite a TF1 training GraphDef so that its train op trains with virtual gradients.
 
-    ``trainable`` names the trainable variables (a MetaGraph's collection); by default every
-    floating-point variable. ``**options``: ``svgd_rewrite.rewrite``'s options (``scale``,
-    ``rho``, ``epsilon``, ``ops``, ``granularity``, ``transform``, ``pooling``,
-    ``post_scale``, ``portable``).
-    """
-    options = make_options(**options)
+    ``train_op`` names the train op (default: found from the graph); ``trainable`` names the
+    trainable variables (a MetaGraph's collection); by default every floating-point
+    variable. ``what`` names the input in messages. The options are
+    ``svgd_rewrite.rewrite``'s.
+{options}"""
     return rewrite_with(GraphDefFrontEnd(graph_def, train_op, trainable, what), options)
 
 
@@ -244,17 +246,17 @@ class GraphDefFrontEnd:
 
     def finish(self, loaded: LoadedStep, rewritten, report) -> GraphDefResult:
         train, graph_inits = self.step.train_op, self.step.init_ops
-        gd = rewritten.graph_def
-        by_name = {n.name: n for n in gd.node}
-        assigns = ["^" + a.assign for a in rewritten.accumulators]
-        by_name[train].input.extend(assigns)  # running the train op updates the accumulators
+        editor = GraphEditor(rewritten.graph_def, rewritten.edits, copy=False)
+        # running the train op updates the accumulators
+        editor.add_control_inputs(train, [a.assign for a in rewritten.accumulators])
         init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")
         init.input.extend("^" + a.initializer for a in rewritten.accumulators)
-        gd.node.append(init)
+        editor.insert([init])
         for name in graph_inits:
-            by_name[name].input.append(f"^{INIT_OP}")
+            editor.add_control_inputs(name, [INIT_OP])
+        gd = editor.graph_def
         return GraphDefResult(
-            graph_def=gd, original_graph_def=loaded.graph_def, train_op=train, init_op=INIT_OP,
+            graph_def=gd, edits=editor.log, original_graph_def=loaded.graph_def, train_op=train, init_op=INIT_OP,
             graph_init_ops=graph_inits,
             accumulators=[(a.placeholder, a.shape) for a in rewritten.accumulators],
             accumulator_reads=[a.read for a in rewritten.accumulators],
@@ -390,55 +392,75 @@ def _write_meta(meta, result: GraphDefResult, model_path: str, out_dir: str) -> 
             _write_checkpoint_state(out_dir, os.path.basename(prefix_out))
 
 
-def rewrite_graph_file(model_path: str, out_dir: str | None, options: Options | None = None, *,
-                       train_op: str | None = None, overwrite: bool = False,
-                       dry_run: bool = False, export_formats=None) -> GraphDefResult:
-    """Rewrite a ``.pb``/``.pbtxt``/``.meta`` training graph into ``out_dir`` (same format,
-    same file name, plus ``svgd_report.json`` and, for a MetaGraph, its checkpoint)."""
-    from google.protobuf import text_format
+class GraphFileFrontEnd:
+    """A ``.pb``/``.pbtxt``/``.meta`` training graph file in; the same format, the same file
+    name (and, for a MetaGraph, its checkpoint) out."""
 
-    from .exporters import export, parse_formats
-    from .output_dir import check_output_dir, staged_output
+    def __init__(self, path: str, train_op: str | None = None):
+        self.path, self.train_op = path, train_op
+        self.inner: GraphDefFrontEnd | None = None
+        self.fmt, self.proto = "", None
 
-    formats = parse_formats(export_formats) if export_formats else ()
-    if not os.path.exists(model_path):
-        raise LoadError(f"MODEL {model_path} does not exist: give a SavedModel directory or a "
-                        ".pb/.pbtxt/.meta file")
-    if not os.path.isfile(model_path):
-        raise LoadError(f"MODEL {one_line(model_path)} is not a regular file: give a SavedModel "
-                        "directory or a .pb/.pbtxt/.meta file")
-    if not model_path.endswith(GRAPH_SUFFIXES):
-        raise LoadError(f"MODEL {model_path} is a file but not a .pb, .pbtxt or .meta graph")
-    if out_dir is None and (formats or not dry_run):
-        raise OutputError("OUT_DIR is required" + (" for --export" if formats else
-                                                   " (or use --dry-run)"))
-    if out_dir is not None:
-        out_dir = check_output_dir(out_dir, [model_path], overwrite)
-    stage("load")
-    fmt, proto = read_graph_file(model_path)
-    graph = proto.graph_def if fmt == "meta" else proto
-    trainable = _trainable_from_meta(proto) if fmt == "meta" else None
-    result = rewrite_graph_def(graph, train_op=train_op, trainable=trainable, what=model_path,
-                               **(options or Options()).to_dict())
-    if fmt == "meta":
-        _check_meta_graph(proto, model_path)
-    if dry_run and not formats:
+    @property
+    def inputs(self) -> list[str]:
+        return [self.path]
+
+    @property
+    def accumulator_kind(self) -> str:
+        return self.inner.accumulator_kind
+
+    def check(self) -> None:
+        if not os.path.exists(self.path):
+            raise LoadError(f"MODEL {one_line(self.path)} does not exist: give a SavedModel "
+                            "directory or a .pb/.pbtxt/.meta file")
+        if not os.path.isfile(self.path):
+            raise LoadError(f"MODEL {one_line(self.path)} is not a regular file: give a "
+                            "SavedModel directory or a .pb/.pbtxt/.meta file")
+        if not self.path.endswith(GRAPH_SUFFIXES):
+            raise LoadError(f"MODEL {one_line(self.path)} is a file but not a .pb, .pbtxt or "
+                            ".meta graph")
+
+    def load(self) -> LoadedStep:
+        stage("load")
+        self.fmt, self.proto = read_graph_file(self.path)
+        graph = self.proto.graph_def if self.fmt == "meta" else self.proto
+        trainable = _trainable_from_meta(self.proto) if self.fmt == "meta" else None
+        self.inner = GraphDefFrontEnd(graph, self.train_op, trainable, self.path)
+        return self.inner.load()
+
+    def finish(self, loaded: LoadedStep, rewritten, report) -> GraphDefResult:
+        result = self.inner.finish(loaded, rewritten, report)
+        if self.fmt == "meta":
+            _check_meta_graph(self.proto, self.path)
         return result
-    stage("write")
-    with staged_output(out_dir, [model_path], overwrite) as tmp:
-        if not dry_run:
-            name = os.path.basename(model_path)
-            if fmt == "pb":
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(result.graph_def.SerializeToString(deterministic=True))
-            elif fmt == "pbtxt":
-                with open(os.path.join(tmp, name), "w") as f:
-                    f.write(text_format.MessageToString(result.graph_def))
-            else:
-                _write_meta(proto, result, model_path, tmp)
-            with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-                json.dump(result.to_dict(), f, indent=2, sort_keys=True)
-        if formats:
-            result.exported = export(result, tmp, formats)
-    result.out_dir = out_dir
-    return result
+
+    def prepare(self, result: GraphDefResult) -> None:
+        return None
+
+    def write(self, result: GraphDefResult, prepared, out_dir: str) -> None:
+        from google.protobuf import text_format
+
+        name = os.path.basename(self.path)
+        if self.fmt == "pb":
+            with open(os.path.join(out_dir, name), "wb") as f:
+                f.write(result.graph_def.SerializeToString(deterministic=True))
+        elif self.fmt == "pbtxt":
+            with open(os.path.join(out_dir, name), "w") as f:
+                f.write(text_format.MessageToString(result.graph_def))
+        else:
+            _write_meta(self.proto, result, self.path, out_dir)
+
+    def describe(self, options: Options) -> dict:
+        """The train op, the variables' kind and the plan's report (nothing is rewritten)."""
+        from .frontend import plan_step
+
+        self.check()
+        report = plan_step(self.load(), options).report
+        return {"input": self.path, "kind": "TF1 graph", "train_op": self.inner.step.train_op,
+                "variable_kind": self.inner.step.variable_kind, "report": report}
+
+    def summary(self, result: GraphDefResult) -> str:
+        return (f"train op: {result.train_op} ({result.variable_kind} variables); initialize "
+                f"the accumulators with {result.init_op}"
+                + (f" (also run by {', '.join(result.graph_init_ops)})"
+                   if result.graph_init_ops else ""))

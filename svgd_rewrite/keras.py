@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import quote, unquote
 
 import keras
@@ -36,10 +36,10 @@ import numpy as np
 import tensorflow as tf
 
 from .emit import SVGDStep
-from .errors import SVGDRewriteError, UnsupportedError, checked_arguments
+from .errors import NoSitesError, SVGDRewriteError, UnsupportedError
 from .frontend import rewrite_with
 from .load import load_concrete_function
-from .options import Options, make_options
+from .options import Options, takes_options
 from .report import Report
 from .state import AccumulatorState
 from .tf_compat import distributed_container, keras_saveable_base
@@ -154,6 +154,7 @@ class KerasSVGD:
     def __init__(self, model: keras.Model, options: Options):
         self.model = model
         self.options = options
+        self.replaced = ""  # set when enable replaced an earlier enable's options
         self.steps: dict[str, SVGDStep] = {}
         self.report: Report | None = None
         self._generation: tuple | None = None
@@ -166,6 +167,10 @@ class KerasSVGD:
         return str(self.report) if self.report is not None else (
             "svgd-rewrite: enabled; the step is rewritten when fit/train_on_batch first traces it")
 
+    def _note_replaced(self) -> None:
+        if self.replaced and self.replaced not in self.report.warnings:
+            self.report.warnings.append(self.replaced)
+
     @property
     def state(self) -> AccumulatorState:
         return getattr(self.model, _STATE_ATTR)
@@ -176,7 +181,8 @@ class KerasSVGD:
 
     @property
     def notes(self) -> list[str]:
-        return self.state.notes
+        """What restoring found, and whether this enable replaced earlier options."""
+        return ([self.replaced] if self.replaced else []) + self.state.notes
 
     def _current(self) -> tuple:
         """What a rewritten step depends on besides the data: the compiled optimizer, loss and
@@ -210,6 +216,7 @@ class KerasSVGD:
             step = self._rewrite(structure, specs)
             self.steps[key] = step
             self.report = step.report
+            self._note_replaced()
         return step.function(*tensors)
 
     def _rewrite(self, structure, specs) -> SVGDStep:
@@ -262,6 +269,7 @@ class KerasSVGD:
             step = self._rewrite_distributed(data)
             self.steps[key] = step
             self.report = step.report
+            self._note_replaced()
         return step(data)
 
     def _rewrite_distributed(self, data) -> SVGDStep:
@@ -295,6 +303,10 @@ def _check_model(model) -> None:
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
         raise SVGDRewriteError("the model is not compiled: call model.compile(optimizer=..., "
                                "loss=...) before svgd_rewrite.keras.enable")
+    if model.built and not any(len(w.shape) >= 2 for w in model.trainable_weights):
+        raise NoSitesError("the model has no trainable kernel (no trainable weight of rank 2 "
+                           "or more): there is nothing to give virtual gradients; enable a "
+                           "model with Dense/Conv/attention layers")
     if model.run_eagerly:
         raise SVGDRewriteError("the model runs eagerly (run_eagerly=True): there is no graph to "
                                "rewrite; compile it with run_eagerly=False")
@@ -305,40 +317,38 @@ def _check_model(model) -> None:
                                "loop also MultiWorkerMirroredStrategy)")
 
 
-_ENABLE_DOC = """
+@takes_options
+def enable(model: keras.Model, *, options: Options) -> KerasSVGD:
+    """Make ``model.fit`` / ``train_on_batch`` train with virtual gradients.
+
     ``model``: a compiled Keras 3 model (any optimizer, loss, metrics, ``loss_weights``,
     ``steps_per_execution``, ``jit_compile``, mixed precision; ``MirroredStrategy``), not run
-    eagerly. The options are ``svgd_rewrite.rewrite``'s: ``scale`` (s, default 0.1; 0.01 for
-    convolutional or sequence models, 0.001 for VGG-like nets), ``rho`` (ρ, 0.9), ``epsilon``
-    (ε, 1e-6), ``ops`` (None: the default kernel ops), ``granularity`` (``"full"``,
-    ``"channel"``, ``"auto"``), ``transform`` (``"identity"``: the same surgery with ĝ = g, so
-    that ``fit`` trains exactly as without ``enable`` — a check), ``pooling``
-    (``"variable"``: one r per trained variable), ``post_scale`` (True), ``portable`` (None:
-    follows ``jit_compile``).
+    eagerly. The options are ``svgd_rewrite.rewrite``'s (``scale``: 0.01 for convolutional
+    or sequence models, 0.001 for VGG-like nets; ``transform="identity"``: the same surgery
+    with ĝ = g, so that ``fit`` trains exactly as without ``enable`` — a check).
 
     Returns a ``KerasSVGD``: ``report`` (filled when the step is first traced),
     ``accumulators``, ``state``, ``notes``. Enabling again replaces the options and keeps
     the accumulators. Raises ``SVGDRewriteError`` (not compiled, ``run_eagerly=True``, not a
     Keras 3 model), ``UnsupportedError`` (a strategy other than ``MirroredStrategy``, a
     tf_keras model) or ``InvalidOptionError``, each with one line.
-"""
+{options}"""
+    return _enable(model, options)
 
 
-@checked_arguments
-def enable(model: keras.Model, *, scale: float = Options.scale, rho: float = Options.rho,
-           epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
-           granularity: str = Options.granularity, transform: str = Options.transform,
-           pooling: str = Options.pooling, post_scale: bool = Options.post_scale,
-           portable: bool | None = Options.portable) -> KerasSVGD:
-    """Make ``model.fit`` / ``train_on_batch`` train with virtual gradients.
-    {doc}"""
-    options = make_options(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
-                           granularity=granularity, transform=transform, pooling=pooling,
-                           post_scale=post_scale, portable=portable)
+def _enable(model: keras.Model, options: Options) -> KerasSVGD:
     _check_model(model)
-    if model in _ENABLED:
+    previous = _ENABLED.get(model)
+    if previous is not None:
         disable(model)
     state = KerasSVGD(model, options)
+    if previous is not None and previous.options != options:
+        changed = {k: (v, getattr(options, k)) for k, v in previous.options.to_dict().items()
+                   if getattr(options, k) != previous.options.to_dict()[k]
+                   and not (k == "ops" and list(options.ops) == v)}
+        state.replaced = ("enable: the options were replaced ("
+                          + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items())
+                          + "); the accumulators are kept")
     _ENABLED[model] = state
     accumulators = getattr(model, _STATE_ATTR)
     model._track_trackable(accumulators, name=_STATE_ATTR, overwrite=True)  # tf.train.Checkpoint
@@ -353,10 +363,6 @@ def enable(model: keras.Model, *, scale: float = Options.scale, rho: float = Opt
                       "accumulators were restored: if this model was saved with SVGD enabled, "
                       "import svgd_rewrite.keras before keras.models.load_model", stacklevel=2)
     return state
-
-
-enable.__doc__ = enable.__doc__.replace("{doc}", _ENABLE_DOC)
-enable.__wrapped__.__doc__ = enable.__doc__
 
 
 def disable(model: keras.Model) -> None:
@@ -392,18 +398,10 @@ class VirtualGradients(keras.callbacks.Callback):
     not a Keras 3 model, is refused with one line when ``fit`` starts.
     """
 
-    @checked_arguments
-    def __init__(self, *, scale: float = Options.scale, rho: float = Options.rho,
-                 epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
-                 granularity: str = Options.granularity, transform: str = Options.transform,
-                 pooling: str = Options.pooling, post_scale: bool = Options.post_scale,
-                 portable: bool | None = Options.portable, keep: bool = False):
+    @takes_options
+    def __init__(self, *, keep: bool = False, options: Options):
         super().__init__()
-        self.options: dict[str, Any] = dict(scale=scale, rho=rho, epsilon=epsilon, ops=ops,
-                                            granularity=granularity, transform=transform,
-                                            pooling=pooling, post_scale=post_scale,
-                                            portable=portable)
-        make_options(**self.options)  # validate now, not at the start of fit
+        self.options = options  # validated now, not at the start of fit
         self.keep = keep
         self.state: KerasSVGD | None = None
         self._was_enabled = False
@@ -421,7 +419,7 @@ class VirtualGradients(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._was_enabled = enabled(self.model) is not None
-        self.state = enabled(self.model) or enable(self.model, **self.options)
+        self.state = enabled(self.model) or _enable(self.model, self.options)
         self.model.make_train_function(force=True)
 
     def on_train_end(self, logs=None):

@@ -1,18 +1,23 @@
-"""Rewrite options (Algorithm 1's s, ρ, ε plus what to transform), validated once.
+"""Rewrite options (Algorithm 1's s, ρ, ε plus what to transform), declared once.
 
-``Options`` holds the defaults, in this one place: the library's entry points, the Keras
-integration and the command line read them from here (and a test checks the README's).
+Each field of ``Options`` carries its default, its documentation and its check; the library's
+entry points get their keyword parameters from it (``takes_options``), the command line
+reads the defaults from it (and a test checks the README's). Adding an option is a field,
+its check and its doc.
 No TensorFlow import (the command line reads the defaults at start-up)."""
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
-from dataclasses import asdict, dataclass
-from typing import Iterable
+import textwrap
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .errors import InvalidOptionError, checked_arguments
+from .errors import ExportError, InvalidOptionError, first_line
 from .registry import DEFAULT_OPS, REGISTRY
 
 GRANULARITIES = ("full", "channel", "auto")
@@ -21,54 +26,22 @@ TRANSFORMS = ("svgd", "identity")
 POOLINGS = ("variable", "application")
 
 
-@dataclass(frozen=True)
-class Options:
-    """Validated options. ``ops`` is the sorted tuple of forward op types to transform.
+# --- the checks, one per option: the user's value -> the stored value --------------------
 
-    ``pooling``: ``variable`` — one r per trained variable θ, fed by every application of θ
-    in the step; ``application`` — one r per application (the first version's behaviour).
-    ``post_scale``: scale P's output instead of g where that is exact. ``portable``: the
-    reduction XLA and TFLite compile (``Square`` + ``Sum``) instead of the default runtime's
-    one-pass ``EuclideanNorm``; ``None`` decides from the step (``jit_compile=True``: portable).
-    """
-
-    scale: float = 0.1
-    rho: float = 0.9
-    epsilon: float = 1e-6
-    ops: tuple[str, ...] = DEFAULT_OPS
-    granularity: str = "full"
-    transform: str = "svgd"
-    pooling: str = "variable"
-    post_scale: bool = True
-    portable: bool | None = None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ops"] = list(self.ops)
-        return d
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidOptionError(f"{name} must be a number, got {value!r}")
+    f = float(value)
+    with np.errstate(over="ignore"):
+        f32 = float(np.float32(f)) if math.isfinite(f) else f
+    if not math.isfinite(f32):
+        raise InvalidOptionError(f"{name} must be finite in float32 (|{name}| < 3.4e38), "
+                                 f"got {value!r}")
+    return f
 
 
-@checked_arguments
-def make_options(scale: float = Options.scale, rho: float = Options.rho,
-                 epsilon: float = Options.epsilon, ops: Iterable[str] | None = None,
-                 granularity: str = Options.granularity,
-                 transform: str = Options.transform, pooling: str = Options.pooling,
-                 post_scale: bool = Options.post_scale,
-                 portable: bool | None = Options.portable) -> Options:
-    """Validate user options (``ops=None``: ``DEFAULT_OPS``); raise ``InvalidOptionError``
-    with what to change."""
-    def number(name: str, value) -> float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InvalidOptionError(f"{name} must be a number, got {value!r}")
-        f = float(value)
-        with np.errstate(over="ignore"):
-            f32 = float(np.float32(f)) if math.isfinite(f) else f
-        if not math.isfinite(f32):
-            raise InvalidOptionError(f"{name} must be finite in float32 (|{name}| < 3.4e38), "
-                                     f"got {value!r}")
-        return f
-
-    scale, rho, epsilon = number("scale", scale), number("rho", rho), number("epsilon", epsilon)
+def _check_scale(value) -> float:
+    scale = _number("scale", value)
     if scale == 0:
         raise InvalidOptionError("scale must be > 0 (0 would stop training): to run the "
                                  "surgery without scaling use transform='identity'")
@@ -77,41 +50,182 @@ def make_options(scale: float = Options.scale, rho: float = Options.rho,
     if scale < _TINY:
         raise InvalidOptionError(f"scale must be at least {_TINY:.3g} (the smallest normal "
                                  f"float32; smaller values round to 0), got {scale:g}")
+    return scale
+
+
+def _check_rho(value) -> float:
+    rho = _number("rho", value)
     if not 0 <= rho < 1 or float(np.float32(rho)) >= 1:
         raise InvalidOptionError(f"rho must be in [0, 1) in float32, got {rho}")
+    return rho
+
+
+def _check_epsilon(value) -> float:
+    epsilon = _number("epsilon", value)
     if epsilon <= 0:
         raise InvalidOptionError(f"epsilon must be > 0, got {epsilon}")
     if epsilon < _TINY:
         raise InvalidOptionError(f"epsilon must be at least {_TINY:.3g} (the smallest normal "
                                  f"float32), got {epsilon:g}")
+    return epsilon
+
+
+def _check_ops(ops) -> tuple[str, ...]:
     if ops is None:
-        op_tuple = DEFAULT_OPS
-    else:
-        if isinstance(ops, str):
-            ops = [o for o in ops.split(",") if o.strip()]
-        op_tuple = tuple(sorted({str(o).strip() for o in ops}))
-        unknown = [o for o in op_tuple if o not in REGISTRY]
-        if unknown:
-            raise InvalidOptionError(
-                f"unknown op type(s) {', '.join(unknown)} in ops: choose from "
-                f"{', '.join(sorted(REGISTRY))}")
-        if not op_tuple:
-            raise InvalidOptionError("ops is empty: name at least one op type, or pass None")
-    if granularity not in GRANULARITIES:
-        raise InvalidOptionError(f"granularity must be one of {', '.join(GRANULARITIES)}, "
-                                 f"got {granularity!r}")
-    if transform not in TRANSFORMS:
-        raise InvalidOptionError(f"transform must be one of {', '.join(TRANSFORMS)}, "
-                                 f"got {transform!r}")
-    if pooling not in POOLINGS:
-        raise InvalidOptionError(f"pooling must be one of {', '.join(POOLINGS)}, "
-                                 f"got {pooling!r}")
-    for name, value in (("post_scale", post_scale), ("portable", portable)):
-        if not isinstance(value, bool) and not (name == "portable" and value is None):
+        return DEFAULT_OPS
+    if isinstance(ops, str):
+        ops = [o for o in ops.split(",") if o.strip()]
+    elif not isinstance(ops, Iterable):
+        raise InvalidOptionError(f"ops must be op type names (a list, or a comma-separated "
+                                 f"string), got {ops!r}")
+    op_tuple = tuple(sorted({str(o).strip() for o in ops}))
+    unknown = [o for o in op_tuple if o not in REGISTRY]
+    if unknown:
+        raise InvalidOptionError(f"unknown op type(s) {', '.join(unknown)} in ops: choose from "
+                                 f"{', '.join(sorted(REGISTRY))}")
+    if not op_tuple:
+        raise InvalidOptionError("ops is empty: name at least one op type, or pass None")
+    return op_tuple
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise InvalidOptionError(f"{name} must be one of {', '.join(allowed)}, "
+                                     f"got {value!r}")
+        return value
+    return check
+
+
+def _flag(name: str, optional: bool = False) -> Callable[[Any], bool | None]:
+    def check(value):
+        if not isinstance(value, bool) and not (optional and value is None):
             raise InvalidOptionError(f"{name} must be True or False, got {value!r}")
-    return Options(scale=scale, rho=rho, epsilon=epsilon, ops=op_tuple,
-                   granularity=granularity, transform=transform, pooling=pooling,
-                   post_scale=post_scale, portable=portable)
+        return value
+    return check
+
+
+def _option(default, public_default, doc: str, check: Callable):
+    """A field of ``Options``: its stored default, the default a caller passes (``ops``:
+    None), its documentation and its check — everything an entry point needs."""
+    return field(default=default, metadata={"public": public_default, "doc": doc,
+                                            "check": check})
+
+
+@dataclass(frozen=True)
+class Options:
+    """The rewrite's options, declared once: each field's default, documentation and check
+    give every public entry point (``rewrite``, ``analyze_step``, ``keras.enable``,
+    ``VirtualGradients``, ``make_options``) its keyword parameters (``takes_options``).
+    ``ops`` is stored as the sorted tuple of forward op types to transform."""
+
+    scale: float = _option(
+        0.1, 0.1, "(float, default 0.1): s, the virtual gradients' scale. The paper used 0.1 "
+        "for its MLP, 0.01 for ResNet-20 and 0.001 for VGG; layers whose output σ' has more "
+        "than two axes (convolutions, Dense on sequences) usually need 0.01–0.001. A normal "
+        "float32 > 0.", _check_scale)
+    rho: float = _option(0.9, 0.9, "(float, default 0.9): ρ, the decay of the accumulated "
+                         "mean(g²), in [0, 1).", _check_rho)
+    epsilon: float = _option(1e-6, 1e-6, "(float, default 1e-6): ε under the square root; at "
+                             "least 1.2e-38.", _check_epsilon)
+    ops: tuple[str, ...] = _option(
+        DEFAULT_OPS, None, "(iterable of op types, default None = ``svgd_rewrite.DEFAULT_OPS``):"
+        " the forward ops to transform (``svgd_rewrite.REGISTRY`` lists every one; "
+        "``BiasAdd`` is opt-in).", _check_ops)
+    granularity: str = _option(
+        "full", "full", "(``\"full\"``, ``\"channel\"`` or ``\"auto\"``; default "
+        "``\"full\"``): r's shape — σ' without its batch axis (the paper's), one entry per "
+        "output channel (less memory), or channel for convolutions whose full r would exceed "
+        "their parameter count.", _choice("granularity", GRANULARITIES))
+    transform: str = _option(
+        "svgd", "svgd", "(``\"svgd\"`` or ``\"identity\"``; default ``\"svgd\"``): "
+        "``\"identity\"`` runs the same surgery with ĝ = g — the rewritten step then trains "
+        "exactly like the original (a check of the rewrite).", _choice("transform", TRANSFORMS))
+    pooling: str = _option(
+        "variable", "variable", "(``\"variable\"`` or ``\"application\"``; default "
+        "``\"variable\"``): one r per trained variable θ, fed by every use of θ in the step "
+        "(replicas, shared layers, micro-batches, recurrent timesteps), or one r per use.",
+        _choice("pooling", POOLINGS))
+    post_scale: bool = _option(
+        True, True, "(bool, default True): scale P's parameter-sized output instead of g "
+        "where that is exact (f constant over what P sums).", _flag("post_scale"))
+    portable: bool | None = _option(
+        None, None, "(bool or None, default None): use the reduction XLA compiles and TFLite "
+        "has as builtins (``Square`` + ``Sum``) instead of the one-pass ``EuclideanNorm``; "
+        "None = portable for steps declared with ``jit_compile=True``. Set it when you wrap "
+        "the rewritten step in your own XLA function or convert it to TFLite.",
+        _flag("portable", optional=True))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ops"] = list(self.ops)
+        return d
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))
+
+
+def option_parameters() -> list[inspect.Parameter]:
+    """The options as keyword-only parameters (name, public default, annotation)."""
+    hints = {"ops": "Iterable[str] | None"}
+    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                              default=f.metadata["public"], annotation=hints.get(f.name, f.type))
+            for f in fields(Options)]
+
+
+def option_docs(indent: str = "    ") -> str:
+    """The options' documentation, one item each (what ``{options}`` in a docstring becomes)."""
+    lines = [f"{indent}Options (Algorithm 1 of the paper; every default is "
+             "``svgd_rewrite.options.Options``'s):", ""]
+    for f in fields(Options):
+        lines += textwrap.wrap(f"- ``{f.name}`` {f.metadata['doc']}", width=92,
+                               initial_indent=indent, subsequent_indent=indent + "  ")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def make_options(**values) -> Options:
+    """Validate user options (see ``option_docs``; ``ops=None``: ``DEFAULT_OPS``); raise
+    ``InvalidOptionError`` with what to change."""
+    unknown = sorted(set(values) - set(OPTION_NAMES))
+    if unknown:
+        raise InvalidOptionError(f"unknown option(s) {', '.join(unknown)}: the options are "
+                                 f"{', '.join(OPTION_NAMES)}")
+    checked = {f.name: f.metadata["check"](values.get(f.name, f.metadata["public"]))
+               for f in fields(Options)}
+    return Options(**checked)
+
+
+make_options.__signature__ = inspect.Signature(option_parameters(),  # type: ignore[attr-defined]
+                                               return_annotation=Options)
+
+
+def takes_options(fn):
+    """``fn(..., options: Options)`` exposed with every option as a keyword parameter: the
+    signature (``inspect.signature``, ``help()``) lists them with their defaults, ``{options}``
+    in the docstring becomes their documentation, a call validates them into one ``Options``
+    passed as ``options``, and bad arguments raise ``InvalidOptionError`` with one line."""
+    signature = inspect.signature(fn)
+    params = [p for p in signature.parameters.values() if p.name != "options"]
+    leading = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                               inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                               inspect.Parameter.VAR_POSITIONAL)]
+    trailing = [p for p in params if p not in leading]
+    public = signature.replace(parameters=leading + option_parameters() + trailing)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            bound = public.bind(*args, **kwargs)
+        except TypeError as e:
+            names = ", ".join(public.parameters)
+            raise InvalidOptionError(f"{fn.__name__}(): {first_line(e)}; its parameters: "
+                                     f"{names}") from None
+        chosen = {k: bound.arguments.pop(k) for k in OPTION_NAMES if k in bound.arguments}
+        return fn(*bound.args, **bound.kwargs, options=make_options(**chosen))
+
+    wrapper.__signature__ = public  # type: ignore[attr-defined]
+    wrapper.__doc__ = (fn.__doc__ or "").replace("{options}", option_docs())
+    return wrapper
 
 
 EXPORT_FORMATS = ("tensorboard", "graphml", "graphs-tuple", "dot", "svg", "html")
@@ -120,10 +234,11 @@ EXPORT_FORMATS = ("tensorboard", "graphml", "graphs-tuple", "dot", "svg", "html"
 def parse_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
     """Validate export formats (``all`` means every one); ``ExportError`` naming the valid
     ones. No TensorFlow import: the command line checks ``--export`` before loading it."""
-    from .errors import ExportError
-
     if isinstance(formats, str):
         formats = [f for f in formats.split(",")]
+    elif not isinstance(formats, Iterable) or not all(isinstance(f, str) for f in formats):
+        raise ExportError(f"formats must be format names (a list, or a comma-separated string: "
+                          f"{', '.join(EXPORT_FORMATS)} or all), got {formats!r}")
     wanted: list[str] = []
     for f in (x.strip() for x in formats):
         if f == "all":

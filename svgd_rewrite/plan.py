@@ -10,12 +10,13 @@ P contracts, which the registry's ``channel_out`` tells per gradient op.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
-from .analyze import Analysis, Consumer, Match
+from .analyze import Analysis
+from .sites import Consumer, Match
 from .distribute import group_replicas, logical_name
 from .errors import NoSitesError
 from .ir import Tensor
@@ -306,36 +307,11 @@ def _plan_group(group: _Group, analysis: Analysis, options: Options,
     acc_shape = shapes.pop()
     apps, app_rows = [], []
     for c, geo in zip(group.consumers, group.geometries):
-        kept = geo.kept(granularity)
-        reduce_axes = tuple(a for a in range(len(geo.dims)) if a not in kept)
-        rank = len(geo.dims)
-        trailing = kept == list(range(rank - len(kept), rank))
-        bshape = None if trailing else tuple(geo.dims[a] if a in kept else 1 for a in range(rank))
-        g_dtype = c.g_dtype
-        post = (_post_shape(c, analysis, geo, kept, g_dtype)
-                if options.post_scale and options.transform == "svgd" else None)
-        if c.loop is not None and post is None and options.transform == "svgd":
-            return ("inside a loop only the post-scaled form is exact and P does not keep σ''s "
-                    "channel axis (or g is not float32)")
-        loop = None
-        if c.loop is not None:
-            loop = LoopInfo(c.loop.forward_loop, c.loop.backward_loop, c.loop.backward_body,
-                            c.loop.grad_output, c.loop.g_in_body)
-        apps.append(Application(forward=c.node, op=c.op, slot=c.slot, match=c.match,
-                                g_dtype=g_dtype, dims=geo.dims, reduce_axes=reduce_axes,
-                                broadcast_shape=bshape, post_shape=post, loop=loop,
-                                target_dtype=c.p_dtype or g_dtype,
-                                layer_g=c.output.g if c.output and c.output.chain else None,
-                                chain=c.output.chain if c.output else ()))
-        app_rows.append(ApplicationReport(
-            node=_shown(c), gradient_op=c.match.grad_op,
-            gradient_op_type=c.p_node.op if c.p_node is not None else "",
-            gradient_input=c.match.g_slot,
-            upstream_gradient=str(Tensor(*(c.output.g if c.output else c.match.g))),
-            output_shape=list(geo.dims), scaling="post" if post is not None else "pre",
-            loop=c.loop.forward_loop if c.loop is not None else "",
-            gradient_loop=c.loop.backward_loop if c.loop is not None else "",
-            gradient_output=c.loop.grad_output if c.loop is not None else 0))
+        planned = _application(c, geo, analysis, options, granularity)
+        if isinstance(planned, str):
+            return planned
+        apps.append(planned)
+        app_rows.append(_application_row(c, planned))
     first = group.consumers[0]
     info = analysis.variables[group.variable]
     half = [a for a in apps if a.g_dtype == tf.float16]
@@ -352,6 +328,45 @@ def _plan_group(group: _Group, analysis: Analysis, options: Options,
                      variable_node=group.variable, accumulator=f"svgd/{group.key}",
                      applications=app_rows)
     return site, row
+
+
+def _application(c: Consumer, geo: _Geometry, analysis: Analysis, options: Options,
+                 granularity: str) -> Application | str:
+    """One application of θ: the axes mean(g²) sums, how f broadcasts over g, whether it is
+    post-scaled; or the reason a loop application cannot be made exact."""
+    kept = geo.kept(granularity)
+    rank = len(geo.dims)
+    reduce_axes = tuple(a for a in range(rank) if a not in kept)
+    trailing = kept == list(range(rank - len(kept), rank))
+    bshape = None if trailing else tuple(geo.dims[a] if a in kept else 1 for a in range(rank))
+    svgd = options.transform == "svgd"
+    post = (_post_shape(c, analysis, geo, kept, c.g_dtype) if options.post_scale and svgd
+            else None)
+    if c.loop is not None and post is None and svgd:
+        return ("inside a loop only the post-scaled form is exact and P does not keep σ''s "
+                "channel axis (or g is not float32)")
+    loop = None
+    if c.loop is not None:
+        loop = LoopInfo(c.loop.forward_loop, c.loop.backward_loop, c.loop.backward_body,
+                        c.loop.grad_output, c.loop.g_in_body)
+    chain = c.output.chain if c.output else ()
+    return Application(forward=c.node, op=c.op, slot=c.slot, match=c.match, g_dtype=c.g_dtype,
+                       dims=geo.dims, reduce_axes=reduce_axes, broadcast_shape=bshape,
+                       post_shape=post, loop=loop, target_dtype=c.p_dtype or c.g_dtype,
+                       layer_g=c.output.g if chain else None, chain=chain)
+
+
+def _application_row(c: Consumer, a: Application) -> ApplicationReport:
+    loop = c.loop
+    return ApplicationReport(
+        node=_shown(c), gradient_op=c.match.grad_op,
+        gradient_op_type=c.p_node.op if c.p_node is not None else "",
+        gradient_input=c.match.g_slot,
+        upstream_gradient=str(Tensor(*(c.output.g if c.output else c.match.g))),
+        output_shape=list(a.dims), scaling="post" if a.post_scaled else "pre",
+        loop=loop.forward_loop if loop is not None else "",
+        gradient_loop=loop.backward_loop if loop is not None else "",
+        gradient_output=loop.grad_output if loop is not None else 0)
 
 
 def _memory(analysis: Analysis, sites: list[PlannedSite]) -> MemoryReport:
@@ -374,25 +389,44 @@ def _memory(analysis: Analysis, sites: list[PlannedSite]) -> MemoryReport:
 
 def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
               rows: list[SiteReport], skipped: list[SkippedNode]) -> list[str]:
-    """What the user should know about the plan: mixed precision, optimizer state, kernels
-    left without virtual gradients, the scale for convolutions and sequences."""
-    warnings: list[str] = []
+    """What the user should know about the plan: loss scaling, optimizer state, kernels left
+    without virtual gradients, the scale for convolutions and sequences."""
+    found = [_loss_scale_warning(analysis, sites), _state_warning(analysis),
+             _lost_kernels_warning(analysis, rows, skipped), _scale_warning(options, rows)]
+    return [w for w in found if w]
+
+
+def _loss_scale_warning(analysis: Analysis, sites: list[PlannedSite]) -> str | None:
     if any(s.loss_scale for s in sites):
-        warnings.append(f"loss scaling: accumulators square g / {analysis.loss_scale_variable}"
-                        " (the loss scale, so r holds the unscaled g²; the optimizer's "
-                        "unscaling then gives the virtual gradients) and keep their value on "
-                        "steps with non-finite g; a dynamic loss scale skips the first steps "
-                        "while it halves to fit the normalized virtual gradients (about "
-                        "s·scale per element)")
-    elif any(s.g_dtype == tf.float16 for s in sites):
-        warnings.append("float16 gradients but no loss-scale variable was found: accumulators "
-                        "square g as it is")
-    if analysis.stateful_optimizer_vars:
-        warnings.append(
-            "the virtual gradients feed an optimizer with state ("
-            + ", ".join(analysis.stateful_optimizer_vars[:6])
-            + (", ..." if len(analysis.stateful_optimizer_vars) > 6 else "")
+        return (f"loss scaling: accumulators square g / {analysis.loss_scale_variable} (the "
+                "loss scale, so r holds the unscaled g²; the optimizer's unscaling then gives "
+                "the virtual gradients) and keep their value on steps with non-finite g; a "
+                "dynamic loss scale skips the first steps while it halves to fit the "
+                "normalized virtual gradients (about s·scale per element)")
+    if any(s.g_dtype == tf.float16 for s in sites):
+        return ("float16 gradients but no loss-scale variable was found: accumulators square "
+                "g as it is")
+    return None
+
+
+def _state_warning(analysis: Analysis) -> str | None:
+    state = analysis.stateful_optimizer_vars
+    if not state:
+        return None
+    return ("the virtual gradients feed an optimizer with state (" + ", ".join(state[:6])
+            + (", ..." if len(state) > 6 else "")
             + "); SVGD as in the paper is plain SGD on virtual gradients")
+
+
+def _not_a_kernel(reasons: list[str]) -> bool:
+    """Every reason says θ is an embedding table or an elementwise weight (a 2-D bias)."""
+    return bool(reasons) and all("gather" in r or "not a kernel op" in r for r in reasons)
+
+
+def _lost_kernels_warning(analysis: Analysis, rows: list[SiteReport],
+                          skipped: list[SkippedNode]) -> str | None:
+    """One warning naming the kernels (rank ≥ 2 variables the step trains) left on plain
+    gradients, with the first reason of each."""
     transformed = {r.variable for r in rows}
     reasons: dict[str, list[str]] = {}
     for k in skipped:
@@ -400,28 +434,32 @@ def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
     lost: dict[str, str] = {}
     for p, info in sorted(analysis.variables.items(), key=lambda kv: kv[1].logical_name):
         name = info.logical_name or info.name
-        if (not info.trainable or info.replica or not analysis.writes.get(p)
-                or len(info.shape) < 2 or name in transformed or info.name in transformed):
-            continue  # kernels only: rank ≥ 2 variables the step trains
+        kernel = (info.trainable and not info.replica and analysis.writes.get(p)
+                  and len(info.shape) >= 2)
+        if not kernel or name in transformed or info.name in transformed:
+            continue
         why = reasons.get(name) or reasons.get(info.name) or []
-        if why and all("gather" in r or "not a kernel op" in r for r in why):
-            continue  # an embedding table, a 2-D bias: not a linear layer's kernel
-        lost.setdefault(name, why[0] if why else "no forward op reads it linearly")
-    if lost:
-        items = list(lost.items())
-        warnings.append(f"{len(items)} kernel(s) get no virtual gradients: "
-                        + "; ".join(f"{v} ({r})" for v, r in items[:4])
-                        + ("; ..." if len(items) > 4 else "") + " (see the skipped list)")
-    if options.transform == "svgd" and options.scale >= 0.1:
-        wide = sorted({r.variable for r in rows if r.op in CONV_OPS or len(r.output_shape) > 2})
-        if wide:
-            warnings.append(
-                f"scale {options.scale:g} on sites whose σ' has more than 2 axes (convolutions, "
-                f"Dense on sequences, einsum: {', '.join(wide[:3])}"
-                + (", ..." if len(wide) > 3 else "") + "): the paper used s = 0.01 (ResNet-20) "
-                "and s = 0.001 (VGG) for such layers; if the loss grows or goes NaN, lower the "
-                "scale")
-    return warnings
+        if not _not_a_kernel(why):
+            lost.setdefault(name, why[0] if why else "no forward op reads it linearly")
+    if not lost:
+        return None
+    items = list(lost.items())
+    return (f"{len(items)} kernel(s) get no virtual gradients: "
+            + "; ".join(f"{v} ({r})" for v, r in items[:4])
+            + ("; ..." if len(items) > 4 else "") + " (see the skipped list)")
+
+
+def _scale_warning(options: Options, rows: list[SiteReport]) -> str | None:
+    if options.transform != "svgd" or options.scale < 0.1:
+        return None
+    wide = sorted({r.variable for r in rows if r.op in CONV_OPS or len(r.output_shape) > 2})
+    if not wide:
+        return None
+    return (f"scale {options.scale:g} on sites whose σ' has more than 2 axes (convolutions, "
+            f"Dense on sequences, einsum: {', '.join(wide[:3])}"
+            + (", ..." if len(wide) > 3 else "") + "): the paper used s = 0.01 (ResNet-20) "
+            "and s = 0.001 (VGG) for such layers; if the loss grows or goes NaN, lower the "
+            "scale")
 
 
 def require_sites(plan: Plan) -> Plan:
@@ -436,8 +474,3 @@ def require_sites(plan: Plan) -> Plan:
             + "; check the step trains a model with linear layers, or widen ops",
             report=plan.report)
     return plan
-
-
-def with_index(site: PlannedSite, index: int, **changes) -> PlannedSite:
-    """``site`` under another index (tf.distribute numbering)."""
-    return replace(site, index=index, **changes)

@@ -11,7 +11,6 @@ import logging
 import time
 
 LOGGER = logging.getLogger("svgd_rewrite.progress")
-STAGES = ("import", "load", "analyze", "plan", "surgery", "emit", "write", "export")
 _start: float | None = None
 
 

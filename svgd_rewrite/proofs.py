@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from .ir import GraphIR, Tensor
+from .sites import LayerOutput
 from .registry import (BACKWARD_POSITION_OPS, CROP_OPS, FORWARD_POSITION_OPS, PAD_OPS,
                        PASS_THROUGH_OPS, SHAPE_OPS, VARIABLE_READ_OPS, VIEW_OPS)
 
@@ -65,17 +66,6 @@ NO_DATA_BATCH = ("σ''s first axis is not a data batch: F's other operand is com
 
 
 # --- (b) σ' is the layer output ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class LayerOutput:
-    """σ' as the user's layer outputs it: ``node`` (F itself, or the last position op after
-    it), ``g`` (the gradient of that output: Algorithm 1's g) and ``chain`` (the gradient's
-    position ops from ``g`` to P's g input, in order; empty when σ' is F's output)."""
-
-    node: str
-    g: Tensor
-    chain: tuple[str, ...] = ()
-
 
 def _value_consumers(ir: GraphIR, t: Tensor) -> list[tuple[str, int]]:
     return [(n, s) for a in ir.aliases(t) for n, s in ir.consumers(a)

@@ -8,26 +8,24 @@ from __future__ import annotations
 
 import errno
 import inspect
-import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
-from .analyze import trains
-from .frontend import accumulator_variables, rewrite_with
+from .variables import trains
+from .frontend import accumulator_variables
+from .edits import EditLog
 from .emit import SVGDStep
-from .errors import (LoadError, NoGradientsError, OutputError, SVGDRewriteError, first_line,
+from .errors import (LoadError, NoGradientsError, SVGDRewriteError, first_line,
                      one_line)
-from .exporters import export, parse_formats
 from .load import LoadedStep, load_concrete_function
 from .options import Options
-from .output_dir import REPORT_FILE, check_output_dir, staged_output
 from .validate import check_library
 from .progress import stage
 from .report import Report
@@ -57,6 +55,7 @@ class SavedModelResult:
     original_graph_def: Any = None
     graph_variables: dict = field(default_factory=dict)  # RewriteResult: accumulators included
     exported: Any = None  # an ExportResult when graphs were exported
+    edits: EditLog = field(default_factory=EditLog)  # RewriteResult: what the rewrite changed
 
     def to_dict(self) -> dict:
         d = self.report.to_dict()
@@ -88,8 +87,31 @@ class SavedModelFrontEnd:
         self.rewritten = rewritten
         return SavedModelResult(
             report=report, function=self.chosen, out_dir=None, graph_def=rewritten.graph_def,
-            original_graph_def=loaded.graph_def,
+            original_graph_def=loaded.graph_def, edits=rewritten.edits,
             graph_variables=accumulator_variables(loaded, rewritten))
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.model_dir]
+
+    def check(self) -> None:
+        check_saved_model_dir(self.model_dir)
+
+    def prepare(self, result: "SavedModelResult") -> tuple[tf.Module, dict]:
+        return _saved_root(self, result.report)
+
+    def write(self, result: "SavedModelResult", prepared, out_dir: str) -> None:
+        """The SavedModel: every variable of the input plus the accumulators, the rewritten
+        train function under its name and signature key, every other function unchanged."""
+        _save(*prepared, out_dir)
+
+    def describe(self, options: Options) -> dict:
+        return describe_saved_model(self.model_dir, self.function, options)
+
+    def summary(self, result: "SavedModelResult") -> str:
+        return (f"function: {result.function.name}"
+                + (f" (signature {result.function.signature!r})" if result.function.signature
+                   else ""))
 
 
 def check_saved_model_dir(model_dir: str) -> None:
@@ -296,54 +318,13 @@ def _signature_wrapper(step: SVGDStep, loaded: LoadedStep, sig_cf) -> Any:
     return fn.get_concrete_function()
 
 
-def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options | None = None, *,
-                        function: str | None = None, overwrite: bool = False,
-                        dry_run: bool = False,
-                        export_formats: Iterable[str] | str | None = None) -> SavedModelResult:
-    """Rewrite the train function of the SavedModel in ``model_dir`` into ``out_dir`` (what
-    the command line runs).
-
-    - ``model_dir``: a TF2 SavedModel directory with a training ``tf.function``.
-    - ``out_dir``: a new or empty directory, or (``overwrite=True``) a previous output of the
-      tool (every file listed in its ``svgd_manifest.json``); None only with ``dry_run``.
-    - ``options``: an ``Options`` from ``svgd_rewrite.options.make_options(...)`` (default:
-      the defaults; see ``svgd_rewrite.rewrite`` for each option).
-    - ``function``: the attribute or signature key to rewrite (default ``train``, else the
-      only function that applies gradients).
-    - ``overwrite``: replace a previous svgd-rewrite output in ``out_dir``.
-    - ``dry_run``: write no model; with ``export_formats`` the graph pictures still go to
-      ``out_dir/graphs/`` (see ``svgd_rewrite.export``).
-    - ``export_formats``: ``"all"`` or a comma-separated list of ``tensorboard``,
-      ``graphml``, ``graphs-tuple``, ``dot``, ``svg``, ``html``.
-
-    The output holds every variable of the input plus the accumulators, the rewritten train
-    function under its name and signature key, every other function unchanged,
-    ``svgd_report.json`` and ``svgd_manifest.json``. Returns a ``SavedModelResult``
-    (``report``, ``function``, ``out_dir``, ``exported``). Raises ``LoadError``,
-    ``NoGradientsError``, ``OutputError`` (nothing is written), and what
-    ``svgd_rewrite.rewrite`` raises.
-    """
-    options = options or Options()
-    formats = parse_formats(export_formats) if export_formats else ()
-    check_saved_model_dir(model_dir)
-    if out_dir is None and (formats or not dry_run):
-        raise OutputError("OUT_DIR is required" + (" for --export (graphs go to OUT_DIR/graphs)"
-                                                   if formats else " (or use --dry-run)"))
-    if out_dir is not None:
-        out_dir = check_output_dir(out_dir, [model_dir], overwrite)
-    front = SavedModelFrontEnd(model_dir, function)
-    result = rewrite_with(front, options)
-    if dry_run:
-        if formats:
-            with staged_output(out_dir, [model_dir], overwrite) as tmp:
-                result.exported = export(result, tmp, formats)
-            result.out_dir = out_dir
-        return result
-    stage("emit")
-    loaded, rewritten, report = front.loaded, front.rewritten, result.report
+def _saved_root(front: "SavedModelFrontEnd", report: Report) -> tuple[tf.Module, dict]:
+    """The module to save: the input's children with the chosen function rewritten, the
+    SVGD step (its accumulators) and the variables; the signatures, the chosen one
+    rewritten."""
+    loaded, rewritten = front.loaded, front.rewritten
     obj, chosen, variables = front.saved, front.chosen, front.variables
     step = SVGDStep(loaded, rewritten, report)
-
     root = tf.Module(name="svgd_saved_model")
     for name, child in sorted(tf.train.TrackableView(obj).children(obj).items()):
         setattr(root, name, step.function if name == chosen.attribute else child)
@@ -356,24 +337,20 @@ def rewrite_saved_model(model_dir: str, out_dir: str | None, options: Options | 
                                else _signature_wrapper(step, loaded, sig))
         else:
             signatures[key] = sig
-    stage("write")
-    with staged_output(out_dir, [model_dir], overwrite) as tmp:
-        # Keras optimizers' update functions carry custom gradients that cannot be saved.
-        try:
-            tf.saved_model.save(root, tmp, signatures=signatures or None,
-                                options=tf.saved_model.SaveOptions(
-                                    experimental_custom_gradients=False))
-        except tf.errors.ResourceExhaustedError as e:
-            raise OSError(errno.ENOSPC, f"no space left ({first_line(e, 120)})") from None
-        except tf.errors.OpError as e:
-            raise OSError(errno.EIO, first_line(e, 200)) from None
-        except ValueError as e:  # names TensorFlow's saver refuses (e.g. hostile variables)
-            raise LoadError(f"TensorFlow cannot save this model again ({first_line(e, 200)}): "
-                            "rename its variables to plain names") from None
-        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-            json.dump(result.to_dict(), f, indent=2, sort_keys=True)
-        if formats:
-            result.exported = export(result, tmp, formats)
-    result.out_dir = out_dir
-    log.info("wrote %s", result.out_dir)
-    return result
+    return root, signatures
+
+
+def _save(root: tf.Module, signatures: dict, tmp: str) -> None:
+    """``tf.saved_model.save`` into the staging directory, its failures as the tool's errors."""
+    # Keras optimizers' update functions carry custom gradients that cannot be saved.
+    try:
+        tf.saved_model.save(root, tmp, signatures=signatures or None,
+                            options=tf.saved_model.SaveOptions(
+                                experimental_custom_gradients=False))
+    except tf.errors.ResourceExhaustedError as e:
+        raise OSError(errno.ENOSPC, f"no space left ({first_line(e, 120)})") from None
+    except tf.errors.OpError as e:
+        raise OSError(errno.EIO, first_line(e, 200)) from None
+    except ValueError as e:  # names TensorFlow's saver refuses (e.g. hostile variables)
+        raise LoadError(f"TensorFlow cannot save this model again ({first_line(e, 200)}): "
+                        "rename its variables to plain names") from None

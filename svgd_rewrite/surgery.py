@@ -25,7 +25,7 @@ those tensors. With ``transform="identity"`` ĝ = g and the accumulators are sti
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tensorflow as tf
@@ -34,12 +34,15 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from .distribute import collective_templates, reduce_for
 from .ir import map_colocation, parse_input, tensor_name
 from .load import MARKER_NODE
-from .loops import LoopStatistic, add_statistics
+from .edits import EditLog
+from .graph_edit import GraphEditor, input_string
+from .loop_statistics import LoopStatistic
+from .names import inserted_name
 from .options import Options
+from .transform import mean_of_squares, sum_of_squares, svgd_factor, svgd_update
 from .plan import Plan, PlannedSite
 from .validate import check_rewritten_graph
 
-SCOPE = "svgd_rewrite"
 FORMAT_VERSION = 3
 
 # The op types T inserts in its portable form (besides the accumulator's own
@@ -53,13 +56,6 @@ ONE_PASS_OPS = ("EuclideanNorm",)
 # Placeholders of the traced template that the splice replaces by tensors of the graph, and
 # the constant it sets (a collective's instance key, one per logical site).
 _LOSS_SCALE, _INSTANCE_KEY = "loss_scale", "instance_key"
-
-
-def inserted_name(site: int, role: str) -> str:
-    """The name of an inserted node: ``role`` is ``accumulator``, ``r``, ``r_new``,
-    ``assign_r``, ``factor``, ``g_hat_A`` (pre-scaled application A), ``scaled_T`` (post-scaled
-    target T), ``initializer`` or ``zeros`` (graph variables)."""
-    return f"{SCOPE}/site_{site}/{role}"
 
 
 @dataclass(frozen=True)
@@ -96,70 +92,10 @@ class Accumulator:
 class Rewritten:
     graph_def: graph_pb2.GraphDef
     accumulators: list[Accumulator]
+    edits: EditLog = field(default_factory=EditLog)  # what the surgery changed
 
 
 # --- T, as TensorFlow code ------------------------------------------------------------------
-
-def sum_of_squares(g: tf.Tensor, g_dtype: tf.DType, reduce_axes: tuple[int, ...],
-                   accumulator_shape: tuple[int, ...], one_pass: bool):
-    """(Σ g² over ``reduce_axes`` in float32, the number of rows summed) for one tensor g."""
-    f32, raw = tf.float32, tf.raw_ops
-    g32 = g if g_dtype == f32 else raw.Cast(x=g, DstT=f32, name="g_float32")
-    axes = tf.constant(list(reduce_axes), tf.int32, name="reduce_axes")
-    if one_pass:
-        sums = raw.Square(x=raw.EuclideanNorm(input=g32, axis=axes, keep_dims=False,
-                                              name="norm"), name="sum_g_squared")
-    else:
-        sums = raw.Sum(input=raw.Square(x=g32, name="g_squared"), axis=axes, keep_dims=False,
-                       name="sum_g_squared")
-    size = float(np.prod(accumulator_shape, dtype=np.int64))
-    count = raw.RealDiv(x=raw.Cast(x=raw.Size(input=g32, out_type=tf.int32, name="g_size"),
-                                   DstT=f32, name="g_size_float32"),
-                        y=tf.constant(size, f32, name="r_size"), name="rows")
-    return sums, count
-
-
-def _mean_of_squares(g: tf.Tensor, g_dtype: tf.DType, reduce_axes: tuple[int, ...],
-                     accumulator_shape: tuple[int, ...], one_pass: bool) -> tf.Tensor:
-    """mean(g²) over ``reduce_axes`` for a site with one application."""
-    raw = tf.raw_ops
-    if one_pass:
-        sums, count = sum_of_squares(g, g_dtype, reduce_axes, accumulator_shape, True)
-        return raw.RealDiv(x=sums, y=count, name="mean_g_squared")
-    g32 = g if g_dtype == tf.float32 else raw.Cast(x=g, DstT=tf.float32, name="g_float32")
-    return raw.Mean(input=raw.Square(x=g32, name="g_squared"),
-                    axis=tf.constant(list(reduce_axes), tf.int32, name="reduce_axes"),
-                    keep_dims=False, name="mean_g_squared")
-
-
-def svgd_update(r: tf.Tensor, mean_sq: tf.Tensor, options: Options,
-                loss_scale: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
-    """(r_new, r') of Algorithm 1 from mean(g²): r' = ρ·r + (1-ρ)·m scales this step's g;
-    r_new = r' is stored, except that a step whose g² is not finite (an overflow, NaN, or a
-    step a loss-scale optimizer skips) keeps r as it was. Such a step's f = s·rsqrt(∞) = 0:
-    its update of θ is zero instead of s·g/√ε (unbounded while r is still 0)."""
-    f32, raw = tf.float32, tf.raw_ops
-    coef = tf.constant(1.0 - options.rho, f32, name="one_minus_rho")
-    if loss_scale is not None:  # the unscaled gradient's square: divide by scale²
-        coef = raw.RealDiv(x=coef, y=raw.Square(x=loss_scale, name="loss_scale_squared"),
-                           name="coef")
-    candidate = raw.AddV2(
-        x=raw.Mul(x=r, y=tf.constant(options.rho, f32, name="rho"), name="r_decayed"),
-        y=raw.Mul(x=mean_sq, y=coef, name="r_fresh"), name="r_candidate")
-    finite = raw.Less(x=candidate, y=tf.constant(np.inf, f32, name="infinity"),
-                      name="is_finite")  # False for inf and NaN
-    r_new = raw.SelectV2(condition=finite, t=candidate, e=r, name="r_new")
-    return r_new, candidate
-
-
-def svgd_factor(r_new: tf.Tensor, options: Options) -> tf.Tensor:
-    """f = s·rsqrt(r_new + ε)."""
-    f32, raw = tf.float32, tf.raw_ops
-    return raw.Mul(
-        x=raw.Rsqrt(x=raw.AddV2(x=r_new, y=tf.constant(options.epsilon, f32, name="epsilon"),
-                                name="r_plus_epsilon"), name="rsqrt"),
-        y=tf.constant(options.scale, f32, name="scale"), name="factor")
-
 
 def _broadcast(factor: tf.Tensor, shape: tuple[int, ...] | None, dtype: tf.DType,
                name: str, accumulator_shape: tuple[int, ...]) -> tf.Tensor:
@@ -206,23 +142,18 @@ def _trace_key(site: PlannedSite, options: Options, kind: str, one_pass: bool, r
     return key
 
 
-_TRACES: dict[tuple, graph_pb2.GraphDef] = {}
-
-
 def _trace_site(site: PlannedSite, options: Options, kind: str, one_pass: bool,
-                reduce=None) -> graph_pb2.GraphDef:
+                traces: dict, reduce=None) -> graph_pb2.GraphDef:
     """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed).
 
     ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
     (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables. Sites with
-    the same geometry share one trace.
+    the same geometry share one trace (``traces``: the cache of one surgery).
     """
     key = _trace_key(site, options, kind, one_pass, reduce)
-    if key not in _TRACES:
-        if len(_TRACES) >= 512:
-            _TRACES.clear()
-        _TRACES[key] = _trace(site, options, kind, one_pass, reduce)
-    return _TRACES[key]
+    if key not in traces:
+        traces[key] = _trace(site, options, kind, one_pass, reduce)
+    return traces[key]
 
 
 def _accumulator_nodes(site: PlannedSite, kind: str):
@@ -260,7 +191,7 @@ def _trace(site: PlannedSite, options: Options, kind: str, one_pass: bool,
         single = len(site.applications) == 1 and site.applications[0].loop is None
         if single and not site.peers:
             a = site.applications[0]
-            mean_sq = _mean_of_squares(gs[0], a.g_dtype, a.reduce_axes, site.accumulator_shape,
+            mean_sq = mean_of_squares(gs[0], a.g_dtype, a.reduce_axes, site.accumulator_shape,
                                        one_pass)
         else:
             sums, counts = [], []
@@ -364,7 +295,7 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
         outside.update(group_size=reduce.group_size, group_key=reduce.group_key)
         if reduce.ordering_token:
             outside["ordering_token"] = reduce.ordering_token
-    outside = {k: _input_string(v) for k, v in outside.items()}
+    outside = {k: input_string(v) for k, v in outside.items()}
 
     def rename(inp: str) -> str:
         src, port, control = parse_input(inp)
@@ -390,7 +321,7 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
     return nodes
 
 
-def _clone_chain(by_name: dict, chain: tuple[str, ...], source: str,
+def _clone_chain(editor: GraphEditor, chain: tuple[str, ...], source: str,
                  prefix: str) -> list[node_def_pb2.NodeDef]:
     """Copies of the gradient's position ops ``chain`` (``SpaceToBatchND``, ``Reshape``) that
     read ``source`` (ĝ of the layer output) instead of g: P then reads ĝ at its own positions,
@@ -398,35 +329,13 @@ def _clone_chain(by_name: dict, chain: tuple[str, ...], source: str,
     clones = []
     for i, name in enumerate(chain):
         new = node_def_pb2.NodeDef()
-        new.CopyFrom(by_name[name])
+        new.CopyFrom(editor.node(name))
         new.name = f"{prefix}/{i}"
         new.input[0] = source
         map_colocation(new, lambda n: None)
         clones.append(new)
         source = new.name
     return clones
-
-
-def _input_string(tensor: str) -> str:
-    """``node:0`` as the NodeDef input ``node``; other ports kept."""
-    node, port, _ = parse_input(tensor)
-    return tensor_name((node, port))
-
-
-def _reroute_targets(graph_def: graph_pb2.GraphDef, targets: dict[str, str]) -> None:
-    """Every data input reading a post-scaled target reads its scaled value instead (the
-    inserted ``Mul`` that scales it keeps reading the target)."""
-    if not targets:
-        return
-    for node in graph_def.node:
-        if node.name.startswith(SCOPE + "/"):
-            continue
-        for i, inp in enumerate(node.input):
-            if inp.startswith("^"):
-                continue
-            scaled = targets.get(_input_string(inp))
-            if scaled is not None:
-                node.input[i] = scaled
 
 
 def _wants_one_pass(site: PlannedSite, one_pass: bool) -> bool:
@@ -439,66 +348,75 @@ def _wants_one_pass(site: PlannedSite, one_pass: bool) -> bool:
 def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
                   accumulator_kind: str = "placeholder", one_pass: bool = True) -> Rewritten:
     """Insert every site's accumulator and T, reroute P's g input to ĝ (pre-scaled
-    applications) or P's output to P·f (post-scaled ones), and validate. ``one_pass``: the
-    default runtime's reduction (else the portable one)."""
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(graph_def)
-    stats, stat_index = [], {}
+    applications) or P's output to P·f (post-scaled ones), and validate — every change
+    through a ``GraphEditor``, whose log the result carries. ``one_pass``: the default
+    runtime's reduction (else the portable one)."""
+    editor = GraphEditor(graph_def)
+    loop_stats = _grow_loops(editor, plan, one_pass)
+    accumulators, scaled_targets = [], {}
+    templates = collective_templates(graph_def) if plan.distribution else {}
+    instance_keys: dict[tuple[int, ...], int] = {}
+    traces: dict[tuple, graph_pb2.GraphDef] = {}
+    for site in plan.sites:
+        first = site.applications[0]
+        device = editor.node(first.loop.backward_loop if first.loop else first.match.grad_op).device
+        reduce = (reduce_for(plan.distribution, templates, device, instance_keys, site.peers)
+                  if site.peers else None)
+        traced = _trace_site(site, options, accumulator_kind, _wants_one_pass(site, one_pass),
+                             traces, reduce)
+        stats_of = {k: loop_stats[(site.index, k)]
+                    for k, a in enumerate(site.applications) if a.loop is not None}
+        editor.insert(_splice(traced, site, device, stats_of, reduce), site.index)
+        accumulators.append(Accumulator(
+            placeholder=inserted_name(site.index, "accumulator"), shape=site.accumulator_shape,
+            site=site.index, key=site.key, group=site.peers[0] if site.peers else site.index,
+            replica=site.replica))
+        for k, a in enumerate(site.applications):
+            if a.loop is None and not (a.post_scaled and options.transform == "svgd"):
+                _reroute_g(editor, site, k, a)
+        if options.transform == "svgd":
+            for t, (target, _, _) in enumerate(_targets(site)):
+                scaled_targets[input_string(target)] = (inserted_name(site.index, f"scaled_{t}"),
+                                                        site.index)
+    editor.reroute_readers(scaled_targets)
+    marker = json.dumps({"tool": "svgd-rewrite", "format": FORMAT_VERSION,
+                         "options": options.to_dict(), "sites": len(plan.sites)}, sort_keys=True)
+    marker_node = node_def_pb2.NodeDef(name=MARKER_NODE, op="Const")
+    marker_node.attr["dtype"].type = tf.string.as_datatype_enum
+    marker_node.attr["value"].tensor.CopyFrom(
+        tf.make_tensor_proto(np.array(marker.encode(), dtype=object)))
+    editor.insert([marker_node])
+    check_rewritten_graph(editor.graph_def, editor.log, plan.tensor_types)
+    return Rewritten(graph_def=editor.graph_def, accumulators=accumulators, edits=editor.log)
+
+
+def _grow_loops(editor: GraphEditor, plan: Plan, one_pass: bool) -> dict:
+    """The gradient loops' new statistics loop variables, per (site, application)."""
+    stats, keys = [], []
     for site in plan.sites:
         for k, a in enumerate(site.applications):
             if a.loop is not None:
-                stat_index[(site.index, k)] = len(stats)
+                keys.append((site.index, k))
                 stats.append(LoopStatistic(
                     backward_loop=a.loop.backward_loop, g=a.loop.g, g_dtype=a.g_dtype,
                     reduce_axes=a.reduce_axes, accumulator_shape=site.accumulator_shape,
                     one_pass=_wants_one_pass(site, one_pass),
                     name=inserted_name(site.index, f"loop_{k}")))
-    loop_outputs = add_statistics(out, stats) if stats else {}
-    by_name = {n.name: n for n in out.node}
-    accumulators, reroutes, scaled_targets = [], [], {}
-    templates = collective_templates(graph_def) if plan.distribution else {}
-    instance_keys: dict[tuple[int, ...], int] = {}
-    for site in plan.sites:
-        acc = Accumulator(placeholder=inserted_name(site.index, "accumulator"),
-                          shape=site.accumulator_shape, site=site.index, key=site.key,
-                          group=site.peers[0] if site.peers else site.index,
-                          replica=site.replica)
-        first = site.applications[0]
-        anchor = first.loop.backward_loop if first.loop else first.match.grad_op
-        device = by_name[anchor].device
-        reduce = (reduce_for(plan.distribution, templates, device, instance_keys, site.peers)
-                  if site.peers else None)
-        traced = _trace_site(site, options, accumulator_kind, _wants_one_pass(site, one_pass),
-                             reduce)
-        stats_of = {k: loop_outputs[stat_index[(site.index, k)]]
-                    for k, a in enumerate(site.applications) if a.loop is not None}
-        out.node.extend(_splice(traced, site, device, stats_of, reduce))
-        accumulators.append(acc)
-        for k, a in enumerate(site.applications):
-            if a.loop is not None or (a.post_scaled and options.transform == "svgd"):
-                continue
-            p_node = by_name[a.match.grad_op]
-            old = parse_input(p_node.input[a.match.g_slot])
-            assert (old[0], old[1]) == a.match.g, "P's g input moved under the rewrite"
-            ghat = inserted_name(site.index, f"g_hat_{k}")
-            if a.chain:  # ĝ of the layer output, moved to P's positions like g was
-                clones = _clone_chain(by_name, a.chain, ghat, inserted_name(site.index,
-                                                                            f"positions_{k}"))
-                out.node.extend(clones)
-                ghat = clones[-1].name
-            p_node.input[a.match.g_slot] = ghat
-            reroutes.append((site.index, a.match.grad_op, a.match.g_slot, ghat))
-        if options.transform == "svgd":
-            for t, (target, _, _) in enumerate(_targets(site)):
-                scaled_targets[_input_string(target)] = inserted_name(site.index, f"scaled_{t}")
-    _reroute_targets(out, scaled_targets)
-    marker = json.dumps({"tool": "svgd-rewrite", "format": FORMAT_VERSION,
-                         "options": options.to_dict(), "sites": len(plan.sites)}, sort_keys=True)
-    marker_node = out.node.add(name=MARKER_NODE, op="Const")
-    marker_node.attr["dtype"].type = tf.string.as_datatype_enum
-    marker_node.attr["value"].tensor.CopyFrom(
-        tf.make_tensor_proto(np.array(marker.encode(), dtype=object)))
-    check_rewritten_graph(out, reroutes, SCOPE + "/", plan.tensor_types,
-                          scaled=scaled_targets,
-                          loops=sorted({s.backward_loop for s in stats}))
-    return Rewritten(graph_def=out, accumulators=accumulators)
+    if not stats:
+        return {}
+    outputs = editor.grow_loops(stats, [site for site, _ in keys])
+    return {key: outputs[i] for i, key in enumerate(keys)}
+
+
+def _reroute_g(editor: GraphEditor, site: PlannedSite, k: int, a) -> None:
+    """A pre-scaled application: P's g input reads ĝ (through a copy of the gradient's
+    position ops when σ' is the layer output past them)."""
+    old = parse_input(editor.node(a.match.grad_op).input[a.match.g_slot])
+    assert (old[0], old[1]) == a.match.g, "P's g input moved under the rewrite"
+    ghat = inserted_name(site.index, f"g_hat_{k}")
+    if a.chain:  # ĝ of the layer output, moved to P's positions like g was
+        clones = _clone_chain(editor, a.chain, ghat,
+                              inserted_name(site.index, f"positions_{k}"))
+        editor.insert(clones, site.index)
+        ghat = clones[-1].name
+    editor.reroute(a.match.grad_op, a.match.g_slot, ghat, site.index, k)

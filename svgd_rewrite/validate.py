@@ -6,11 +6,11 @@ with the site named), and nothing is written.
 """
 from __future__ import annotations
 
-from typing import Iterable
 
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
+from .edits import EditLog
 from .errors import LoadError, SurgeryError, first_line, one_line
 from .ir import Tensor, parse_input, without_large_constants
 
@@ -138,43 +138,36 @@ def _local_graph(graph_def: graph_pb2.GraphDef, members: set[str],
     return local
 
 
-def check_rewritten_graph(graph_def: graph_pb2.GraphDef,
-                          reroutes: Iterable[tuple[int, str, int, str]], inserted_prefix: str,
-                          types: dict[Tensor, tuple[tf.DType, tf.TensorShape]],
-                          scaled: dict[str, str] | None = None,
-                          loops: Iterable[str] = ()) -> None:
-    """After surgery: no dangling input, every pre-scaled P reads its ĝ, no node outside the
-    inserted ones reads a post-scaled tensor unscaled, and the inserted nodes with the P ops
-    and the rewritten loops import into a scratch graph (dtypes, shapes and attributes
-    checked by TensorFlow) with the tensors they read from the rest of the graph fed at their
-    inferred types.
-
-    ``reroutes``: (site index, P's name, P's g slot, ĝ's tensor name) per pre-scaled
-    application; ``scaled``: post-scaled tensor -> the tensor scaling it; ``types``: dtype and
-    static shape of the original graph's tensors; ``loops``: gradient loops given new loop
-    variables.
+def check_rewritten_graph(graph_def: graph_pb2.GraphDef, edits: EditLog,
+                          types: dict[Tensor, tuple[tf.DType, tf.TensorShape]]) -> None:
+    """After surgery, against its edit log: no dangling input, every rerouted input reads
+    what the log says (every pre-scaled P its ĝ), no node outside the inserted ones reads a
+    post-scaled tensor unscaled, and the inserted nodes with the rerouted ones and the grown
+    loops import into a scratch graph (dtypes, shapes and attributes checked by TensorFlow)
+    with the tensors they read from the rest of the graph fed at their inferred types
+    (``types``: dtype and static shape of the original graph's tensors).
     """
-    reroutes = list(reroutes)
     problem = _dangling(graph_def)
     if problem is not None:
         raise SurgeryError(f"the rewritten graph is broken: {problem}")
     by_name = {n.name: n for n in graph_def.node}
-    for index, p_name, slot, ghat in reroutes:
-        p = by_name.get(p_name)
-        if p is None or slot >= len(p.input) or p.input[slot] != ghat:
-            raise SurgeryError(f"site {index}: the gradient op {p_name!r} does not read ĝ "
-                               f"({ghat}) at input {slot} after the surgery")
-    scaled = scaled or {}
+    for e in edits.rerouted:
+        p = by_name.get(e.node)
+        if p is None or e.slot >= len(p.input) or p.input[e.slot] != e.new:
+            raise SurgeryError(f"site {e.site}: the gradient op {e.node!r} does not read ĝ "
+                               f"({e.new}) at input {e.slot} after the surgery")
+    inserted = edits.inserted_nodes()
+    scaled = {e.target for e in edits.scaled}
     for node in graph_def.node:
-        if node.name.startswith(inserted_prefix):
+        if node.name in inserted:
             continue
         for inp in node.input:
             if not inp.startswith("^") and (inp in scaled or inp + ":0" in scaled):
                 raise SurgeryError(f"{node.name!r} still reads {inp!r} unscaled after the "
                                    "surgery")
-    members = {n.name for n in graph_def.node if n.name.startswith(inserted_prefix)}
-    members |= {p for _, p, _, _ in reroutes}
-    members |= set(loops)
+    members = set(inserted)
+    members |= {e.node for e in edits.rerouted}
+    members |= {g.loop for g in edits.grown}
     try:
         _import(_local_graph(graph_def, members, types))
     except IMPORT_ERRORS as e:

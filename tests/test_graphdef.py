@@ -207,7 +207,7 @@ def test_tf1_stateful_optimizers_match_oracle(optimizer):
 def test_tf1_formats_count_the_same_parameters(tmp_path, optimizer):
     """.pb, .pbtxt and .meta of one graph: the same trained parameters (slots are state, not
     parameters) and the same warnings."""
-    from svgd_rewrite.graphdef import rewrite_graph_file
+    from svgd_rewrite.runner import rewrite_graph_file
 
     g = tf1_graphs.build("mlp_l1", optimizer=optimizer)
     with g.graph.as_default(), tf.compat.v1.Session() as sess:
@@ -227,7 +227,7 @@ def test_tf1_formats_count_the_same_parameters(tmp_path, optimizer):
 def test_meta_checkpoint_state_resolves_after_a_move(tmp_path):
     """``tf.train.latest_checkpoint(OUT)`` names a checkpoint inside OUT, also after ``mv``;
     restoring it gives the original values and zero accumulators."""
-    from svgd_rewrite.graphdef import rewrite_graph_file
+    from svgd_rewrite.runner import rewrite_graph_file
 
     g = tf1_graphs.build("mlp_l1", optimizer="momentum")
     with g.graph.as_default(), tf.compat.v1.Session() as sess:
@@ -286,7 +286,7 @@ def test_tf1_v1_while_loop_graph():
 def test_meta_output_keeps_devices(tmp_path):
     """Devices of the input MetaGraph stay on its nodes in the output, and the inserted nodes
     take g's device; the output still restores and trains on this machine."""
-    from svgd_rewrite.graphdef import rewrite_graph_file
+    from svgd_rewrite.runner import rewrite_graph_file
 
     g = tf1_graphs.build("mlp_l1")
     placed = [op.name for op in g.graph.get_operations()]

@@ -86,4 +86,4 @@ def test_entries_are_built_with_keywords():
     spec = REGISTRY["MatMul"]
     with pytest.raises(TypeError):
         OpSpec(spec.op, spec.param_slots, spec.grad_ops, spec.batch_axis, spec.channel_axis,
-               spec.x_slot, spec.layers)
+               spec.x_slot)

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import ExportError, first_line, one_line
-from ..options import EXPORT_FORMATS
 from ..options import parse_formats as _parse_formats
 from ..ir import GraphIR
 from ..progress import stage
@@ -26,8 +25,6 @@ from .roles import ROLE_TITLES, annotated_graph, source_of
 from .tensorboard import write_tensorboard
 
 log = logging.getLogger(__name__)
-
-FORMATS = EXPORT_FORMATS
 
 
 @dataclass
@@ -57,6 +54,14 @@ def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> Exp
 
     import tensorflow as tf
 
+    missing = [a for a in ("report", "graph_def", "original_graph_def", "graph_variables",
+                           "edits") if not hasattr(result, a)]
+    if missing:
+        raise ExportError(f"export() takes a rewrite's result (an SVGDStep, or what "
+                          f"rewrite_saved_model returns), got {type(result).__name__}")
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip():
+        raise ExportError(f"out_dir must be a directory path, got {out_dir!r}")
+    parse_formats(formats)
     target = os.path.join(out_dir, "graphs")
     created = not os.path.lexists(target)  # only a folder this call creates is removed
     try:

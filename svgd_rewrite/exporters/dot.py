@@ -13,7 +13,7 @@ import networkx as nx
 from ..errors import one_line
 from ..ir import GraphIR, Tensor
 from ..report import SiteReport
-from ..surgery import SCOPE
+from ..edits import EditLog
 from .roles import ExportSource
 
 COLORS = {"leaf": "#fde68a", "site": "#93c5fd", "upstream_gradient": "#fca5a5",
@@ -96,47 +96,69 @@ def site_dot(source: ExportSource, graphs: dict[str, nx.MultiDiGraph], site: Sit
     original_ir = original_ir or GraphIR(source.original)
     members = _site_nodes(original_ir, site)
     graph = graphs["original" if which == "before" else "rewritten"]
-    prefix = f"{SCOPE}/site_{site.index}/"
-    if which == "after":  # every inserted node (constants ρ, ε, s and the axes included)
-        members.update({n: "inserted" for n in graph.nodes if n.startswith(prefix)})
-        for n in list(members):  # where the scaled output goes now
-            if n.startswith(prefix + "scaled_") and n in graph.nodes:
-                for _, v in list(graph.out_edges(n))[:2]:
-                    members.setdefault(v, "consumer")
+    edits = source.edits
+    if which == "after":
+        _add_inserted(members, graph, edits, site.index)
     lines = [f"digraph {_q(f'site_{site.index}_{which}')} {{", "  rankdir=TB;",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=9, color="#6b7280"];',
              f'  label={_q(f"site {site.index} {which}: {site.op} on {site.variable}")}; '
              'labelloc=t; fontname="Helvetica";']
-    for name, role in members.items():
-        if name not in graph.nodes:
-            continue
-        pen = ', penwidth=2, color="#15803d"' if role == "inserted" else ""
-        if role == "leaf" and name in source.variables:  # θ by its variable's name and shape
-            info = source.variables[name]
-            label = f"θ = {one_line(info.name)}\n{info.dtype.name} {list(info.shape)}"
-        else:
-            label = _label(graph, name, ROLE_TEXT.get(role, ""))
-        fill = COLORS.get(role, COLORS["other"])
-        lines.append(f"  {_q(name)} [label={_q(label)}, fillcolor=\"{fill}\"{pen}];")
+    lines += [_node_line(source, graph, name, role) for name, role in members.items()
+              if name in graph.nodes]
+    lines += _edge_lines(graph, members, site, which, edits)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _add_inserted(members: dict[str, str], graph: nx.MultiDiGraph, edits: EditLog,
+                  site: int) -> None:
+    """Every node the site inserted (constants ρ, ε, s and the axes included), and where a
+    scaled output goes now (from the edit log)."""
+    members.update({n: "inserted" for n in edits.inserted_nodes(site) if n in graph.nodes})
+    for e in edits.scaled_at(site):
+        for reader in e.readers[:2]:
+            members.setdefault(reader, "consumer")
+
+
+def _node_line(source: ExportSource, graph: nx.MultiDiGraph, name: str, role: str) -> str:
+    pen = ', penwidth=2, color="#15803d"' if role == "inserted" else ""
+    if role == "leaf" and name in source.variables:  # θ by its variable's name and shape
+        info = source.variables[name]
+        label = f"θ = {one_line(info.name)}\n{info.dtype.name} {list(info.shape)}"
+    else:
+        label = _label(graph, name, ROLE_TEXT.get(role, ""))
+    fill = COLORS.get(role, COLORS["other"])
+    return f"  {_q(name)} [label={_q(label)}, fillcolor=\"{fill}\"{pen}];"
+
+
+def _edge_lines(graph: nx.MultiDiGraph, members: dict[str, str], site: SiteReport, which: str,
+                edits: EditLog) -> list[str]:
     inside = [(u, v, d) for u, v, d in graph.edges(data=True)
               if u in members and v in members and not d["control"]]
     fan_in: dict[str, int] = {}
     for _, v, _ in inside:
         fan_in[v] = fan_in.get(v, 0) + 1
-    rerouted = {f"{prefix}g_hat_{k}" for k in range(len(site.applications) or 1)}
+    rerouted = {(e.new, e.node) for e in edits.rerouted_at(site.index)}
+    scaled = {(e.scaled, r) for e in edits.scaled_at(site.index) for r in e.readers}
+    lines = []
     for u, v, d in inside:
         attrs = [f'label="{d["input_index"]}"'] if fan_in[v] > 1 else []
-        if which == "after" and u in rerouted and v == site.gradient_op:
-            attrs += ['color="#dc2626"', "penwidth=3", 'xlabel="rerouted ĝ"', 'fontcolor="#dc2626"']
-        elif which == "after" and u.startswith(prefix + "scaled_") and not v.startswith(prefix):
-            attrs += ['color="#dc2626"', "penwidth=3", 'xlabel="P·f"', 'fontcolor="#dc2626"']
-        elif (which == "before" and v == site.gradient_op
-              and d["input_index"] == site.gradient_input):
-            attrs += ['color="#dc2626"', 'style=dashed', 'xlabel="g → P"', 'fontcolor="#dc2626"']
+        attrs += _edge_mark(u, v, d, site, which, rerouted, scaled)
         lines.append(f"  {_q(u)} -> {_q(v)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _edge_mark(u: str, v: str, d: dict, site: SiteReport, which: str,
+               rerouted: set[tuple[str, str]], scaled: set[tuple[str, str]]) -> list[str]:
+    """The red marks (from the edit log): the rerouted ĝ and P·f after, g → P before."""
+    if which == "after" and (u, v) in rerouted:
+        return ['color="#dc2626"', "penwidth=3", 'xlabel="rerouted ĝ"', 'fontcolor="#dc2626"']
+    if which == "after" and (u, v) in scaled:
+        return ['color="#dc2626"', "penwidth=3", 'xlabel="P·f"', 'fontcolor="#dc2626"']
+    if which == "before" and v == site.gradient_op and d["input_index"] == site.gradient_input:
+        return ['color="#dc2626"', 'style=dashed', 'xlabel="g → P"', 'fontcolor="#dc2626"']
+    return []
 
 
 def have_graphviz() -> bool:

@@ -201,11 +201,6 @@ def _unit_label(unit: Unit, attached: dict) -> str:
             + cells + "</TR></TABLE>>")
 
 
-def unit_anchor(unit: Unit, index: int) -> str:
-    """The HTML page's anchor of a unit: its site's section or its block's."""
-    return f"site-{unit.first.index}" if unit.kind == "site" else f"block-{index}"
-
-
 def overview_units(source: ExportSource, ir: GraphIR) -> list[Unit]:
     """The overview's rows: the sites in forward order (the original graph's node order),
     folded by ``fold_units``."""

@@ -1,7 +1,7 @@
 """The annotated graph behind every export: each node with its op, dtype, shape and role."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 from tensorflow.core.framework import graph_pb2
@@ -10,7 +10,7 @@ from ..ir import GraphIR, Tensor
 from ..load import VariableInfo
 from ..report import Report
 from ..shapes import infer_shapes
-from ..surgery import SCOPE
+from ..edits import EditLog
 
 ROLES = ("leaf", "site", "upstream_gradient", "param_gradient_op", "inserted", "other")
 ROLE_TITLES = {"leaf": "leaf θ", "site": "site σ'", "upstream_gradient": "upstream gradient g",
@@ -26,12 +26,14 @@ class ExportSource:
     rewritten: graph_pb2.GraphDef
     report: Report
     variables: dict[str, VariableInfo]
+    edits: EditLog = field(default_factory=EditLog)  # what the rewrite changed
 
 
 def source_of(result) -> ExportSource:
     """An ExportSource from any front end's result (a ``RewriteResult``)."""
     return ExportSource(original=result.original_graph_def, rewritten=result.graph_def,
-                        report=result.report, variables=result.graph_variables)
+                        report=result.report, variables=result.graph_variables,
+                        edits=result.edits)
 
 
 def node_roles(source: ExportSource, graph: str = "rewritten") -> dict[str, str]:
@@ -46,9 +48,9 @@ def node_roles(source: ExportSource, graph: str = "rewritten") -> dict[str, str]
         roles[Tensor.parse(site.upstream_gradient).node] = "upstream_gradient"
         roles[site.gradient_op] = "param_gradient_op"
         roles[site.node] = "site"
-    for n in gd.node:
-        if n.name.startswith(SCOPE + "/"):
-            roles[n.name] = "inserted"
+    if graph == "rewritten":
+        for name in source.edits.inserted_nodes():
+            roles[name] = "inserted"
     return roles
 
 

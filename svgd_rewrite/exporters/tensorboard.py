@@ -14,23 +14,23 @@ MARK_ATTR = "_svgd_rewrite"  # shown in the node's card of TensorBoard's graph d
 
 
 def marked(source: ExportSource) -> graph_pb2.GraphDef:
-    """The rewritten graph with each rerouted P marked (attribute ``_svgd_rewrite``: which
-    site, and whether it reads ĝ or its output is scaled); the inserted nodes are already in
-    one ``svgd_rewrite/site_K`` scope per site."""
+    """The rewritten graph with each rerouted P and each post-scaled P (or gradient loop)
+    marked from the edit log (attribute ``_svgd_rewrite``: which site, and what changed)."""
     gd = graph_pb2.GraphDef()
     gd.CopyFrom(source.rewritten)
     by_name = {n.name: n for n in gd.node}
-    for site in source.report.sites:
-        for app in site.applications:
-            node = by_name.get(app.gradient_loop or app.gradient_op)
-            if node is None:
-                continue
-            text = (f"svgd-rewrite site {site.index} ({site.variable}): "
-                    + (f"output scaled by f (svgd_rewrite/site_{site.index}/scaled_*)"
-                       if app.scaling == "post" else
-                       f"input {app.gradient_input} rerouted to ĝ "
-                       f"(svgd_rewrite/site_{site.index}/g_hat_*)"))
-            node.attr[MARK_ATTR].s = text.encode()
+    variables = {s.index: s.variable for s in source.report.sites}
+
+    def mark(node: str, site: int, what: str) -> None:
+        if node in by_name:
+            text = f"svgd-rewrite site {site} ({variables.get(site, '')}): {what}"
+            by_name[node].attr[MARK_ATTR].s = text.encode()
+
+    for e in source.edits.rerouted:
+        mark(e.node, e.site, f"input {e.slot} rerouted to ĝ ({e.new}, was {e.old})")
+    for e in source.edits.scaled:
+        mark(e.target.split(":")[0], e.site,
+             f"output scaled by f: {', '.join(e.readers) or 'its readers'} read {e.scaled}")
     return gd
 
 

@@ -54,7 +54,6 @@ class OpSpec:
     channel_axis: Callable[[NodeDef, int, int], int]
     # slot of F's other operand x, given θ's slot (None: P does not read x)
     x_slot: Callable[[int], int | None]
-    layers: str  # what creates F (the README's op table)
     default: bool = True  # in the default op set (else opt-in)
 
 
@@ -160,7 +159,7 @@ def _other(slot: int) -> int:
     return 1 - slot
 
 
-def _filter_op(op: str, grad_ops: tuple[str, ...], slots, x_input: int, layers: str,
+def _filter_op(op: str, grad_ops: tuple[str, ...], slots, x_input: int,
                channel_out: ChannelOut) -> OpSpec:
     """A convolution-like F: θ is its filter (input 1), x is its input ``x_input``, σ' is
     batch-first with the channel set by ``data_format``, and P is one of ``grad_ops`` (filter
@@ -168,8 +167,7 @@ def _filter_op(op: str, grad_ops: tuple[str, ...], slots, x_input: int, layers: 
     return OpSpec(op=op, param_slots=(1,),
                   grad_ops=tuple(GradOp(op=g, slots=slots, channel_out=channel_out)
                                  for g in grad_ops),
-                  batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: x_input,
-                  layers=layers)
+                  batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: x_input)
 
 
 REGISTRY: dict[str, OpSpec] = {
@@ -177,37 +175,26 @@ REGISTRY: dict[str, OpSpec] = {
     for spec in (
         OpSpec(op="MatMul", param_slots=(0, 1),
                grad_ops=(GradOp(op="MatMul", slots=_BINARY, channel_out=_matmul_channel_out),),
-               batch_axis=_matmul_batch_axis, channel_axis=_matmul_channel_axis, x_slot=_other,
-               layers="Dense kernel (either operand, any transpose_a/transpose_b; Dense on "
-                      "rank ≥ 3 inputs through Tensordot)"),
+               batch_axis=_matmul_batch_axis, channel_axis=_matmul_channel_axis, x_slot=_other),
         *(OpSpec(op=op, param_slots=(0, 1), grad_ops=(GradOp(op=op, slots=_BINARY,
                                            channel_out=_matmul_channel_out),),
                  batch_axis=_matmul_batch_axis, channel_axis=_matmul_channel_axis,
-                 x_slot=_other,
-                 layers="kernel of EinsumDense / MultiHeadAttention / tf.matmul on rank ≥ 3 "
-                        "input (adj_x/adj_y)")
+                 x_slot=_other)
           for op in ("BatchMatMulV2", "BatchMatMulV3", "BatchMatMul")),
         OpSpec(op="Einsum", param_slots=(0, 1), grad_ops=(GradOp(op="Einsum", slots=_BINARY,
                                  channel_out=_einsum_channel_out),),
-               batch_axis=_einsum_batch_axis, channel_axis=_einsum_channel_axis, x_slot=_other,
-               layers="kernel operand of a two-operand einsum"),
-        _filter_op("Conv2D", ("Conv2DBackpropFilter",), _FILTER_GRAD, 0,
-                   "Conv2D filter (NHWC/NCHW, strides, padding, dilations); Conv1D on "
-                   "expanded dims; the pointwise kernel of SeparableConv2D", _filter_last),
+               batch_axis=_einsum_batch_axis, channel_axis=_einsum_channel_axis, x_slot=_other),
+        _filter_op("Conv2D", ("Conv2DBackpropFilter",), _FILTER_GRAD, 0, _filter_last),
         _filter_op("Conv3D", ("Conv3DBackpropFilterV2", "Conv3DBackpropFilter"), _FILTER_GRAD,
-                   0, "Conv3D filter (NDHWC/NCDHW)", _filter_last),
+                   0, _filter_last),
         _filter_op("DepthwiseConv2dNative", ("DepthwiseConv2dNativeBackpropFilter",),
-                   _FILTER_GRAD, 0, "DepthwiseConv2D kernel, the depthwise kernel of "
-                   "SeparableConv2D", _depthwise_out),
-        _filter_op("Conv2DBackpropInput", ("Conv2DBackpropFilter",), _TRANSPOSED, 2,
-                   "Conv2DTranspose filter (the transposed convolution as a forward op)",
-                   _filter_in),
+                   _FILTER_GRAD, 0, _depthwise_out),
+        _filter_op("Conv2DBackpropInput", ("Conv2DBackpropFilter",), _TRANSPOSED, 2, _filter_in),
         _filter_op("Conv3DBackpropInputV2", ("Conv3DBackpropFilterV2",), _TRANSPOSED, 2,
-                   "Conv3DTranspose filter", _filter_in),
+                   _filter_in),
         OpSpec(op="BiasAdd", param_slots=(1,),
                grad_ops=(GradOp(op="BiasAddGrad", slots=((None, 0),), channel_out=_bias_out),),
-               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: None,
-               layers="bias of Dense/Conv* (opt-in)", default=False),
+               batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: None, default=False),
     )
 }
 
