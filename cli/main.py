@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from typing import Iterator, Sequence
 
@@ -42,7 +44,9 @@ examples:
 
 OUT_DIR: a new or empty directory; --overwrite replaces a previous output of the tool (every
 file listed in its svgd_manifest.json) and refuses a directory holding anything else.
-exit codes: 0 done, 2 bad usage or bad input (nothing written), 1 internal error.
+exit codes: 0 done, 2 bad usage or bad input (nothing written), 1 internal error;
+128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP): one line says what
+OUT_DIR holds (as it was, or the complete new output).
 """
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
@@ -279,6 +283,8 @@ def _run(args, out) -> int:
                 out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
     result, what = _rewrite(args, model_dir, out_dir, options)
     exported = result.exported
+    if result.out_dir and (exported or not args.dry_run):
+        args.written = result.out_dir  # what an interrupt from here on says
     written = (_files_under(result.out_dir) if result.out_dir and os.path.isdir(result.out_dir)
                else [])
     if args.json:
@@ -396,6 +402,36 @@ def _progress_handler(args) -> logging.Handler | None:
     return _ProgressLines(sys.stderr, timings=args.verbose)
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: the run ends the way a Ctrl-C ends it (its staging directory
+    removed, OUT_DIR as it was or holding the complete new output)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, _frame):
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stopping_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``_Stopped`` while the run lasts (where they have their
+    default action: an ignored signal, e.g. under nohup, stays ignored)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, _stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show = bool(argv) and argv[0] == "show"
@@ -426,12 +462,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from svgd_rewrite import progress as progress_clock
 
         progress_clock.begin_run()
-        return _show(args, sys.stdout) if show else _run(args, sys.stdout)
+        with _stopping_on_signals():
+            return _show(args, sys.stdout) if show else _run(args, sys.stdout)
     except BrokenPipeError:  # stdout closed early (e.g. piped into head)
         return EXIT_OK
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; nothing was written\n")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
+        signum = getattr(e, "signum", signal.SIGINT)
+        how = ("interrupted" if signum == signal.SIGINT
+               else f"stopped by {signal.Signals(signum).name}")
+        written = getattr(args, "written", None)
+        state = getattr(e, "output_state", None) or (
+            f"OUT_DIR {one_line(written)} holds the complete new output" if written
+            else "nothing was written")
+        sys.stderr.write(f"{PROG}: {how}; {state}\n")
+        return 128 + signum
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
         from svgd_rewrite.errors import SVGDRewriteError
 

@@ -53,6 +53,11 @@ def open_model(path: str, *, function: str | None = None,
     if not os.path.lexists(path):
         raise LoadError(f"MODEL {one_line(path)} does not exist: give a SavedModel directory "
                         "or a .pb/.pbtxt/.meta file")
+    if not os.path.isdir(path) and not os.path.isfile(path):
+        # a FIFO or a device, which would block the reader or never end: never opened
+        raise LoadError(f"MODEL {one_line(path)} is not a regular file or a directory: give "
+                        "a SavedModel directory, a .pb/.pbtxt/.meta graph or a .keras/.h5 "
+                        "model")
     if str(path).endswith(KERAS_SUFFIXES):
         from .keras_file import KerasFileFrontEnd
 

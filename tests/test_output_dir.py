@@ -123,17 +123,17 @@ def test_recover_puts_back_an_output_a_killed_run_left_aside(tmp_path):
 _KILLER = """
 import os, signal, sys
 from svgd_rewrite import output_dir
-point, log = int(sys.argv[1]), sys.argv[2]
+point, log, signum = int(sys.argv[1]), sys.argv[2], getattr(signal, sys.argv[3])
 calls = [0]
 
 class Killing(output_dir.FileSystem):
     pass
 
-for name in ("mkdtemp", "makedirs", "rename", "rmtree", "chmod", "write_text"):
+for name in [n for n in vars(output_dir.FileSystem) if not n.startswith("_")]:
     def wrapped(self, *args, _name=name, **kwargs):
-        if calls[0] == point:
-            os.kill(os.getpid(), signal.SIGKILL)
         calls[0] += 1
+        if calls[0] - 1 == point:  # counted first: a handler may raise here
+            os.kill(os.getpid(), signum)
         with open(log, "a") as f:
             f.write(_name + "\\n")
         return getattr(output_dir.FileSystem, _name)(self, *args, **kwargs)
@@ -141,7 +141,7 @@ for name in ("mkdtemp", "makedirs", "rename", "rmtree", "chmod", "write_text"):
 
 output_dir._fs = Killing()
 from svgd_rewrite.cli.main import main
-sys.exit(main(sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
 
 
@@ -157,10 +157,15 @@ def _complete(path) -> str | None:
     return {0.05: "old", 0.1: "new"}[scale]
 
 
+def _run_signalled(point: int, log, signame: str, *args) -> subprocess.CompletedProcess:
+    """The command line, sent ``signame`` by itself before its filesystem call ``point``."""
+    return subprocess.run([sys.executable, "-c", _KILLER, str(point), str(log), signame,
+                           *map(str, args), "-q"], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
 def _run_killed(point: int, log, *args) -> int:
-    proc = subprocess.run([sys.executable, "-c", _KILLER, str(point), str(log), *map(str, args),
-                           "-q"], env=ENV, capture_output=True, text=True, timeout=300)
-    return proc.returncode
+    return _run_signalled(point, log, "SIGKILL", *args).returncode
 
 
 @pytest.mark.slow
@@ -206,6 +211,431 @@ def test_a_kill_at_every_filesystem_call_leaves_a_complete_output(inputs, tmp_pa
         assert _complete(out) == "new" and (work / "keep.txt").read_text() == "the user's"
         assert sorted(os.listdir(work)) == ["keep.txt", "out"], f"point {point}: leftovers"
     assert "old" in outcomes and "new" in outcomes
+
+
+@pytest.mark.slow
+def test_a_sigterm_at_every_filesystem_call_ends_the_run_cleanly(inputs, tmp_path):
+    """SIGTERM at each filesystem call of an --overwrite: the run ends like a Ctrl-C
+    (exit 128+N, one line saying what OUT_DIR holds), OUT_DIR holds the complete old or new
+    output as that line says, and nothing is left beside it (no staging, no aside)."""
+    signame = "SIGTERM"
+    model = inputs / "model.pb"
+    reference = tmp_path / "reference"
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    assert subprocess.run([sys.executable, "-m", "svgd_rewrite", str(model), str(reference / "old"),
+                           "-q", "--scale", "0.05"], env=ENV).returncode == 0
+    log = tmp_path / "calls.log"
+    shutil.copytree(reference / "old", out)
+    assert _run_signalled(-1, log, signame, model, out, "--overwrite").returncode == 0
+    points = len(log.read_text().splitlines())
+    outcomes = []
+    for point in range(points):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(reference / "old", out)
+        proc = _run_signalled(point, tmp_path / "ignored.log", signame, model, out,
+                              "--overwrite")
+        assert proc.returncode == 128 + getattr(signal, signame), (point, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and signame in proc.stderr, proc.stderr
+        state = _complete(out)
+        assert state is not None and sorted(os.listdir(work)) == ["out"], f"point {point}"
+        assert output_dir.STAGING_MARKER not in os.listdir(out)
+        said_new = "holds the complete new output" in proc.stderr
+        assert said_new == (state == "new"), (point, state, proc.stderr)
+        assert said_new or "nothing was written" in proc.stderr
+        outcomes.append(state)
+    assert "old" in outcomes and "new" in outcomes
+
+
+# --- issue #33: every state a crash, a signal or a user leaves -------------------------------
+
+def _dead_pid() -> int:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
+def _produce(out, data: str, overwrite: bool = False) -> None:
+    """An output of the tool written through staged_output (no TensorFlow)."""
+    with output_dir.staged_output(str(out), [], overwrite) as tmp:
+        with open(os.path.join(tmp, "model.pb"), "w") as f:
+            f.write(data)
+        os.mkdir(os.path.join(tmp, "variables"))
+        with open(os.path.join(tmp, "variables", "v.data"), "w") as f:
+            f.write(data * 3)
+
+
+@pytest.mark.parametrize("aside_kind", ["tool", "tool+note", "users"])
+@pytest.mark.parametrize("out_state", ["missing", "empty", "users", "new_output"])
+def test_an_aside_is_restored_or_kept_never_deleted(tmp_path, aside_kind, out_state):
+    """#33.1: what a kill between the two renames leaves (the old output in
+    .out.svgd-old-PID-*), then whatever the user did with OUT_DIR: the aside comes back into a
+    missing or empty OUT_DIR, stays when OUT_DIR holds the user's files, and is deleted only
+    when it is provably the tool's and a complete new output is in OUT_DIR. A look-alike that
+    is not the tool's output is never touched."""
+    out = tmp_path / "out"
+    aside = tmp_path / f".out.svgd-old-{_dead_pid()}-deadbeef"
+    _produce(tmp_path / "old", "old")
+    if aside_kind == "users":
+        (tmp_path / "old" / output_dir.MANIFEST_FILE).unlink()
+    os.rename(tmp_path / "old", aside)
+    if aside_kind == "tool+note":
+        (aside / "note.txt").write_text("added by hand")
+    kept = _snapshot(aside)
+    if out_state == "empty":
+        out.mkdir()
+    elif out_state == "users":
+        out.mkdir()
+        (out / "note.txt").write_text("notes")
+    elif out_state == "new_output":
+        _produce(tmp_path / "new", "new")
+        os.rename(tmp_path / "new", out)
+    before = _snapshot(out) if out.exists() else None
+    output_dir.recover(str(out))
+    if aside_kind != "tool" or out_state == "users":
+        assert _snapshot(aside) == kept and (_snapshot(out) if out.exists() else None) == before
+    elif out_state in ("missing", "empty"):
+        assert not aside.exists() and _snapshot(out) == kept
+    else:
+        assert not aside.exists() and (out / "model.pb").read_text() == "new"
+
+
+def test_an_aside_survives_a_run_into_a_recreated_out_dir(inputs, tmp_path, capsys):
+    """#33.1 through the command line: a previous output set aside, then `mkdir out` with the
+    user's notes: exit 2, nothing lost; an empty `out`: the old output comes back into it, and
+    the run without --overwrite refuses instead of replacing it; --overwrite then replaces it."""
+    out = tmp_path / "out"
+    assert _cli(capsys, inputs / "model.pb", out, "--scale", "0.05")[0] == 0
+    old = _snapshot(out)
+    aside = tmp_path / ".out.svgd-old-3999999-deadbeef"
+    os.rename(out, aside)
+    out.mkdir()
+    (out / "note.txt").write_text("notes")
+    for extra in ([], ["--overwrite"]):
+        rc, err = _cli(capsys, inputs / "model.pb", out, *extra)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert _snapshot(aside) == old and _snapshot(out) == {"note.txt": b"notes"}
+    (out / "note.txt").unlink()
+    rc, err = _cli(capsys, inputs / "model.pb", out)
+    assert rc == 2 and "not empty" in err and _snapshot(out) == old and not aside.exists()
+    assert _cli(capsys, inputs / "model.pb", out, "--overwrite")[0] == 0
+    assert _complete(out) == "new" and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_staging_look_alike_is_never_touched(inputs, tmp_path, capsys):
+    """#33.2: `.out.svgd-tmp-PID-thesis` of a dead PID holding the user's file: the run
+    succeeds and the folder stays; so do a forged marker (another name's token, another pid,
+    not JSON, a FIFO), a marker in a symlinked folder and a huge PID; an empty look-alike is
+    removed (rmdir deletes nothing); the tool's own dead staging (its marker) is removed."""
+    pid = _dead_pid()
+
+    def folder(name, marker=None):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "thesis.tex").write_text("precious")
+        if isinstance(marker, dict):
+            (path / output_dir.STAGING_MARKER).write_text(json.dumps(marker))
+        elif marker == "fifo":
+            os.mkfifo(path / output_dir.STAGING_MARKER)
+        elif marker is not None:
+            (path / output_dir.STAGING_MARKER).write_text(marker)
+        return path
+
+    kept = [folder(".out.svgd-tmp-3999999-thesis"),
+            folder(f".out.svgd-tmp-{pid}-aaa", {"tool": "svgd-rewrite", "pid": pid,
+                                                "token": "bbb"}),
+            folder(f".out.svgd-tmp-{pid}-ccc", {"tool": "svgd-rewrite", "pid": pid + 1,
+                                                "token": "ccc"}),
+            folder(f".out.svgd-tmp-{pid}-ddd", "not json"),
+            folder(f".out.svgd-tmp-{pid}-eee", "fifo"),
+            folder(".out.svgd-tmp-99999999999-x"),
+            folder(".out.svgd-old-99999999999-x")]
+    target = folder("elsewhere", {"tool": "svgd-rewrite", "pid": pid, "token": "fff"})
+    (tmp_path / f".out.svgd-tmp-{pid}-fff").symlink_to(target)
+    empty = tmp_path / f".out.svgd-tmp-{pid}-empty"
+    empty.mkdir()
+    ours = folder(f".out.svgd-tmp-{pid}-ggg", {"tool": "svgd-rewrite", "pid": pid,
+                                               "token": "ggg"})
+    rc, err = _cli(capsys, inputs / "model.pb", tmp_path / "out")
+    assert rc == 0, err
+    for path in kept + [target]:
+        assert (path / "thesis.tex").read_text() == "precious", path
+    assert not empty.exists() and not ours.exists()
+
+
+_SPECIAL = """
+import hashlib, json, os, sys
+from svgd_rewrite import output_dir
+out, listed = sys.argv[1], sys.argv[2]
+os.mkdir(out)
+os.mkfifo(os.path.join(out, output_dir.MANIFEST_FILE))
+refused = []
+for overwrite in (False, True):
+    try:
+        output_dir.check_output_dir(out, [], overwrite)
+    except output_dir.OutputError as e:
+        refused.append(str(e))
+os.mkdir(listed)
+with open(os.path.join(listed, output_dir.MANIFEST_FILE), "w") as f:
+    json.dump({"tool": "svgd-rewrite", "format": 1, "directories": [],
+               "files": {"pipe": {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}}}, f)
+os.mkfifo(os.path.join(listed, "pipe"))
+try:
+    output_dir.check_output_dir(listed, [], True)
+except output_dir.OutputError as e:
+    refused.append(str(e))
+print(json.dumps(refused))
+"""
+
+
+def test_special_files_are_refused_without_being_opened(tmp_path):
+    """#33.3: a FIFO named svgd_manifest.json (with and without --overwrite), a FIFO listed
+    in a manifest, `show pipe.keras`: refused at once with one line, nothing opened for
+    reading (subprocesses with a timeout: opening a FIFO blocks forever, and a test's alarm
+    does not reach a thread blocked in open())."""
+    proc = subprocess.run([sys.executable, "-c", _SPECIAL, str(tmp_path / "out"),
+                           str(tmp_path / "listed")], env=ENV, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    refused = json.loads(proc.stdout)
+    assert len(refused) == 3 and all("\n" not in e for e in refused), refused
+    assert "not empty" in refused[0] and output_dir.MANIFEST_FILE in refused[1]
+    assert "'pipe'" in refused[2]
+    assert sorted(os.listdir(tmp_path / "listed")) == ["pipe", output_dir.MANIFEST_FILE]
+    os.mkfifo(tmp_path / "pipe.keras")
+    proc = subprocess.run([sys.executable, "-m", "svgd_rewrite", "show",
+                           str(tmp_path / "pipe.keras")], env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_manifest_linked_to_dev_zero_is_not_read(tmp_path):
+    """#33.3: `ln -s /dev/zero out/svgd_manifest.json`: refused at once, under a memory limit
+    that reading it would exceed (a subprocess: the old code read until memory ran out)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / output_dir.MANIFEST_FILE).symlink_to("/dev/zero")
+    script = ("import resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+              "from svgd_rewrite import output_dir\n"
+              "try:\n"
+              "    output_dir.check_output_dir(sys.argv[1], [], True)\n"
+              "except output_dir.OutputError as e:\n"
+              "    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and output_dir.MANIFEST_FILE in proc.stdout, proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("manifest", [
+    {"files": {"model.pb": "a string"}}, {"files": {"model.pb": ["a", "list"]}},
+    {"files": {}, "directories": 5}, {"files": {}, "directories": [5]},
+    {"files": {"model.pb": {"size": "1", "sha256": "x"}}}, {"files": []}, "deep", "huge",
+    "not utf-8"])
+def test_every_bad_manifest_is_exit_2(inputs, tmp_path, capsys, manifest):
+    """#33.4: a record that is a string or a list, "directories": 5, 200,000-deep nested JSON
+    (with and without --overwrite), a manifest over 64 MiB, bytes that are not UTF-8: exit 2
+    with one line (was 1: AttributeError, TypeError, RecursionError), nothing deleted."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if not isinstance(manifest, dict) or manifest["files"]:  # else only the manifest
+        (out / "model.pb").write_bytes(b"the user's")
+    path = out / output_dir.MANIFEST_FILE
+    if manifest == "deep":
+        path.write_text('{"tool": "svgd-rewrite", "files": ' + "[" * 200_000 + "]" * 200_000
+                        + "}")
+    elif manifest == "huge":
+        with open(path, "wb") as f:
+            f.truncate(output_dir.MANIFEST_LIMIT + 1)
+    elif manifest == "not utf-8":
+        path.write_bytes(b'{"tool": "svgd-rewrite", "files": {"\xff": 1}}')
+    else:
+        path.write_text(json.dumps({"tool": "svgd-rewrite", "format": 1, **manifest}))
+    before = _snapshot(out)
+    for extra in (["--overwrite"], []):
+        rc, err = _cli(capsys, inputs / "model.pb", out, *extra)
+        assert rc == 2 and err.count("\n") == 1, err
+    assert _snapshot(out) == before
+
+
+def test_a_sibling_with_a_pid_no_process_can_have_is_not_an_error(inputs, tmp_path, capsys):
+    """#33.4: `.out.svgd-tmp-99999999999-x` beside OUT_DIR (OverflowError in os.kill on every
+    run into `out`): a dead process's look-alike, left alone; the run succeeds."""
+    odd = tmp_path / ".out.svgd-tmp-99999999999-x"
+    odd.mkdir()
+    (odd / "data.csv").write_text("mine")
+    rc, err = _cli(capsys, inputs / "model.pb", tmp_path / "out")
+    assert rc == 0, err
+    assert (odd / "data.csv").read_text() == "mine"
+
+
+def test_ctrl_c_between_the_two_renames_finishes_the_commit(inputs, tmp_path, capsys,
+                                                           monkeypatch):
+    """#33.5: Ctrl-C while OUT_DIR is missing (its previous output moved aside, the new one
+    not yet renamed in): the commit finishes first, exit 130, and the line says OUT_DIR holds
+    the new output (it said "nothing was written" with OUT_DIR missing)."""
+    out = tmp_path / "out"
+    assert _cli(capsys, inputs / "model.pb", out, "--scale", "0.05")[0] == 0
+
+    class CtrlC(output_dir.FileSystem):
+        def rename(self, src, dst):
+            if ".svgd-tmp-" in src and not os.path.lexists(dst):
+                os.kill(os.getpid(), signal.SIGINT)
+            super().rename(src, dst)
+
+    monkeypatch.setattr(output_dir, "_fs", CtrlC())
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # even if ignored
+    try:
+        rc, err = _cli(capsys, inputs / "model.pb", out, "--overwrite")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert rc == 130 and err.count("\n") == 1 and "interrupted" in err, err
+    assert "holds the complete new output" in err, err
+    assert _complete(out) == "new" and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+_SIGNAL_SWEEP = """
+import json, os, shutil, signal, sys
+from svgd_rewrite import output_dir
+from svgd_rewrite.cli.main import _stopping_on_signals
+work, signum = sys.argv[1], getattr(signal, sys.argv[2])
+signal.signal(signal.SIGINT, signal.default_int_handler)
+out = os.path.join(work, "out")
+
+def produce(data, point):
+    calls = [0]
+    class Hook(output_dir.FileSystem):
+        pass
+    for name in [n for n in vars(output_dir.FileSystem) if not n.startswith("_")]:
+        def wrapped(self, *args, _name=name, **kwargs):
+            calls[0] += 1
+            if calls[0] - 1 == point:  # counted first: a handler may raise here
+                os.kill(os.getpid(), signum)
+            return getattr(output_dir.FileSystem, _name)(self, *args, **kwargs)
+        setattr(Hook, name, wrapped)
+    output_dir._fs = Hook()
+    try:
+        with _stopping_on_signals():
+            with output_dir.staged_output(out, [], True) as tmp:
+                for name in ("model.pb", "svgd_report.json"):
+                    with open(os.path.join(tmp, name), "w") as f:
+                        f.write(data)
+                os.mkdir(os.path.join(tmp, "variables"))
+                with open(os.path.join(tmp, "variables", "v"), "w") as f:
+                    f.write(data)
+        return None
+    except KeyboardInterrupt as e:
+        return getattr(e, "output_state", "") or "(no state)"
+    finally:
+        output_dir._fs = output_dir.FileSystem()
+
+results, point = [], 0
+while True:
+    shutil.rmtree(out, ignore_errors=True)
+    produce("old", -1)
+    state = produce("new", point)
+    with open(os.path.join(out, "model.pb")) as f:
+        content = f.read()
+    results.append({"point": point, "state": state, "content": content,
+                    "beside": sorted(os.listdir(work)), "inside": sorted(os.listdir(out)),
+                    "foreign": output_dir.foreign_entry(out)})
+    if state is None:
+        break
+    point += 1
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_signal_at_every_filesystem_call_ends_between_consistent_states(tmp_path, signame):
+    """#33.5 at the library level (a subprocess without TensorFlow: fast): SIGTERM, SIGHUP
+    or SIGINT at each filesystem call of an overwrite, with the command line's handlers.
+    Every point ends the same clean way: the interrupt carries one line saying what OUT_DIR
+    holds, OUT_DIR holds the complete old or new output accordingly, and nothing is left
+    beside it or inside it (no staging, no aside, no marker)."""
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_SWEEP, str(tmp_path), signame],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)
+    assert len(results) >= 9
+    for r in results[:-1]:
+        assert r["beside"] == ["out"] and r["foreign"] is None, r
+        assert r["inside"] == ["model.pb", output_dir.MANIFEST_FILE, "svgd_report.json",
+                               "variables"], r
+        assert r["state"].count("\n") == 0
+        if r["content"] == "new":
+            assert "holds the complete new output" in r["state"], r
+        else:
+            assert r["content"] == "old" and "nothing was written" in r["state"], r
+    assert {r["content"] for r in results[:-1]} == {"old", "new"}
+
+
+_KILL_ONE = """
+import os, signal, sys
+from svgd_rewrite import output_dir
+out, point, data = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+calls = [0]
+class Hook(output_dir.FileSystem):
+    pass
+for name in [n for n in vars(output_dir.FileSystem) if not n.startswith("_")]:
+    def wrapped(self, *args, _name=name, **kwargs):
+        if calls[0] == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+        calls[0] += 1
+        return getattr(output_dir.FileSystem, _name)(self, *args, **kwargs)
+    setattr(Hook, name, wrapped)
+output_dir._fs = Hook()
+with output_dir.staged_output(out, [], True) as tmp:
+    with open(os.path.join(tmp, "model.pb"), "w") as f:
+        f.write(data)
+print(calls[0])
+"""
+
+
+@pytest.mark.parametrize("then", ["rerun", "empty_out", "users_out"])
+def test_a_sigkill_at_every_call_then_the_user_and_the_next_run(tmp_path, then):
+    """SIGKILL at each filesystem call of an overwrite (library level, no TensorFlow), then
+    (where OUT_DIR went missing) the user re-creates it empty or with a note; the next run:
+    ends with the complete new output (rerun, empty OUT_DIR: the old one came back first and
+    was replaced) or refuses with nothing lost (the user's OUT_DIR: the old output stays
+    aside, intact); never a leftover staging directory."""
+    out = tmp_path / "out"
+
+    def kill_at(point):
+        return subprocess.run([sys.executable, "-c", _KILL_ONE, str(out), str(point), "new"],
+                              env=ENV, capture_output=True, text=True, timeout=60)
+
+    _produce(out, "old")
+    points = int(kill_at(-1).stdout)
+    for point in range(points):
+        shutil.rmtree(tmp_path)
+        tmp_path.mkdir()
+        _produce(out, "old")
+        old = _snapshot(out)
+        assert kill_at(point).returncode == -signal.SIGKILL
+        asides = [p for p in os.listdir(tmp_path) if ".svgd-old-" in p]
+        if not out.exists():
+            assert len(asides) == 1 and _snapshot(tmp_path / asides[0]) == old, point
+            if then == "empty_out":
+                out.mkdir()
+                with pytest.raises(output_dir.OutputError, match="not empty"):
+                    _produce(out, "newer")  # the old output came back: not replaced
+                assert _snapshot(out) == old and not (tmp_path / asides[0]).exists()
+            elif then == "users_out":
+                out.mkdir()
+                (out / "note.txt").write_text("notes")
+        if then == "users_out" and (out / "note.txt").exists():
+            with pytest.raises(output_dir.OutputError):
+                _produce(out, "newer", overwrite=True)
+            assert _snapshot(tmp_path / asides[0]) == old
+            assert sorted(os.listdir(tmp_path)) == sorted(["out"] + asides), point
+            continue
+        _produce(out, "newer", overwrite=True)
+        assert (out / "model.pb").read_text() == "newer"
+        assert output_dir.foreign_entry(str(out)) is None
+        assert sorted(os.listdir(tmp_path)) == ["out"], (point, os.listdir(tmp_path))
 
 
 # --- recursive function libraries -----------------------------------------------------------

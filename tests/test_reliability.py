@@ -3,6 +3,7 @@ with one line and writes nothing, accumulators never hold inf/NaN."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -92,13 +93,28 @@ def test_new_out_dir_follows_the_umask(graphs, tmp_path, capsys):
 
 
 def test_stale_staging_of_a_dead_process_is_removed(graphs, tmp_path, capsys):
+    """A staging directory carrying the marker the tool writes at its creation (the dead
+    process's pid and the token of its name) is the tool's: removed; a look-alike without it
+    (a user's folder, a forged marker) is not."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / f".out.svgd-tmp-{dead.pid}-abc"
     stale.mkdir()
     (stale / "half.pb").write_bytes(b"x")
+    (stale / ".svgd-staging").write_text(json.dumps({"tool": "svgd-rewrite", "pid": dead.pid,
+                                                     "token": "abc"}))
+    mine = tmp_path / f".out.svgd-tmp-{dead.pid}-thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    forged = tmp_path / f".out.svgd-tmp-{dead.pid}-xyz"
+    forged.mkdir()
+    (forged / "data.csv").write_text("mine")
+    (forged / ".svgd-staging").write_text(json.dumps({"tool": "svgd-rewrite", "pid": dead.pid,
+                                                      "token": "abc"}))  # another name's
     assert _cli(capsys, graphs / "model.pb", tmp_path / "out")[0] == 0
     assert not stale.exists()
+    assert (mine / "thesis.tex").read_text() == "precious"
+    assert (forged / "data.csv").read_text() == "mine"
 
 
 @pytest.mark.slow
