@@ -12,6 +12,8 @@ from tensorflow.core.framework import graph_pb2
 
 from .edits import EditLog
 from .errors import LoadError, SurgeryError, first_line, one_line
+from .inline import MAX_DEPTH
+from .registry import CALL_OPS
 from .ir import Tensor, parse_input, without_large_constants
 
 IMPORT_ERRORS = (ValueError, TypeError, KeyError, IndexError, tf.errors.OpError)
@@ -82,12 +84,41 @@ def library_cycle(library) -> list[str] | None:
 
 
 def check_library(library, what: str) -> None:
-    """``LoadError`` for a recursive function library (before TensorFlow sees it)."""
+    """``LoadError`` for a recursive function library, or one whose calls nest deeper than
+    the inliner goes (``inline.MAX_DEPTH``), before TensorFlow sees it: read from the
+    protobuf alone, so refusing costs no more than parsing it."""
     cycle = library_cycle(library)
     if cycle is not None:
         shown = " → ".join(one_line(c)[:60] for c in cycle[:6])
         raise LoadError(f"{one_line(what)} has a recursive function library ({shown}): "
                         "TensorFlow cannot import it; export the graph again")
+    depth = call_depth(library)
+    if depth > MAX_DEPTH:
+        raise LoadError(f"{one_line(what)}: its functions call each other {depth} levels deep, "
+                        f"over the limit of {MAX_DEPTH}: trace the train step with fewer nested "
+                        "tf.function calls (call plain Python functions inside it) and save "
+                        "it again")
+
+
+def call_depth(library) -> int:
+    """The longest chain of function calls (``PartitionedCall``-style ops and direct calls)
+    in an acyclic function library: 1 for a function that calls none."""
+    names = {f.signature.name for f in library.function}
+    calls = {f.signature.name: sorted({c for n in f.node_def if n.op in CALL_OPS
+                                       for c in _called(n.attr)} | {n.op for n in f.node_def}
+                                      & names) for f in library.function}
+    depth: dict[str, int] = {}
+    for root in sorted(calls):
+        stack = [root]
+        while stack:
+            name = stack[-1]
+            pending = [c for c in calls[name] if c not in depth]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            depth[name] = 1 + max((depth[c] for c in calls[name]), default=0)
+    return max(depth.values(), default=0)
 
 
 def check_input_graph(graph_def: graph_pb2.GraphDef, what: str) -> None:

@@ -416,3 +416,39 @@ def test_verbose_always_shows_the_stages(graphs, tmp_path, capsys):
     err = capsys.readouterr().err
     stages = [line.rsplit("] ", 1)[1] for line in err.splitlines() if "svgd-rewrite: [" in line]
     assert stages[:2] == ["import", "load"] and "surgery" in stages and "write" in stages
+
+
+def _nested_saved_model(path, depth: int) -> None:
+    """A SavedModel whose train function calls ``depth`` nested tf.functions."""
+    import tensorflow as tf
+
+    def wrap(inner):
+        @tf.function
+        def f(x):
+            return inner(x) + 1.0
+        return f
+
+    fn = tf.function(lambda x: x * 2.0)
+    for _ in range(depth - 1):
+        fn = wrap(fn)
+    module = tf.Module()
+    module.v = tf.Variable(1.0)
+    module.train = tf.function(lambda x: fn(x) * module.v,
+                               input_signature=[tf.TensorSpec([], tf.float32)])
+    tf.saved_model.save(module, str(path))
+
+
+def test_calls_nested_too_deep_are_refused_before_tensorflow_loads_the_model(tmp_path):
+    """The nesting depth is read from saved_model.pb before TensorFlow builds anything; the
+    line says which limit and what to do."""
+    from svgd_rewrite.errors import LoadError
+    from svgd_rewrite.savedmodel import check_saved_model_dir
+
+    _nested_saved_model(tmp_path / "deep", 40)
+    with pytest.raises(LoadError) as exc:
+        check_saved_model_dir(str(tmp_path / "deep"))
+    message = str(exc.value)
+    assert "levels deep" in message and "limit of 32" in message and "\n" not in message
+    assert "fewer nested tf.function calls" in message
+    _nested_saved_model(tmp_path / "shallow", 8)
+    check_saved_model_dir(str(tmp_path / "shallow"))  # within the limit: accepted
