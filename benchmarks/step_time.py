@@ -17,7 +17,7 @@ from benchmarks.common import (MODELS, OPTIMIZERS, interleaved_ms, parser, print
                                random_batch, write_results)
 from benchmarks.peer_svgd import make_peer
 from fixtures import keras_models
-from svgd_rewrite.emit import SVGDStep
+from svgd_rewrite.step import SVGDStep
 from svgd_rewrite.load import load_step
 from svgd_rewrite.surgery import Rewritten
 

@@ -15,7 +15,7 @@ from .errors import (AlreadyRewrittenError, InvalidOptionError, LoadError, NoGra
 __version__ = "0.1.0"
 
 _LAZY = {
-    "rewrite": "api", "analyze_step": "api", "SVGDStep": "emit", "Report": "report",
+    "rewrite": "api", "analyze_step": "api", "SVGDStep": "step", "Report": "report",
     "SiteReport": "report", "SkippedNode": "report", "MemoryReport": "report",
     "REGISTRY": "registry", "DEFAULT_OPS": "registry", "rewrite_saved_model": "runner",
     "export": "exporters", "AccumulatorState": "state",

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from .emit import SVGDStep
+from .step import SVGDStep
 from .errors import InvalidOptionError, already_rewritten
 from .frontend import plan_step, rewrite_with
 from .load import LoadedStep, load_step
@@ -17,8 +17,6 @@ from .surgery import Rewritten
 
 class FunctionFrontEnd:
     """A ``tf.function`` / ``ConcreteFunction`` in, an ``SVGDStep`` out."""
-
-    accumulator_kind = "placeholder"
 
     def __init__(self, fn, variables: Sequence[tf.Variable] | None = None,
                  state: AccumulatorState | None = None):

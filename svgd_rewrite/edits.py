@@ -13,6 +13,8 @@ recover what changed from node names.
 - ``Grown``: a gradient ``While`` loop given new loop variables (Σ g², rows).
 - ``ControlAdded``: control inputs added to an existing node (a TF1 train op running the
   accumulator updates, an init op running their initializers).
+- ``Replaced``: an inserted node swapped for another of the same name (a TF1 graph's
+  accumulator placeholder materialized as a variable node of the graph's kind).
 """
 from __future__ import annotations
 
@@ -55,6 +57,13 @@ class ControlAdded:
     inputs: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Replaced:
+    node: str
+    old_op: str
+    new_op: str
+
+
 @dataclass
 class EditLog:
     """Every edit of one rewrite, in order of kind."""
@@ -64,6 +73,7 @@ class EditLog:
     scaled: list[Scaled] = field(default_factory=list)
     grown: list[Grown] = field(default_factory=list)
     control: list[ControlAdded] = field(default_factory=list)
+    replaced: list[Replaced] = field(default_factory=list)
 
     def inserted_nodes(self, site: int | None = None) -> set[str]:
         """The inserted nodes (of one site, when given)."""

@@ -1,11 +1,11 @@
 """Front ends: how each kind of input enters the common pipeline and how its output leaves.
 
 A front end ``load``s its input into a ``LoadedStep`` (a flat GraphDef, the variables behind
-its placeholders or variable nodes, and its calling convention), says which kind of
-accumulator its graphs hold (``accumulator_kind``: ``placeholder`` for a traced function whose
-variables are captured handles, ``resource`` or ``ref`` for a TF1 graph's variable nodes), and
-``finish``es its own output from the rewritten GraphDef. Between them the pipeline is shared:
-analyze → plan → surgery (``rewrite_with``).
+its placeholders or variable nodes, and — for a traced function — its calling convention) and
+``finish``es its own output from the rewritten GraphDef (the surgery's accumulators are
+resource handles fed on import; a TF1 graph's front end materializes them as variable nodes
+of its kind). Between them the pipeline is shared: analyze → plan → surgery
+(``rewrite_with``).
 
 The front ends: ``api.FunctionFrontEnd`` (a ``tf.function`` / ``ConcreteFunction``),
 ``savedmodel.SavedModelFrontEnd`` (a SavedModel's train function), ``graphdef.GraphDefFrontEnd``
@@ -49,8 +49,6 @@ class RewriteResult(Protocol):
 class FrontEnd(Protocol):
     """One kind of input: loads it, and finishes its output after the surgery."""
 
-    accumulator_kind: str
-
     def load(self) -> LoadedStep: ...
 
     def finish(self, loaded: LoadedStep, rewritten: Rewritten,
@@ -79,18 +77,16 @@ def plan_step(loaded: LoadedStep, options: Options) -> Plan:
     return plan
 
 
-def rewrite_loaded(loaded: LoadedStep, options: Options,
-                   accumulator_kind: str = "placeholder") -> tuple[Rewritten, Report]:
+def rewrite_loaded(loaded: LoadedStep, options: Options) -> tuple[Rewritten, Report]:
     """The surgery on a loaded step: the rewritten GraphDef and the report."""
     plan = require_sites(plan_step(loaded, options))
     stage("surgery")
     portable = options.portable if options.portable is not None else loaded.xla
-    return (apply_surgery(loaded.graph_def, plan, options, accumulator_kind,
-                          one_pass=not portable), plan.report)
+    return apply_surgery(loaded.graph_def, plan, options, one_pass=not portable), plan.report
 
 
 def rewrite_with(front: FrontEnd, options: Options) -> RewriteResult:
     """Load, analyze, plan, rewrite and finish: the one pipeline every front end runs."""
     loaded = front.load()
-    rewritten, report = rewrite_loaded(loaded, options, front.accumulator_kind)
+    rewritten, report = rewrite_loaded(loaded, options)
     return front.finish(loaded, rewritten, report)

@@ -10,7 +10,7 @@ from typing import Iterable
 
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from .edits import ControlAdded, EditLog, Grown, Inserted, Rerouted, Scaled
+from .edits import ControlAdded, EditLog, Grown, Inserted, Replaced, Rerouted, Scaled
 from .ir import parse_input, tensor_name
 from .loop_statistics import LoopStatistic, add_statistics
 
@@ -90,6 +90,13 @@ class GraphEditor:
             loops.setdefault(st.backward_loop, []).append(site)
         self.log.grown += [Grown(loop, tuple(s)) for loop, s in sorted(loops.items())]
         return outputs
+
+    def replace(self, new: node_def_pb2.NodeDef) -> None:
+        """Swap the node named ``new.name`` for ``new`` (same place in the graph)."""
+        old = self._by_name[new.name]
+        old_op = old.op
+        old.CopyFrom(new)
+        self.log.replaced.append(Replaced(new.name, old_op, new.op))
 
     def add_control_inputs(self, node: str, inputs: Iterable[str]) -> None:
         added = tuple("^" + i.lstrip("^") for i in inputs)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import networkx as nx
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
@@ -24,14 +25,14 @@ from .errors import (LoadError, NoGradientsError, OutputError, already_rewritten
 from .frontend import rewrite_with
 from .graph_edit import GraphEditor
 from .inline import inline_calls
-from .ir import GraphIR
+from .ir import GraphIR, map_colocation
 from .load import LoadedStep, VariableInfo, is_rewritten
 from .options import Options, takes_options
 from .registry import (CONTROL_GROUP_OPS, DATA_SOURCE_OPS, FUSED_APPLY_PREFIXES,
                        RESTORE_OP_PREFIXES, VARIABLE_OPS)
 from .progress import stage
 from .report import Report
-from .names import SCOPE
+from .names import SCOPE, inserted_name
 from .validate import IMPORT_ERRORS, check_input_graph
 
 INIT_OP = f"{SCOPE}/init"
@@ -195,9 +196,8 @@ def load_graph_def(graph_def: graph_pb2.GraphDef, train_op: str | None = None,
     # The graph's results (the loss, typically) are its sinks: the V_θ→σ nodes to report are
     # their ancestors (an L1 penalty's Abs, say).
     sinks = [f"{n}:0" for n in ir.order if ir.g.out_degree(n) == 0 and ir.op(n) not in CONTROL_GROUP_OPS]
-    loaded = LoadedStep(graph_def=gd, input_placeholders=[], input_signature=(), n_positional=0,
-                        keyword_names=[], output_tensors=sinks, structured_outputs=None,
-                        variables=variables, update_scope=scope)
+    loaded = LoadedStep(graph_def=gd, output_tensors=sinks, variables=variables,
+                        update_scope=scope)
     return TF1Step(loaded, train, kind, _init_ops(ir, writes.initializers))
 
 
@@ -226,6 +226,58 @@ def rewrite_graph_def(graph_def: graph_pb2.GraphDef, *, train_op: str | None = N
     return rewrite_with(GraphDefFrontEnd(graph_def, train_op, trainable, what), options)
 
 
+def _variable_template(kind: str, shape: tuple[int, ...], key: str) -> dict:
+    """An accumulator as a TF1 variable of ``kind`` (``resource``: ``VarHandleOp`` with
+    ``shared_name`` ``svgd/<key>``; ``ref``: ``VariableV2``), its zeros and initializer, and —
+    for ``ref`` — its read (``Identity``) and update (``Assign``), traced in a scratch graph."""
+    f32, raw = tf.float32, tf.raw_ops
+    graph = tf.Graph()
+    with graph.as_default():
+        if kind == "resource":
+            acc = raw.VarHandleOp(dtype=f32, shape=shape, shared_name=f"svgd/{key}",
+                                  name="accumulator")
+        else:
+            acc = raw.VariableV2(shape=shape, dtype=f32, name="accumulator")
+        zeros = tf.constant(np.zeros(shape, np.float32), name="zeros")
+        if kind == "resource":
+            raw.AssignVariableOp(resource=acc, value=zeros, name="initializer")
+        else:
+            raw.Assign(ref=acc, value=zeros, validate_shape=True, use_locking=True,
+                       name="initializer")
+            raw.Identity(input=acc, name="r")
+            value = tf.compat.v1.placeholder(f32, shape, name="value")
+            raw.Assign(ref=acc, value=value, validate_shape=True, use_locking=True,
+                       name="assign_r")
+    return {n.name: n for n in graph.as_graph_def().node}
+
+
+def materialize_accumulator(editor: GraphEditor, a, kind: str) -> None:
+    """The surgery's accumulator (a resource handle placeholder, read by ``ReadVariableOp``
+    and written by ``AssignVariableOp``) as a variable node of the graph's own kind, with the
+    zeros and the initializer the init op runs."""
+    template = _variable_template(kind, tuple(a.shape), a.key)
+    device = editor.node(a.placeholder).device
+
+    def node(role: str, inputs: list[str]) -> node_def_pb2.NodeDef:
+        new = node_def_pb2.NodeDef()
+        new.CopyFrom(template[role])
+        new.name = inserted_name(a.site, role)
+        del new.input[:]
+        new.input.extend(inputs)
+        new.device = device
+        map_colocation(new, lambda name: inserted_name(a.site, name) if name in template else None)
+        return new
+
+    acc = a.placeholder
+    editor.replace(node("accumulator", []))
+    zeros = inserted_name(a.site, "zeros")
+    editor.insert([node("zeros", []), node("initializer", [acc, zeros])], a.site)
+    if kind == "ref":
+        value = editor.node(a.assign).input[1]
+        editor.replace(node("r", [acc]))
+        editor.replace(node("assign_r", [acc, value]))
+
+
 class GraphDefFrontEnd:
     """A TF1 training GraphDef in (validated, its train op found), a ``GraphDefResult`` out:
     the accumulators are variable nodes of the graph's own kind, updated by the train op and
@@ -236,10 +288,6 @@ class GraphDefFrontEnd:
         self.args = (graph_def, train_op, trainable, what)
         self.step: TF1Step | None = None
 
-    @property
-    def accumulator_kind(self) -> str:
-        return self.step.variable_kind
-
     def load(self) -> LoadedStep:
         self.step = load_graph_def(*self.args)
         return self.step.loaded
@@ -247,6 +295,8 @@ class GraphDefFrontEnd:
     def finish(self, loaded: LoadedStep, rewritten, report) -> GraphDefResult:
         train, graph_inits = self.step.train_op, self.step.init_ops
         editor = GraphEditor(rewritten.graph_def, rewritten.edits, copy=False)
+        for a in rewritten.accumulators:
+            materialize_accumulator(editor, a, self.step.variable_kind)
         # running the train op updates the accumulators
         editor.add_control_inputs(train, [a.assign for a in rewritten.accumulators])
         init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")
@@ -404,10 +454,6 @@ class GraphFileFrontEnd:
     @property
     def inputs(self) -> list[str]:
         return [self.path]
-
-    @property
-    def accumulator_kind(self) -> str:
-        return self.inner.accumulator_kind
 
     def check(self) -> None:
         if not os.path.exists(self.path):

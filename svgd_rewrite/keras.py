@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .emit import SVGDStep
+from .step import SVGDStep
 from .errors import NoSitesError, SVGDRewriteError, UnsupportedError
 from .frontend import rewrite_with
 from .load import load_concrete_function
@@ -114,8 +114,6 @@ class _KerasFrontEnd:
     """The step Keras runs, traced by ``KerasSVGD``, in; an ``SVGDStep`` over the model's
     accumulators out."""
 
-    accumulator_kind = "placeholder"
-
     def __init__(self, concrete_function, model: keras.Model):
         self.concrete_function, self.model = concrete_function, model
 
@@ -125,7 +123,7 @@ class _KerasFrontEnd:
         loaded.xla = bool(self.model.jit_compile)
         weights = _keras_variables(self.model)
         trainable = {id(getattr(w, "value", w)) for w in self.model.trainable_weights}
-        for p, v in loaded.variable_objects.items():
+        for p, v in loaded.call.variable_objects.items():
             mirrored = distributed_container(v.handle)
             owner = mirrored[0] if mirrored else v
             if id(owner) in weights:

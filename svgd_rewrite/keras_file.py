@@ -13,8 +13,6 @@ KERAS_FILE = ("{path} is a Keras model file: train it with virtual gradients in 
 class KerasFileFrontEnd:
     """``describe`` only: the command line rewrites SavedModels and TF1 graphs."""
 
-    accumulator_kind = "placeholder"
-
     def __init__(self, path: str):
         self.path = path
         self.inputs = [path]

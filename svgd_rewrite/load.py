@@ -47,22 +47,30 @@ class Distribution:
 
 
 @dataclass
-class LoadedStep:
-    """A traced training step as a flat GraphDef plus its calling convention."""
+class CallingConvention:
+    """How a traced step is called and what it returns: only the step object that imports the
+    rewritten graph reads it (``step.SVGDStep``); a TF1 graph has none."""
 
-    graph_def: graph_pb2.GraphDef
     input_placeholders: list[str]
     input_signature: tuple[Any, ...]  # positional arguments, then keyword arguments by name
     n_positional: int
     keyword_names: list[str]
-    output_tensors: list[str]
     structured_outputs: Any
     captures: list[tuple[str, Any]] = field(default_factory=list)
     # Values captured at call time (tf.distribute's collective instance keys): placeholder,
     # closure, spec.
     deferred_captures: list[tuple[str, Any, tf.TensorSpec]] = field(default_factory=list)
-    variables: dict[str, VariableInfo] = field(default_factory=dict)
     variable_objects: dict[str, tf.Variable] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedStep:
+    """A traced training step as the pipeline reads it: a flat GraphDef, its variables, what
+    it outputs; ``call`` carries the calling convention (None for a TF1 graph)."""
+
+    graph_def: graph_pb2.GraphDef
+    output_tensors: list[str]
+    variables: dict[str, VariableInfo] = field(default_factory=dict)
     distribution: Distribution | None = None
     # The nodes whose variable writes are the step's updates (None: every write in the graph;
     # a TF1 front end gives its train op and the op's ancestors).
@@ -72,6 +80,7 @@ class LoadedStep:
     # θ's placeholder -> the name of its accumulator in the training state (default: the
     # variable's name; tf.distribute: the mirrored variable's)
     variable_keys: dict[str, str] = field(default_factory=dict)
+    call: CallingConvention | None = None
 
 
 def is_rewritten(graph_def: graph_pb2.GraphDef) -> bool:
@@ -156,23 +165,16 @@ def load_concrete_function(cf, variables: Sequence[tf.Variable] | None = None) -
     xla = cf.function_def.attr.get("_XlaMustCompile")
     jit_compile = True if xla is not None and xla.b else None
     flat_graph = inline_calls(graph_def)
-    return LoadedStep(
-        graph_def=flat_graph,
+    call = CallingConvention(
         input_placeholders=input_placeholders,
         input_signature=tuple(args) + tuple(kwargs[k] for k in sorted(kwargs)),
-        n_positional=len(args),
-        keyword_names=sorted(kwargs),
-        output_tensors=out_tensors,
-        structured_outputs=cf.structured_outputs,
-        captures=capture_pairs,
-        deferred_captures=deferred,
-        variables=infos,
-        variable_objects=objects,
-        distribution=distribution,
-        jit_compile=jit_compile,
-        xla=bool(jit_compile),
-        variable_keys={p: info.logical_name for p, info in infos.items()},
-    )
+        n_positional=len(args), keyword_names=sorted(kwargs),
+        structured_outputs=cf.structured_outputs, captures=capture_pairs,
+        deferred_captures=deferred, variable_objects=objects)
+    return LoadedStep(
+        graph_def=flat_graph, output_tensors=out_tensors, variables=infos,
+        distribution=distribution, jit_compile=jit_compile, xla=bool(jit_compile),
+        variable_keys={p: info.logical_name for p, info in infos.items()}, call=call)
 
 
 _SUPPORTED_MESSAGE = ("supported: a tf.function that calls strategy.run under MirroredStrategy "

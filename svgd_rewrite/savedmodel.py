@@ -21,7 +21,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from .variables import trains
 from .frontend import accumulator_variables
 from .edits import EditLog
-from .emit import SVGDStep
+from .step import SVGDStep
 from .errors import (LoadError, NoGradientsError, SVGDRewriteError, first_line,
                      one_line)
 from .load import LoadedStep, load_concrete_function
@@ -67,8 +67,6 @@ class SavedModelResult:
 class SavedModelFrontEnd:
     """A SavedModel's train function in, a ``SavedModelResult`` out (the SVGDStep to save is
     built from ``loaded`` and ``rewritten`` when the output is written)."""
-
-    accumulator_kind = "placeholder"
 
     def __init__(self, model_dir: str, function: str | None):
         self.model_dir, self.function = model_dir, function
@@ -293,8 +291,8 @@ def describe_saved_model(model_dir: str, function: str | None, options: Options)
 def _signature_wrapper(step: SVGDStep, loaded: LoadedStep, sig_cf) -> Any:
     """A signature (keyword inputs, dict outputs) that calls the rewritten train function."""
     sig_args = sig_cf.structured_input_signature[1]
-    positional = loaded.input_signature[:loaded.n_positional]
-    names = [getattr(s, "name", None) for s in positional] + list(loaded.keyword_names)
+    positional = loaded.call.input_signature[:loaded.call.n_positional]
+    names = [getattr(s, "name", None) for s in positional] + list(loaded.call.keyword_names)
     if not all(n in sig_args for n in names) or len(names) != len(sig_args):
         raise LoadError("the train signature's inputs do not match the train function's "
                         "arguments: re-save the model with signatures from the train function")

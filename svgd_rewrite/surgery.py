@@ -127,61 +127,37 @@ def _targets(site: PlannedSite) -> list[tuple[str, tuple[int, ...], tf.DType]]:
     return out
 
 
-def _trace_key(site: PlannedSite, options: Options, kind: str, one_pass: bool, reduce) -> tuple:
+def _trace_key(site: PlannedSite, options: Options, one_pass: bool, reduce) -> tuple:
     apps = tuple((a.loop is not None, a.g_dtype, a.reduce_axes, a.broadcast_shape, a.post_shape,
                   a.target_dtype) for a in site.applications)
     targets = tuple(a.target for a in site.applications)  # which applications share a target
     shared = tuple(targets.index(t) for t in targets)
-    key = (apps, shared, site.accumulator_shape, site.loss_scale is not None, options, kind,
-           one_pass)
-    if kind != "placeholder":
-        key += (site.key,)
+    key = (apps, shared, site.accumulator_shape, site.loss_scale is not None, options, one_pass)
     if site.peers:  # tf.distribute: this replica's slot among its peers, the collective group
         key += (site.replica, len(site.peers),
                 replace(reduce, instance_key=0) if reduce is not None else None)
     return key
 
 
-def _trace_site(site: PlannedSite, options: Options, kind: str, one_pass: bool,
+def _trace_site(site: PlannedSite, options: Options, one_pass: bool,
                 traces: dict, reduce=None) -> graph_pb2.GraphDef:
-    """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed).
-
-    ``kind``: ``placeholder`` (a resource handle fed on import: TF2 functions), ``resource``
-    (``VarHandleOp``) or ``ref`` (``VariableV2``), like the graph's own variables. Sites with
-    the same geometry share one trace (``traces``: the cache of one surgery).
-    """
-    key = _trace_key(site, options, kind, one_pass, reduce)
+    """The inserted nodes of one site, traced into a scratch graph (names not yet prefixed);
+    the accumulator is a resource handle placeholder. Sites with the same geometry share one
+    trace (``traces``: the cache of one surgery)."""
+    key = _trace_key(site, options, one_pass, reduce)
     if key not in traces:
-        traces[key] = _trace(site, options, kind, one_pass, reduce)
+        traces[key] = _trace(site, options, one_pass, reduce)
     return traces[key]
 
 
-def _accumulator_nodes(site: PlannedSite, kind: str):
-    f32, raw = tf.float32, tf.raw_ops
-    if kind == "placeholder":
-        return tf.compat.v1.placeholder(tf.resource, (), name="accumulator")
-    if kind == "resource":
-        acc = raw.VarHandleOp(dtype=f32, shape=site.accumulator_shape,
-                              shared_name=f"svgd/{site.key}", name="accumulator")
-    else:
-        acc = raw.VariableV2(shape=site.accumulator_shape, dtype=f32, name="accumulator")
-    zeros = tf.constant(np.zeros(site.accumulator_shape, np.float32), name="zeros")
-    if kind == "resource":
-        raw.AssignVariableOp(resource=acc, value=zeros, name="initializer")
-    else:
-        raw.Assign(ref=acc, value=zeros, validate_shape=True, use_locking=True,
-                   name="initializer")
-    return acc
-
-
-def _trace(site: PlannedSite, options: Options, kind: str, one_pass: bool,
-           reduce) -> graph_pb2.GraphDef:
+def _trace(site: PlannedSite, options: Options, one_pass: bool, reduce) -> graph_pb2.GraphDef:
     f32, raw = tf.float32, tf.raw_ops
     graph = tf.Graph()
     with graph.as_default():
-        acc = _accumulator_nodes(site, kind)
-        r = (raw.Identity(input=acc, name="r") if kind == "ref"
-             else raw.ReadVariableOp(resource=acc, dtype=f32, name="r"))
+        # r as a resource handle fed on import; a TF1 front end materializes it as a
+        # variable node of its graph's kind (``graphdef.materialize_accumulator``)
+        acc = tf.compat.v1.placeholder(tf.resource, (), name="accumulator")
+        r = raw.ReadVariableOp(resource=acc, dtype=f32, name="r")
         scale = (tf.compat.v1.placeholder(f32, (), name=_LOSS_SCALE)
                  if site.loss_scale is not None else None)
         gs = {}
@@ -212,11 +188,7 @@ def _trace(site: PlannedSite, options: Options, kind: str, one_pass: bool,
                 total, rows = _all_reduce(total, rows, site, reduce)
             mean_sq = raw.RealDiv(x=total, y=rows, name="mean_g_squared")
         r_new, r_step = svgd_update(r, mean_sq, options, scale)
-        if kind == "ref":
-            raw.Assign(ref=acc, value=r_new, validate_shape=True, use_locking=True,
-                       name="assign_r")
-        else:
-            raw.AssignVariableOp(resource=acc, value=r_new, name="assign_r")
+        raw.AssignVariableOp(resource=acc, value=r_new, name="assign_r")
         if options.transform == "identity":
             for k, a in enumerate(site.applications):
                 if a.loop is None:
@@ -346,7 +318,7 @@ def _wants_one_pass(site: PlannedSite, one_pass: bool) -> bool:
 
 
 def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
-                  accumulator_kind: str = "placeholder", one_pass: bool = True) -> Rewritten:
+                  one_pass: bool = True) -> Rewritten:
     """Insert every site's accumulator and T, reroute P's g input to ĝ (pre-scaled
     applications) or P's output to P·f (post-scaled ones), and validate — every change
     through a ``GraphEditor``, whose log the result carries. ``one_pass``: the default
@@ -362,8 +334,7 @@ def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
         device = editor.node(first.loop.backward_loop if first.loop else first.match.grad_op).device
         reduce = (reduce_for(plan.distribution, templates, device, instance_keys, site.peers)
                   if site.peers else None)
-        traced = _trace_site(site, options, accumulator_kind, _wants_one_pass(site, one_pass),
-                             traces, reduce)
+        traced = _trace_site(site, options, _wants_one_pass(site, one_pass), traces, reduce)
         stats_of = {k: loop_stats[(site.index, k)]
                     for k, a in enumerate(site.applications) if a.loop is not None}
         editor.insert(_splice(traced, site, device, stats_of, reduce), site.index)

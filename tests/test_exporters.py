@@ -19,7 +19,7 @@ import svgd_rewrite
 from fixtures import keras_models
 from helpers import make_module
 from svgd_rewrite.exporters import dot as dot_module
-from svgd_rewrite.exporters.layers import FOLD_ABOVE
+from svgd_rewrite.exporters.overview import FOLD_ABOVE
 
 # The overview: one box per row (a site, or a folded block), at most 48 rows, the loss: ...
 OVERVIEW_MAX_BOXES = 60
@@ -286,7 +286,7 @@ def test_overview_of_resnet20_shows_each_site_and_its_skips(resnet20_step, tmp_p
 
 def test_folding_keeps_forward_order_and_every_site():
     """Past FOLD_ABOVE sites, repeated runs become ×N blocks; every site stays in one unit."""
-    from svgd_rewrite.exporters.layers import FOLD_ABOVE, fold_units
+    from svgd_rewrite.exporters.overview import FOLD_ABOVE, fold_units
     from svgd_rewrite.report import SiteReport
 
     def site(i, op, width):

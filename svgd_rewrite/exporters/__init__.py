@@ -17,7 +17,7 @@ from ..options import parse_formats as _parse_formats
 from ..ir import GraphIR
 from ..progress import stage
 from . import dot as dot_mod
-from . import layers
+from . import overview
 from .graphml import write_graphml
 from .graphs_tuple import check_available, write_graphs_tuple
 from .html_page import write_html
@@ -133,14 +133,14 @@ def _export(result, out_dir: str, formats) -> ExportResult:
         stage(f"export {3 * site.index + 1}/{total} pictures")
         before = write(f"site_{site.index}_before",
                        dot_mod.site_dot(source, graphs, site, "before", ir))
-        after = write(f"site_{site.index}_after", layers.compact_site_dot(source, site, ir))
+        after = write(f"site_{site.index}_after", overview.compact_site_dot(source, site, ir))
         detail = write(f"site_{site.index}_after_detail",
                        dot_mod.site_dot(source, graphs, site, "after", ir))
         pictures["sites"].append((site, before[0], before[1], after[0], after[1],
                                   detail[0], detail[1]))
     stage(f"export {total}/{total} pictures")
-    pictures["units"] = layers.overview_units(source, ir)
-    pictures["overview"] = write("overview", layers.overview_dot(source, ir,
+    pictures["units"] = overview.overview_units(source, ir)
+    pictures["overview"] = write("overview", overview.overview_dot(source, ir,
                                                                  pictures["units"]))
     out.notes += [f"Graphviz: {w}" for w in graphviz_warnings]
     if "dot" in chosen or not svgs:

@@ -30,15 +30,15 @@ class _Wiring:
     """Plain (untracked) state of an SVGDStep: what to feed where on import."""
 
     def __init__(self, loaded: LoadedStep, rewritten: Rewritten):
-        self.input_placeholders = list(loaded.input_placeholders)
-        self.captures = list(loaded.captures)
+        self.input_placeholders = list(loaded.call.input_placeholders)
+        self.captures = list(loaded.call.captures)
         self.accumulator_placeholders = [a.placeholder for a in rewritten.accumulators]
-        self.deferred_captures = list(loaded.deferred_captures)
+        self.deferred_captures = list(loaded.call.deferred_captures)
         self.distributed = loaded.distribution is not None
         self.output_tensors = list(loaded.output_tensors)
-        self.structured_outputs = loaded.structured_outputs
-        self.n_positional = loaded.n_positional
-        self.keyword_names = list(loaded.keyword_names)
+        self.structured_outputs = loaded.call.structured_outputs
+        self.n_positional = loaded.call.n_positional
+        self.keyword_names = list(loaded.call.keyword_names)
         fed = set(self.input_placeholders) | {n for n, _ in self.captures} | set(
             self.accumulator_placeholders) | {n for n, _, _ in self.deferred_captures}
         self.import_graph_def = graph_pb2.GraphDef()
@@ -62,12 +62,12 @@ def _with_parameters(run, loaded: LoadedStep):
     unique identifier); keyword arguments keep their names, so signatures keep their keys.
     """
     names: list[str] = []
-    for k, spec in enumerate(loaded.input_signature[:loaded.n_positional]):
+    for k, spec in enumerate(loaded.call.input_signature[:loaded.call.n_positional]):
         name = getattr(spec, "name", None)
         names.append(name if name and name.isidentifier() and name not in names else f"arg_{k}")
-    names += list(loaded.keyword_names)
+    names += list(loaded.call.keyword_names)
     if len(set(names)) != len(names):
-        names = [f"arg_{k}" for k in range(loaded.n_positional)] + list(loaded.keyword_names)
+        names = [f"arg_{k}" for k in range(loaded.call.n_positional)] + list(loaded.call.keyword_names)
 
     def step(*values):
         return run(*values)
@@ -104,8 +104,8 @@ def _step_variables(loaded: LoadedStep) -> list:
     """The step's variables; under tf.distribute each mirrored variable once (not its
     per-replica components), so that a checkpoint saves it once."""
     out, seen = [], set()
-    for p in sorted(loaded.variable_objects):
-        v = loaded.variable_objects[p]
+    for p in sorted(loaded.call.variable_objects):
+        v = loaded.call.variable_objects[p]
         mirrored = distributed_container(v.handle) if loaded.distribution else None
         v = mirrored[0] if mirrored else v
         if id(v) not in seen:
@@ -151,7 +151,7 @@ class SVGDStep(tf.Module):
                               _component(by_group[a.group], a.replica)
                               for a in rewritten.accumulators]
         self.function = tf.function(_with_parameters(self._run, loaded),
-                                    input_signature=loaded.input_signature, autograph=False,
+                                    input_signature=loaded.call.input_signature, autograph=False,
                                     jit_compile=loaded.jit_compile)
 
     @property
