@@ -55,6 +55,7 @@ class OpSpec:
     # slot of F's other operand x, given θ's slot (None: P does not read x)
     x_slot: Callable[[int], int | None]
     default: bool = True  # in the default op set (else opt-in)
+    convolution: bool = False  # a sliding kernel (the scale warning, granularity="auto")
 
 
 def _data_format(node: NodeDef) -> str:
@@ -167,7 +168,8 @@ def _filter_op(op: str, grad_ops: tuple[str, ...], slots, x_input: int,
     return OpSpec(op=op, param_slots=(1,),
                   grad_ops=tuple(GradOp(op=g, slots=slots, channel_out=channel_out)
                                  for g in grad_ops),
-                  batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: x_input)
+                  batch_axis=_first, channel_axis=_channel, x_slot=lambda slot: x_input,
+                  convolution=True)
 
 
 REGISTRY: dict[str, OpSpec] = {
@@ -201,9 +203,9 @@ REGISTRY: dict[str, OpSpec] = {
 DEFAULT_OPS: tuple[str, ...] = tuple(name for name, spec in REGISTRY.items() if spec.default)
 OPT_IN_OPS: tuple[str, ...] = tuple(name for name, spec in REGISTRY.items() if not spec.default)
 
-# Convolutions (the paper's s for them is 0.01–0.001, not the MLP's 0.1).
-CONV_OPS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput",
-                      "Conv3DBackpropInputV2"})
+# Convolutions (the paper's s for them is 0.01–0.001, not the MLP's 0.1): the entries built by
+# ``_filter_op``.
+CONV_OPS = frozenset(name for name, spec in REGISTRY.items() if spec.convolution)
 
 def identity_reason(op: str) -> str:
     """Why a consumer of θ with no registry entry keeps the identity transform."""
