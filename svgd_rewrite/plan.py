@@ -22,7 +22,7 @@ from .errors import NoSitesError
 from .ir import Tensor
 from .load import Distribution
 from .options import Options
-from .registry import CONV_OPS, REGISTRY
+from .registry import CONV_OPS, ELEMENTWISE_OPS, GATHER_OPS, REGISTRY
 from .report import ApplicationReport, MemoryReport, Report, SiteReport, SkippedNode
 
 
@@ -418,9 +418,12 @@ def _state_warning(analysis: Analysis) -> str | None:
             + "); SVGD as in the paper is plain SGD on virtual gradients")
 
 
-def _not_a_kernel(reasons: list[str]) -> bool:
-    """Every reason says θ is an embedding table or an elementwise weight (a 2-D bias)."""
-    return bool(reasons) and all("gather" in r or "not a kernel op" in r for r in reasons)
+def _not_a_kernel(skipped: list[SkippedNode]) -> bool:
+    """Every use of θ selects rows (an embedding table) or is elementwise or a bias add (a
+    2-D bias, like MultiHeadAttention's), or cuts θ for such uses."""
+    return bool(skipped) and all(k.op in GATHER_OPS or k.op in ELEMENTWISE_OPS
+                                 or k.op == "BiasAdd" or "not a kernel op" in k.reason
+                                 for k in skipped)
 
 
 def _lost_kernels_warning(analysis: Analysis, rows: list[SiteReport],
@@ -428,9 +431,9 @@ def _lost_kernels_warning(analysis: Analysis, rows: list[SiteReport],
     """One warning naming the kernels (rank ≥ 2 variables the step trains) left on plain
     gradients, with the first reason of each."""
     transformed = {r.variable for r in rows}
-    reasons: dict[str, list[str]] = {}
+    uses: dict[str, list[SkippedNode]] = {}
     for k in skipped:
-        reasons.setdefault(k.variable, []).append(k.reason)
+        uses.setdefault(k.variable, []).append(k)
     lost: dict[str, str] = {}
     for p, info in sorted(analysis.variables.items(), key=lambda kv: kv[1].logical_name):
         name = info.logical_name or info.name
@@ -438,9 +441,9 @@ def _lost_kernels_warning(analysis: Analysis, rows: list[SiteReport],
                   and len(info.shape) >= 2)
         if not kernel or name in transformed or info.name in transformed:
             continue
-        why = reasons.get(name) or reasons.get(info.name) or []
+        why = uses.get(name) or uses.get(info.name) or []
         if not _not_a_kernel(why):
-            lost.setdefault(name, why[0] if why else "no forward op reads it linearly")
+            lost.setdefault(name, why[0].reason if why else "no forward op reads it linearly")
     if not lost:
         return None
     items = list(lost.items())

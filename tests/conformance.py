@@ -23,6 +23,7 @@ import tensorflow as tf
 
 L = keras.layers
 BATCH, STEPS, LR, SCALE = 8, 3, 0.05, 0.1
+LORA = ("lora_kernel_a", "lora_kernel_b")  # A·B has no data batch: plain gradients
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ _LAYERS: dict[str, tuple[tuple[int, ...], Callable[..., keras.layers.Layer], dic
                         {"default": {}, "dilation_rate=2": {"dilation_rate": 2}}),
     "DepthwiseConv2D": ((8, 8, 2), lambda **k: L.DepthwiseConv2D(3, **k),
                         {"default": {}, "depth_multiplier=2": {"depth_multiplier": 2},
-                         "strides=2": {"strides": 2}, "dilation_rate=2": {"dilation_rate": 2}}),
+                         "strides=2": {"strides": 2}, "dilation_rate=2": {"dilation_rate": 2},
+                         "depth_multiplier=2 dilation_rate=2": {"depth_multiplier": 2,
+                                                                "dilation_rate": 2}}),
     "SeparableConv2D": ((8, 8, 2), lambda **k: L.SeparableConv2D(4, 3, **k),
                         {"default": {}, "depth_multiplier=2": {"depth_multiplier": 2},
                          "dilation_rate=2": {"dilation_rate": 2}}),
@@ -88,11 +91,14 @@ _FAST = {"Conv2D-groups=2", "Conv2D-dilation_rate=2", "Conv1D-causal_dilation_ra
          "Dense-lora", "Dense-default-float32-loss_scale_factor"}
 
 
-def _dense_lora():
-    layer = L.Dense(5)
-    layer.build((None, 6))
-    layer.enable_lora(2)
-    return layer
+def _lora(make: Callable[[], keras.layers.Layer], input_shape: tuple[int, ...]):
+    """A layer with LoRA enabled (rank 2): its kernel frozen, A and B trained."""
+    def build():
+        layer = make()
+        layer.build((None,) + input_shape)
+        layer.enable_lora(2)
+        return layer
+    return build
 
 
 def cases() -> list[Case]:
@@ -109,7 +115,12 @@ def cases() -> list[Case]:
         # an EinsumDense keeps the sequence axis in σ' (BatchMatMul): r is [T, units]
         Case("EinsumDense", "sequence", (4, 6),
              lambda: L.EinsumDense("abc,cd->abd", output_shape=(4, 5))),
-        Case("Dense", "lora", (6,), _dense_lora, plain=("lora_kernel_a", "lora_kernel_b")),
+        Case("Dense", "lora", (6,), _lora(lambda: L.Dense(5), (6,)), plain=LORA),
+        Case("Conv2D", "lora", (8, 8, 2), _lora(lambda: L.Conv2D(4, 3), (8, 8, 2)), plain=LORA),
+        Case("EinsumDense", "lora", (6,),
+             _lora(lambda: L.EinsumDense("ab,bc->ac", output_shape=5), (6,)), plain=LORA),
+        Case("Dense", "lora", (6,), _lora(lambda: L.Dense(5), (6,)), plain=LORA,
+             precision="mixed_float16", optimizer="loss_scale_optimizer"),
     ]
     for (precision, optimizer), (name, shape, build) in itertools.product(
             (("float32", "loss_scale_optimizer"), ("float32", "loss_scale_factor"),
