@@ -389,6 +389,7 @@ print(json.dumps(refused))
 """
 
 
+@pytest.mark.slow
 def test_special_files_are_refused_without_being_opened(tmp_path):
     """#33.3: a FIFO named svgd_manifest.json (with and without --overwrite), a FIFO listed
     in a manifest, `show pipe.keras`: refused at once with one line, nothing opened for
@@ -663,6 +664,7 @@ def _recursive_graph(cycle: list[str]) -> graph_pb2.GraphDef:
     return gd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cycle", [["f", "g"], pytest.param(["f"], marks=pytest.mark.slow),
                                    pytest.param(["a", "b", "c"], marks=pytest.mark.slow)])
 def test_recursive_libraries_exit_2_before_tensorflow_imports_them(tmp_path, cycle):
