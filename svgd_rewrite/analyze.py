@@ -200,7 +200,7 @@ def _match_consumers(ir: GraphIR, step: LoadedStep, shapes, consumers: dict,
         if c.match is not None:
             _prove(ir, c, origin, lambda t: _shape(shapes, t),
                    lambda t, f=node: reach.depends(t, f))
-        if c.match is not None:
+        if c.match is not None:  # proven
             c.g_dtype = shapes[Tensor(*c.match.g)][0]
             c.p_node = ir.node(c.match.grad_op)
             c.p_dtype, c.p_shape = shapes.get(Tensor(c.match.grad_op, 0), (None, None))

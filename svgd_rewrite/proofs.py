@@ -147,30 +147,31 @@ class LossScale:
     label: str
 
 
-def _is_ones(ir: GraphIR, t: Tensor) -> bool:
-    node = ir.node(t[0])
-    if node.op == "OnesLike":
-        return True
-    if node.op == "Fill":
-        return _is_ones(ir, ir.data_input(t[0], 1))
-    if node.op == "Const":
-        try:
-            value = tf.make_ndarray(node.attr["value"].tensor)
-        except (TypeError, ValueError):
-            return False
-        return value.size > 0 and bool(np.all(value == 1))
-    return False
-
-
-def _const_value(ir: GraphIR, t: Tensor) -> float | None:
+def _const_array(ir: GraphIR, t: Tensor) -> np.ndarray | None:
+    """The value of a ``Const`` tensor, or None."""
     node = ir.node(t[0])
     if node.op != "Const":
         return None
     try:
-        value = tf.make_ndarray(node.attr["value"].tensor)
+        return tf.make_ndarray(node.attr["value"].tensor)
     except (TypeError, ValueError):
         return None
-    if value.shape != () or not np.issubdtype(value.dtype, np.floating):
+
+
+def _is_ones(ir: GraphIR, t: Tensor) -> bool:
+    op = ir.op(t[0])
+    if op == "OnesLike":
+        return True
+    if op == "Fill":
+        return _is_ones(ir, ir.data_input(t[0], 1))
+    value = _const_array(ir, t)
+    return value is not None and value.size > 0 and bool(np.all(value == 1))
+
+
+def _const_value(ir: GraphIR, t: Tensor) -> float | None:
+    """A scalar floating ``Const``'s value, or None."""
+    value = _const_array(ir, t)
+    if value is None or value.shape != () or not np.issubdtype(value.dtype, np.floating):
         return None
     return float(value)
 

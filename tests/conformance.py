@@ -248,7 +248,7 @@ class LayerOracle:
         for (kernel, out, fn), g in zip(sites, g_sites):
             g32 = tf.cast(g, tf.float32)
             axes = [0] if self.reduce == "batch" else list(range(len(g.shape) - 1))
-            if kernel.path in ("head/kernel",) or len(g.shape) == 2:
+            if len(g.shape) == 2:  # a Dense on rank-2 input (the head): rows are the batch
                 axes = [0]
             r = rho * self.r.get(kernel.path, 0.0) + (1 - rho) * tf.reduce_mean(
                 tf.square(g32), axis=axes)

@@ -244,7 +244,7 @@ def test_overwrite_replaces_out_dir(models, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    # --overwrite replaces only a previous svgd-rewrite output (DESIGN.md §5, "Trust")
+    # --overwrite replaces only a previous svgd-rewrite output
     run_cli(models["small_cnn"], out, "--overwrite", "-q", check_rc=2)
     assert (out / "old.txt").read_text() == "old"
     os.remove(out / "old.txt")
