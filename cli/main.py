@@ -28,7 +28,6 @@ def _fixture(name: str):
 
 PROG = "svgd-rewrite"
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 EPILOG = """\
 examples:
@@ -39,6 +38,8 @@ examples:
   svgd-rewrite ./my_model ./out --export html,tensorboard  also write pictures to ./out/graphs
   svgd-rewrite ./my_model ./out --portable                 for TFLite (builtin ops only)
   svgd-rewrite ./train_graph.meta ./out --train-op train   a TF1 graph (+ its checkpoint)
+  svgd-rewrite ./model.keras ./out                         a compiled Keras model: a SavedModel
+                                                           with train and serve signatures
   svgd-rewrite --example                                   build the paper's MLP and rewrite it
   svgd-rewrite --example-fit --scale 0.01                  Keras fit with SVGD on the digits
 
@@ -48,6 +49,47 @@ exit codes: 0 done, 2 bad usage or bad input (nothing written), 1 internal error
 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP): one line says what
 OUT_DIR holds (as it was, or the complete new output).
 """
+
+# Every key of the one JSON object each command prints (``--json``): always all of them, null
+# (or empty) where they do not apply. ``show`` and the rewrite share the keys of SHARED_KEYS.
+SHARED_KEYS = {
+    "version": "the tool's version",
+    "input": "MODEL as given",
+    "kind": "what MODEL is: \"SavedModel (TF2)\", \"TF1 graph\" or \"Keras model\"",
+    "function": "SavedModel or Keras file: the train function's name (its attribute, else "
+                "its signature key), e.g. \"train\"; null for a TF1 graph or when nothing "
+                "trains",
+    "signature": "SavedModel or Keras file: the signature key rewritten with the function, "
+                 "else null",
+    "train_op": "TF1 graph: the training op, else null",
+    "variable_kind": "TF1 graph: \"resource\" or \"ref\" variables, else null",
+    "options": "the options (scale, rho, epsilon, ops, granularity, transform, pooling, "
+               "post_scale, portable)",
+    "report": "the report: sites, skipped (ops kept as identity, with reasons), memory, "
+              "options, warnings; null when nothing trains",
+    "warnings": "the report's warnings (the scale hint, kernels left on plain gradients, ...)",
+    "notes": "remarks in plain sentences (show: why nothing would be rewritten, what to do "
+             "with a Keras file; the rewrite: notes of the picture export)",
+}
+JSON_KEYS = {
+    "rewrite": {**SHARED_KEYS,
+                "out_dir": "OUT_DIR, absolute; null on a dry run without --export",
+                "files": "the files written under OUT_DIR, relative, sorted",
+                "dry_run": "true with --dry-run (no model written)",
+                "init_op": "TF1 graph: the op that initializes the accumulators, else null",
+                "graph_init_ops": "TF1 graph: the graph's own init ops that also run it"},
+    "show": {**SHARED_KEYS,
+             "functions": "SavedModel: each function and signature: kind, name, inputs, "
+                          "chosen, note",
+             "model": "Keras file: the model's name, else null",
+             "optimizer": "Keras file: the compiled optimizer, else null",
+             "loss": "Keras file: the compiled loss, else null",
+             "kernels": "Keras file: the kernels svgd_rewrite.keras.enable would transform"},
+    "example-fit": {"version": "the tool's version", "options": SHARED_KEYS["options"],
+                    "history": "fit()'s history: each metric's value per epoch"},
+    "error": {"error": "the one-line error message", "exit": "the exit code (2 or 1)"},
+}
+_LIST_KEYS = {"files", "notes", "warnings", "functions", "kernels", "graph_init_ops"}
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
 
@@ -113,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "training graph) so that it trains with virtual gradients (SVGD, "
                             "Li & Shu). `svgd-rewrite show MODEL` lists what is in a model.")
     p.add_argument("model_dir", nargs="?", metavar="MODEL",
-                   help="SavedModel directory holding a training tf.function, or a TF1 "
-                        "training graph file (.pb, .pbtxt, .meta)")
+                   help="SavedModel directory holding a training tf.function, a TF1 "
+                        "training graph file (.pb, .pbtxt, .meta), or a compiled Keras model "
+                        "(.keras)")
     p.add_argument("out_dir", nargs="?", metavar="OUT_DIR",
                    help="where to write the rewritten model, svgd_report.json and "
                         "svgd_manifest.json")
@@ -140,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example", nargs="?", const="svgd_example", metavar="DIR",
                    help="build the paper's MNIST MLP training SavedModel under DIR "
                         "(default ./svgd_example) and rewrite it into DIR/paper_mlp_svgd "
-                        "(takes the rewrite options; --overwrite to replace an earlier one)")
+                        "(takes the rewrite options; a rerun replaces the tool's own earlier "
+                        "example output and refuses any other folder there)")
     p.add_argument("--example-fit", action="store_true",
                    help="train a small Keras model on scikit-learn's digits with fit() and "
                         "virtual gradients (svgd_rewrite.keras), print its history (takes "
@@ -235,10 +279,6 @@ def _check_arguments(args) -> None:
     if not os.path.lexists(path):
         raise LoadError(f"MODEL {one_line(path)} does not exist: give a SavedModel directory "
                         "or a .pb/.pbtxt/.meta file")
-    if path.endswith(KERAS_SUFFIXES):
-        from svgd_rewrite.keras_file import KERAS_FILE
-
-        raise LoadError(KERAS_FILE.format(path=one_line(path)))
     if args.out_dir is not None and not args.out_dir.strip():
         raise OutputError("OUT_DIR is empty: give the directory to write, e.g. ./model_svgd")
 
@@ -261,43 +301,24 @@ def _run(args, out) -> int:
     _import_library(args.tf_logs)
     if args.example_fit:
         return _example_fit(args, out, options)
-    model_dir, out_dir = args.model_dir, args.out_dir
+    model_dir, out_dir, overwrite = args.model_dir, args.out_dir, args.overwrite
     if args.example is not None:
-        build = _fixture("saved_models").build
-
-        model_dir = os.path.join(args.example, "paper_mlp")
-        out_dir = out_dir or os.path.join(args.example, "paper_mlp_svgd")
-        if not os.path.isdir(model_dir):
-            import tensorflow as tf
-            from svgd_rewrite.errors import OutputError
-
-            if os.path.lexists(out_dir) and not args.overwrite:
-                raise OutputError(f"{one_line(out_dir)} exists: pass --overwrite to replace "
-                                  "the earlier example output, or choose another DIR")
-            try:
-                build("paper_mlp", model_dir)
-            except (OSError, tf.errors.OpError) as e:
-                raise OutputError(f"cannot write the example into {one_line(args.example)}: "
-                                  f"{first_line(e, 200)}; choose a writable DIR") from None
-            if not args.quiet and not args.json:
-                out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
-    result, what = _rewrite(args, model_dir, out_dir, options)
+        model_dir, out_dir, overwrite = _build_example(args, out)
+    result, front = _rewrite(args, model_dir, out_dir, options, overwrite)
     exported = result.exported
     if result.out_dir and (exported or not args.dry_run):
         args.written = result.out_dir  # what an interrupt from here on says
     written = (_files_under(result.out_dir) if result.out_dir and os.path.isdir(result.out_dir)
                else [])
     if args.json:
-        out.write(json.dumps({
-            "version": _version(), "input": model_dir, "function": what,
-            "out_dir": result.out_dir, "files": written, "dry_run": bool(args.dry_run),
-            "options": options.to_dict(), "report": result.to_dict(),
-            "warnings": result.report.warnings,
-            "notes": list(exported.notes) if exported else []}, indent=2, sort_keys=True)
-            + "\n")
+        _write_json(out, "rewrite", {
+            "input": model_dir, **front.identify(result), "out_dir": result.out_dir,
+            "files": written, "dry_run": bool(args.dry_run), "options": options.to_dict(),
+            "report": result.report.to_dict(), "warnings": result.report.warnings,
+            "notes": list(exported.notes) if exported else []})
     elif not args.quiet:
-        out.write(one_line(what) + "\n")
-        out.write(str(result.report) + "\n")
+        out.write(one_line(front.summary(result)) + "\n")
+        out.write(result.report.text(planned=bool(args.dry_run)) + "\n")
         if result.out_dir and not args.dry_run:
             out.write(f"wrote {result.out_dir} ({len(written)} files; report: "
                       f"{os.path.join(result.out_dir, 'svgd_report.json')})\n")
@@ -316,13 +337,58 @@ def _run(args, out) -> int:
     return EXIT_OK
 
 
-def _rewrite(args, model_dir, out_dir, options):
+def _rewrite(args, model_dir, out_dir, options, overwrite: bool):
     from svgd_rewrite.runner import open_model, run
 
     front = open_model(model_dir, function=args.function, train_op=args.train_op)
-    result = run(front, out_dir, options, overwrite=args.overwrite, dry_run=args.dry_run,
+    result = run(front, out_dir, options, overwrite=overwrite, dry_run=args.dry_run,
                  export_formats=args.export)
-    return result, front.summary(result)
+    return result, front
+
+
+def _write_json(out, command: str, values: dict) -> None:
+    """One JSON object holding every key of ``JSON_KEYS[command]`` (null where none)."""
+    payload = {key: [] if key in _LIST_KEYS else None for key in JSON_KEYS[command]}
+    payload.update(values, version=_version())
+    out.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _replaceable(path: str) -> bool:
+    """Missing, an empty directory, or the tool's own earlier output (its manifest verifies)."""
+    from svgd_rewrite.output_dir import is_own_output
+
+    if not os.path.lexists(path):
+        return True
+    if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+        return True
+    return is_own_output(path)
+
+
+def _build_example(args, out) -> tuple[str, str, bool]:
+    """Build the paper's MLP afresh in DIR/paper_mlp; return it, OUT_DIR and whether OUT_DIR
+    may be replaced. A rerun replaces the example's own earlier output (DIR/paper_mlp and
+    DIR/paper_mlp_svgd, proven the tool's by their manifests) and refuses anything else."""
+    import tensorflow as tf
+    from svgd_rewrite.errors import OutputError
+    from svgd_rewrite.output_dir import check_output_dir, staged_output
+
+    model_dir = os.path.join(args.example, "paper_mlp")
+    out_dir = args.out_dir or os.path.join(args.example, "paper_mlp_svgd")
+    overwrite = args.overwrite or not args.out_dir
+    for path in [model_dir] + ([] if args.out_dir else [out_dir]):
+        if not _replaceable(path):
+            raise OutputError(f"{one_line(path)} exists and is not svgd-rewrite's own earlier "
+                              "example output: move it away or choose another DIR")
+    check_output_dir(out_dir, [model_dir], overwrite)  # refused before anything is built
+    try:
+        with staged_output(model_dir, [], overwrite=True) as tmp:
+            _fixture("saved_models").build("paper_mlp", tmp)
+    except (OSError, tf.errors.OpError) as e:
+        raise OutputError(f"cannot write the example into {one_line(args.example)}: "
+                          f"{first_line(e, 200)}; choose a writable DIR") from None
+    if not args.quiet and not args.json:
+        out.write(f"built the paper's MNIST MLP training SavedModel in {model_dir}\n")
+    return model_dir, out_dir, overwrite
 
 
 def _example_fit(args, out, options) -> int:
@@ -338,8 +404,7 @@ def _example_fit(args, out, options) -> int:
     history = example(epochs=5, verbose=0 if args.quiet or args.json else 2,
                       **{**options.to_dict(), "ops": list(options.ops)})
     if args.json:
-        out.write(json.dumps({"version": _version(), "options": options.to_dict(),
-                              "history": history}, sort_keys=True) + "\n")
+        _write_json(out, "example-fit", {"options": options.to_dict(), "history": history})
     elif not args.quiet:
         out.write("history: " + json.dumps({k: [round(v, 4) for v in vs]
                                             for k, vs in sorted(history.items())}) + "\n")
@@ -361,23 +426,28 @@ def _show(args, out) -> int:
     info = open_model(path, function=args.function, train_op=args.train_op).describe(options)
     report = info.pop("report", None)
     if args.json:
-        out.write(json.dumps({"version": _version(), **info,
-                              "report": report.to_dict() if report else None},
-                             indent=2, sort_keys=True, default=str) + "\n")
+        _write_json(out, "show", {**info, "options": options.to_dict(),
+                                  "report": report.to_dict() if report else None,
+                                  "warnings": report.warnings if report else []})
         return EXIT_OK
-    out.write(f"{info['input']}: {info['kind']}\n")
+    _show_text(info, report, out)
+    return EXIT_OK
+
+
+def _show_text(info: dict, report, out) -> None:
+    out.write(f"{info['input']}: {info['kind']}"
+              + (f" {info['model']!r}" if info.get("model") else "") + "\n")
     for fn in info.get("functions", []):
         marker = "→" if fn.get("chosen") else " "
         out.write(f" {marker} {fn['kind']} {fn['name']}({', '.join(fn['inputs'])})"
                   + (f"  [{fn['note']}]" if fn.get("note") else "") + "\n")
-    for key in ("chosen", "train_op", "variable_kind", "optimizer", "loss"):
+    for key in ("function", "signature", "train_op", "variable_kind", "optimizer", "loss"):
         if info.get(key):
             out.write(f"{key.replace('_', ' ')}: {info[key]}\n")
-    for line in info.get("lines", []):
-        out.write(line + "\n")
+    for note in info.get("notes", []):
+        out.write(note + "\n")
     if report is not None:
-        out.write(str(report) + "\n")
-    return EXIT_OK
+        out.write(report.text(planned=True) + "\n")
 
 
 class _ProgressLines(logging.Handler):

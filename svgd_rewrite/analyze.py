@@ -17,7 +17,7 @@ from .errors import NoGradientsError, NoTrainableVariablesError
 from .ir import GraphIR, Tensor
 from .load import Distribution, LoadedStep, VariableInfo
 from .loop_match import LoopAnalysis
-from .proofs import NO_DATA_BATCH, DataOrigin, find_loss_scale, layer_output
+from .proofs import NO_DATA_BATCH, DataOrigin, carries_state, find_loss_scale, layer_output
 from .sites import Consumer, Match, consumer_reason
 from .variables import variable_reads, variable_uses
 from .registry import (LOOP_OPS,
@@ -237,15 +237,18 @@ def _forward(ir: GraphIR, step: LoadedStep, consumers_found: list[Consumer],
 def _optimizer_state(ir: GraphIR, step: LoadedStep, trainable: dict, writes: dict,
                      forward: list[Consumer]) -> list[str]:
     """The optimizer's per-parameter slots (shaped like a trained variable, not counters or a
-    loss scale) written from P's outputs: momentum, Adam, ..."""
+    loss scale) written from P's outputs whose previous value reaches an update (momentum,
+    Adam, ...; not a slot the step overwrites first: ``carries_state``)."""
     p_outputs = sorted({Tensor.parse(c.loop.backward_loop if c.loop else c.match.grad_op)
                         for c in forward if c.match})
     downstream = ir.descendants(p_outputs)
     trained_shapes = {tuple(v.shape) for p, v in trainable.items() if writes[p]}
-    return sorted(
-        step.variables[p].name for p, ws in writes.items()
-        if p not in trainable and any(w in downstream for w in ws)
-        and len(step.variables[p].shape) > 0 and tuple(step.variables[p].shape) in trained_shapes)
+    slots = {p: ws for p, ws in writes.items()
+             if p not in trainable and any(w in downstream for w in ws)
+             and len(step.variables[p].shape) > 0
+             and tuple(step.variables[p].shape) in trained_shapes}
+    held = carries_state(ir, slots, {w for ws in writes.values() for w in ws})
+    return sorted(step.variables[p].name for p in held)
 
 
 def _prove(ir: GraphIR, c: Consumer, origin: DataOrigin, shape_of, depends_on_f) -> None:

@@ -442,6 +442,9 @@ def _write_meta(meta, result: GraphDefResult, model_path: str, out_dir: str) -> 
             _write_checkpoint_state(out_dir, os.path.basename(prefix_out))
 
 
+KIND = "TF1 graph"
+
+
 class GraphFileFrontEnd:
     """A ``.pb``/``.pbtxt``/``.meta`` training graph file in; the same format, the same file
     name (and, for a MetaGraph, its checkpoint) out."""
@@ -502,8 +505,14 @@ class GraphFileFrontEnd:
 
         self.check()
         report = plan_step(self.load(), options).report
-        return {"input": self.path, "kind": "TF1 graph", "train_op": self.inner.step.train_op,
+        return {"input": self.path, "kind": KIND, "train_op": self.inner.step.train_op,
                 "variable_kind": self.inner.step.variable_kind, "report": report}
+
+    def identify(self, result: GraphDefResult) -> dict:
+        """What was rewritten, as the command line's JSON names it."""
+        return {"kind": KIND, "train_op": result.train_op,
+                "variable_kind": result.variable_kind, "init_op": result.init_op,
+                "graph_init_ops": list(result.graph_init_ops)}
 
     def summary(self, result: GraphDefResult) -> str:
         return (f"train op: {result.train_op} ({result.variable_kind} variables); initialize "

@@ -198,6 +198,10 @@ class GraphIR:
             node_bits[name] = acc
         return node_bits
 
+    def readers(self, name: str) -> list[tuple[str, int]]:
+        """(node, slot) pairs that read any output of node ``name`` by data edges."""
+        return [c for port in sorted(self._ports(name)) for c in self.consumers((name, port))]
+
     def _ports(self, name: str) -> set[int]:
         return self._ports_of.get(name, set())
 

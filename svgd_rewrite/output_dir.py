@@ -327,6 +327,12 @@ def _tool_output(path: str) -> bool:
         return False
 
 
+def is_own_output(path: str) -> bool:
+    """Whether ``path`` is a complete, unchanged output of the tool (its manifest verifies):
+    the only kind of directory the tool ever replaces."""
+    return _tool_output(path)
+
+
 def _empty_dir(path: str) -> bool:
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode) and not os.listdir(path)

@@ -392,7 +392,8 @@ def _warnings(analysis: Analysis, options: Options, sites: list[PlannedSite],
     """What the user should know about the plan: loss scaling, optimizer state, kernels left
     without virtual gradients, the scale for convolutions and sequences."""
     found = [_loss_scale_warning(analysis, sites), _state_warning(analysis),
-             _lost_kernels_warning(analysis, rows, skipped), _scale_warning(options, rows)]
+             _lost_kernels_warning(analysis, rows, skipped),
+             _scale_warning(options, rows, _sequence_sites(analysis, sites))]
     return [w for w in found if w]
 
 
@@ -452,10 +453,30 @@ def _lost_kernels_warning(analysis: Analysis, rows: list[SiteReport],
             + ("; ..." if len(items) > 4 else "") + " (see the skipped list)")
 
 
-def _scale_warning(options: Options, rows: list[SiteReport]) -> str | None:
+def _reshaped_to_sequence(analysis: Analysis, node: str) -> bool:
+    """Whether F's output is reshaped back to more than 2 axes: a Dense on a sequence, which
+    Keras and ``tf.tensordot`` flatten to a 2-D MatMul and reshape back."""
+    for reader, _ in analysis.ir.consumers_of_op(Tensor(node, 0), "Reshape"):
+        info = analysis.shapes.get(Tensor(reader, 0))
+        if info is not None and info[1].rank is not None and info[1].rank > 2:
+            return True
+    return False
+
+
+def _sequence_sites(analysis: Analysis, sites: list[PlannedSite]) -> set[str]:
+    """The forward nodes (outside loops) of the sites whose σ' is a sequence flattened to 2-D."""
+    return {a.forward for s in sites for a in s.applications
+            if a.loop is None and len(a.dims) == 2 and _reshaped_to_sequence(analysis, a.forward)}
+
+
+def _scale_warning(options: Options, rows: list[SiteReport],
+                   sequences: set[str] = frozenset()) -> str | None:
+    """The scale hint: s ≥ 0.1 on convolutions, einsums and Dense layers on sequences (σ' of
+    more than 2 axes, or flattened from one: ``sequences`` names those forward nodes)."""
     if options.transform != "svgd" or options.scale < 0.1:
         return None
-    wide = sorted({r.variable for r in rows if r.op in CONV_OPS or len(r.output_shape) > 2})
+    wide = sorted({r.variable for r in rows if r.op in CONV_OPS or len(r.output_shape) > 2
+                   or {r.node, *(a.node for a in r.applications)} & sequences})
     if not wide:
         return None
     return (f"scale {options.scale:g} on sites whose σ' has more than 2 axes (convolutions, "

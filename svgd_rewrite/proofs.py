@@ -12,6 +12,10 @@ A candidate site (F linear in θ, with its P) is transformed only when the graph
     a factor c that multiplies the gradient seed and divides θ's gradient on its way to the
     update; r then accumulates (g / c)².
 
+It also proves which optimizer slots hold state (``carries_state``): a slot the step
+overwrites before any update reads it (tf_keras's SGD keeps ``m`` at momentum 0, where
+``m = -lr·g + 0·m``) makes the update plain SGD on the virtual gradients.
+
 Each function answers with a fact or with the reason the candidate keeps the identity.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tensorflow as tf
 
 from .ir import GraphIR, Tensor
 from .sites import LayerOutput
+from .variables import variable_reads
 from .registry import (BACKWARD_POSITION_OPS, CROP_OPS, FORWARD_POSITION_OPS, PAD_OPS,
                        PASS_THROUGH_OPS, SHAPE_OPS, VARIABLE_READ_OPS, VIEW_OPS)
 
@@ -244,3 +249,51 @@ def _scale_source(ir: GraphIR, c: Tensor, dtype_of, variables: dict,
         if unscales:
             return LossScale(c, f"loss_scale_factor {value:g}")
     return None
+
+
+# --- optimizer slots that hold state ------------------------------------------------------
+
+def carries_state(ir: GraphIR, slots: dict[str, list[str]], updates: set[str]) -> set[str]:
+    """The slots (placeholder -> its write nodes) whose value from the previous step reaches
+    an update (a node of ``updates``: any variable's write, the slot's own included). A write
+    other than a plain ``AssignVariableOp`` (``AssignAdd``, a fused apply op) keeps the old
+    value in the new one. A read ordered after one of the slot's own writes (by data or
+    control edges) reads this step's value; a path through a product with a constant zero
+    carries nothing."""
+    bit = {p: k for k, p in enumerate(slots)}
+    after = ir.reach_bits({w: bit[p] for p, ws in slots.items() for w in ws}, control=True)
+    out = set()
+    for p, k in bit.items():
+        if any(ir.op(w) != "AssignVariableOp" for w in slots[p]):
+            out.add(p)
+            continue
+        old = [r for r in variable_reads(ir, p) if not (after.get(r, 0) >> k) & 1]
+        if _reaches(ir, old, updates):
+            out.add(p)
+    return out
+
+
+def _reaches(ir: GraphIR, starts: list[str], targets: set[str]) -> bool:
+    seen, stack = set(), list(starts)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in targets:
+            return True
+        stack.extend(dst for dst, _ in ir.readers(name) if not _times_zero(ir, dst))
+    return False
+
+
+def _times_zero(ir: GraphIR, name: str) -> bool:
+    """A ``Mul`` one of whose operands is a constant zero (through ``Cast``/``Identity``)."""
+    if ir.op(name) != "Mul":
+        return False
+    for t in ir.data_inputs(name):
+        while ir.op(t[0]) in ("Cast", "Identity"):
+            t = ir.data_input(t[0], 0)
+        value = _const_array(ir, t)
+        if value is not None and value.size > 0 and not np.any(value):
+            return True
+    return False

@@ -2,11 +2,11 @@
 
 A file front end owns its whole trip: ``check`` (refuse bad input before any TensorFlow
 work), ``load``/``finish`` (the pipeline's ends), ``prepare`` and ``write`` (its model files
-into the staged output), ``describe`` (what ``svgd-rewrite show`` prints) and ``summary``
-(one line naming what was rewritten). ``run`` does the rest the same way for every format:
-check the output directory → the pipeline → staged output → the front end writes → the
-report → the exports. The command line is argparse and printing around ``open_model`` and
-``run``."""
+into the staged output), ``describe`` (what ``svgd-rewrite show`` prints), ``summary`` (one
+line naming what was rewritten) and ``identify`` (the same as the fields of the command line's
+JSON). ``run`` does the rest the same way for every format: check the output directory →
+the pipeline → staged output → the front end writes → the report → the exports. The command
+line is argparse and printing around ``open_model`` and ``run``."""
 from __future__ import annotations
 
 import json
@@ -40,6 +40,8 @@ class ModelFrontEnd(FrontEnd, Protocol):
     def write(self, result: RewriteResult, prepared: Any, out_dir: str) -> None: ...
 
     def describe(self, options: Options) -> dict: ...
+
+    def identify(self, result: RewriteResult) -> dict: ...
 
     def summary(self, result: RewriteResult) -> str: ...
 

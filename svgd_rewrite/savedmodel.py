@@ -64,6 +64,15 @@ class SavedModelResult:
         return d
 
 
+KIND = "SavedModel (TF2)"
+
+
+def _chosen_fields(chosen: TrainFunction | None) -> dict:
+    """``function`` (the attribute, else the signature key) and ``signature`` (its key)."""
+    return {"function": chosen.name if chosen is not None else None,
+            "signature": chosen.signature if chosen is not None else None}
+
+
 class SavedModelFrontEnd:
     """A SavedModel's train function in, a ``SavedModelResult`` out (the SVGDStep to save is
     built from ``loaded`` and ``rewritten`` when the output is written)."""
@@ -105,6 +114,10 @@ class SavedModelFrontEnd:
 
     def describe(self, options: Options) -> dict:
         return describe_saved_model(self.model_dir, self.function, options)
+
+    def identify(self, result: "SavedModelResult") -> dict:
+        """What was rewritten, as the command line's JSON names it."""
+        return {"kind": KIND, **_chosen_fields(result.function)}
 
     def summary(self, result: "SavedModelResult") -> str:
         return (f"function: {result.function.name}"
@@ -231,8 +244,8 @@ def choose_train_function(obj, name: str | None, variables: list[tf.Variable]) -
         raise NoGradientsError(f"no function of the SavedModel computes gradients (candidates: "
                                f"{candidates}): an inference-only export (model.export, "
                                "serving signatures) cannot be rewritten; save the module with a "
-                               "train tf.function that applies gradients (README: SavedModel "
-                               "input)")
+                               "train tf.function that applies gradients (README: Bring your own "
+                               "model)")
     raise LoadError(f"several functions train ({', '.join(training)}): choose one with --function")
 
 
@@ -265,9 +278,9 @@ def describe_saved_model(model_dir: str, function: str | None, options: Options)
                "train" else "the signature named train" if chosen.signature == "train" and
                not chosen.attribute else "the only function that applies gradients")
         report = plan_step(load_concrete_function(chosen.concrete, variables), options).report
-        lines = []
+        notes = []
     except NoGradientsError as e:
-        chosen, why, report, lines = None, "", None, [f"nothing to rewrite: {e}"]
+        chosen, why, report, notes = None, "", None, [f"nothing to rewrite: {e}"]
     rows = []
     for name, fn in functions.items():
         concretes = list(getattr(fn, "concrete_functions", []))
@@ -283,9 +296,8 @@ def describe_saved_model(model_dir: str, function: str | None, options: Options)
                      "note": ("rewritten with it" if chosen is not None and chosen.attribute
                               else "would be rewritten: " + why)
                      if chosen is not None and chosen.signature == key else ""})
-    return {"input": model_dir, "kind": "SavedModel (TF2)", "functions": rows,
-            "chosen": chosen.name if chosen is not None else "", "lines": lines,
-            "report": report}
+    return {"input": model_dir, "kind": KIND, "functions": rows, **_chosen_fields(chosen),
+            "notes": notes, "report": report}
 
 
 def _signature_wrapper(step: SVGDStep, loaded: LoadedStep, sig_cf) -> Any:

@@ -46,6 +46,9 @@ class _Wiring:
         del self.import_graph_def.node[:]
         self.import_graph_def.node.extend(n for n in rewritten.graph_def.node if n.name not in fed)
         _drop_colocation_with(self.import_graph_def, fed)
+        # a fed name no node reads (an input the step ignores) cannot be mapped on import
+        self.read = {i.lstrip("^").split(":")[0] for n in self.import_graph_def.node
+                     for i in n.input}
 
 
 def _drop_colocation_with(graph_def: graph_pb2.GraphDef, removed: set[str]) -> None:
@@ -193,6 +196,7 @@ class SVGDStep(tf.Module):
             input_map[f"{name}:0"] = capture(_handle(acc))
         for name, closure, spec in w.deferred_captures:  # e.g. collective instance keys
             input_map[f"{name}:0"] = capture_call_time_value(closure, spec)
+        input_map = {k: v for k, v in input_map.items() if k[:-2] in w.read}
         outs = tf.graph_util.import_graph_def(
             w.import_graph_def, input_map=input_map, return_elements=w.output_tensors,
             name=IMPORT_SCOPE)

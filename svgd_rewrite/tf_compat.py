@@ -95,3 +95,9 @@ def keras_saveable_base() -> type:
     from keras.src.saving.keras_saveable import KerasSaveable
 
     return KerasSaveable
+
+
+def checkpoint_restored(trackable) -> bool:
+    """Whether a TensorFlow checkpoint has restored ``trackable`` (also a restoration deferred
+    until its variables exist, as when a dependency is added after ``restore``)."""
+    return getattr(trackable, "_self_update_uid", -1) >= 0

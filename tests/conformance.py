@@ -9,7 +9,7 @@ gradient = the VJP of the layer at ĝ), sharing no code with the rewriter. A ker
 leaves on plain gradients must be named in the report's skipped list with a reason and in a
 warning; the oracle then gives it its plain gradient.
 
-``python tests/conformance.py`` prints the README's table.
+``python tests/conformance.py`` prints the table in docs/algorithm.md.
 """
 from __future__ import annotations
 
@@ -294,7 +294,7 @@ def relative(a: dict, b: dict) -> float:
 
 
 def table_row(case: Case, report) -> str:
-    """The README's row for ``case``: the tested layer's kernels, transformed (r's shape) or
+    """The docs/algorithm.md row for ``case``: the tested layer's kernels, transformed (r's shape) or
     left on plain gradients (the reason)."""
     cells = []
     for s in report.sites:
@@ -308,7 +308,7 @@ def table_row(case: Case, report) -> str:
     return f"| {case.layer} | {setup} | {'; '.join(cells)} |"
 
 
-if __name__ == "__main__":  # the README table
+if __name__ == "__main__":  # the table in docs/algorithm.md
     import svgd_rewrite.keras as sk
 
     print("| layer | configuration | kernels: transformed (r) or plain (why) |")

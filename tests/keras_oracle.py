@@ -103,7 +103,8 @@ class KerasOracle:
 
 
 def _key(w) -> str:
-    return "/".join(w.path.split("/")[-2:])  # layer/variable
+    path = getattr(w, "path", None) or w.name.split(":")[0]  # tf_keras: layer/variable:0
+    return "/".join(path.split("/")[-2:])  # layer/variable
 
 
 def model_weights(model: keras.Model) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import svgd_rewrite
 from fixtures import tf1_graphs
 from fixtures.saved_models import build
 from helpers import STAGE_LINE, make_module
-from svgd_rewrite.cli.main import main
+from svgd_rewrite.cli.main import JSON_KEYS, SHARED_KEYS, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,25 +42,28 @@ def _run(capsys, *args) -> tuple[int, str, str]:
 
 def test_show_lists_functions_and_the_sites_a_rewrite_would_find(inputs, capsys):
     rc, out, _ = _run(capsys, "show", inputs / "saved", "-q")
-    assert rc == 0 and "→" in out and "train" in out and "site(s) transformed" in out
+    assert rc == 0 and "→" in out and "train" in out and "would transform 3 site(s)" in out
+    assert "transformed" not in out and "V_θ→σ" not in out
     rc, out, _ = _run(capsys, "show", inputs / "saved", "--json")
     info = json.loads(out)
     assert rc == 0 and info["version"] and len(info["report"]["sites"]) == 3
     assert any(fn.get("chosen") and fn["name"] == "train" for fn in info["functions"])
     rc, out, _ = _run(capsys, "show", inputs / "model.pb", "-q")
-    assert rc == 0 and "TF1 graph" in out and "site(s) transformed" in out
+    assert rc == 0 and "TF1 graph" in out and "would transform" in out
     rc, out, _ = _run(capsys, "show", inputs / "m.keras", "-q")
-    assert rc == 0 and "d/kernel" in out and "svgd_rewrite.keras.enable" in out
+    assert rc == 0 and "Keras model" in out and "d/kernel" in out and "would transform" in out
 
 
-@pytest.mark.parametrize("name", ["m.keras", "m.h5"])
-def test_keras_files_are_pointed_at_the_library(inputs, tmp_path, capsys, name):
-    path = inputs / name
-    if not path.exists():
-        path.write_bytes(b"\x89HDF\r\n\x1a\n")  # the name is what is checked, before loading
-    rc, out, err = _run(capsys, path, tmp_path / "out", "-q")
-    assert rc == 2 and err.count("\n") == 1 and "svgd_rewrite.keras.enable" in err
-    assert not (tmp_path / "out").exists()
+def test_keras_files_that_cannot_train_get_one_line(inputs, tmp_path, capsys):
+    """An uncompiled model says to compile it; a file Keras cannot read says so; nothing is
+    written."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
+    model.save(str(tmp_path / "uncompiled.keras"))
+    (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    for name, says in (("uncompiled.keras", "compile it"), ("broken.h5", "cannot load")):
+        rc, out, err = _run(capsys, tmp_path / name, tmp_path / "out", "-q")
+        assert rc == 2 and err.count("\n") == 1 and says in err, err
+        assert not (tmp_path / "out").exists()
 
 
 def test_json_is_one_object_and_errors_are_json_too(inputs, tmp_path, capsys):
@@ -126,3 +129,70 @@ def test_auto_granularity_is_channel_exactly_where_full_r_exceeds_the_kernel():
     out = auto(tf.zeros((8,) + module.spec.input_shape), tf.zeros((8,), tf.int32))
     loss = out["loss"] if isinstance(out, dict) else out
     assert bool(tf.math.is_finite(loss))
+
+
+def _json(capsys, *args) -> dict:
+    rc, out, _ = _run(capsys, *args, "--json")
+    assert rc == 0, out
+    return json.loads(out)
+
+
+def test_json_keys_are_the_documented_ones_and_shared(inputs, tmp_path, capsys):
+    """Each command prints exactly its documented keys, whatever MODEL is; show and the
+    rewrite name the same things alike (``function`` is the name, not a display string)."""
+    shows = [_json(capsys, "show", inputs / name) for name in ("saved", "model.pb", "m.keras")]
+    rewrites = [_json(capsys, inputs / "saved", tmp_path / "a"),
+                _json(capsys, inputs / "model.pb", tmp_path / "b"),
+                _json(capsys, inputs / "saved", "--dry-run")]
+    assert all(set(p) == set(JSON_KEYS["show"]) for p in shows)
+    assert all(set(p) == set(JSON_KEYS["rewrite"]) for p in rewrites)
+    assert set(SHARED_KEYS) == set(JSON_KEYS["show"]) & set(JSON_KEYS["rewrite"])
+    for show, rewrite in zip(shows[:2], rewrites[:2]):
+        for key in ("input", "kind", "function", "signature", "train_op", "variable_kind",
+                    "options", "warnings"):
+            assert show[key] == rewrite[key], key
+        assert show["report"]["sites"] == rewrite["report"]["sites"]
+    assert rewrites[0]["function"] == "train" and rewrites[0]["signature"] == "train"
+    assert rewrites[1]["function"] is None and rewrites[1]["train_op"] == "train"
+    assert shows[2]["kind"] == "Keras model" and shows[2]["model"] and shows[2]["kernels"]
+    assert shows[2]["function"] == "train" and shows[2]["report"]["sites"]
+    assert rewrites[2]["dry_run"] is True and rewrites[2]["out_dir"] is None
+    rc, out, _ = _run(capsys, tmp_path / "missing", tmp_path / "o", "--json")
+    assert rc == 2 and set(json.loads(out)) == set(JSON_KEYS["error"])
+    assert all(text.strip() for keys in JSON_KEYS.values() for text in keys.values())
+
+
+def test_dry_run_text_says_would_transform(inputs, capsys):
+    rc, out, _ = _run(capsys, inputs / "saved", "--dry-run", "-v")
+    assert rc == 0 and "would transform 3 site(s)" in out and "site(s) transformed" not in out
+    assert "reading g as its input k" in out  # the legend line under the table
+
+
+def test_example_rerun_replaces_only_its_own_output(tmp_path, capsys):
+    ex = tmp_path / "ex"
+    assert _run(capsys, "--example", ex, "-q")[0] == 0
+    assert (ex / "paper_mlp" / "svgd_manifest.json").exists()  # built as the tool's output
+    rc, out, err = _run(capsys, "--example", ex)
+    assert rc == 0 and "5 site(s) transformed" in out, err
+    assert (ex / "paper_mlp_svgd" / "saved_model.pb").exists()
+    assert sorted(os.listdir(ex)) == ["paper_mlp", "paper_mlp_svgd"]  # no leftovers
+    for name in ("paper_mlp_svgd", "paper_mlp"):  # a user's folder there: refused, untouched
+        user = tmp_path / f"user_{name}"
+        (user / name).mkdir(parents=True)
+        (user / name / "notes.txt").write_text("mine")
+        rc, _, err = _run(capsys, "--example", user)
+        lines = [ln for ln in err.splitlines() if not STAGE_LINE.match(ln)]
+        assert rc == 2 and len(lines) == 1 and "not svgd-rewrite's own" in lines[0], err
+        assert os.listdir(user) == [name] and os.listdir(user / name) == ["notes.txt"]
+    (ex / "paper_mlp_svgd" / "extra.txt").write_text("added by hand")
+    assert _run(capsys, "--example", ex, "-q")[0] == 2  # no longer provably the tool's
+    assert (ex / "paper_mlp_svgd" / "extra.txt").read_text() == "added by hand"
+
+
+def test_readme_figure_requires_an_output_folder(capsys):
+    from fixtures.readme_figure import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args([])
+    assert e.value.code == 2 and "OUT_DIR" in capsys.readouterr().err
+    assert parse_args(["somewhere"]).out_dir == "somewhere"

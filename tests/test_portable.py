@@ -141,7 +141,7 @@ def test_validation_rejects_an_unscaled_reader_of_a_post_scaled_output():
 
 @pytest.mark.parametrize("options,count", [({}, 20), ({"post_scale": False}, 20)])
 def test_inserted_nodes_per_site(options, count):
-    """The README's count of inserted nodes (ops and constants, plus the accumulator
+    """docs/algorithm.md's count of inserted nodes (ops and constants, plus the accumulator
     placeholder) for a float32 MatMul site with one application."""
     step = svgd_rewrite.rewrite(make_module("mlp_l1").train, **options)
     per_site = [sum(1 for n in step.graph_def.node

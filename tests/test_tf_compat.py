@@ -49,3 +49,19 @@ def test_capture_inside_a_function():
         return tf.raw_ops.ReadVariableOp(resource=handle, dtype=tf.float32) * 3.0
 
     assert float(f()) == 6.0
+
+
+def test_checkpoint_restored_also_when_the_restoration_is_deferred(tmp_path):
+    """``_self_update_uid``: set by a restore, also one deferred until the dependency is
+    added (a model loaded before ``enable`` adds its accumulators)."""
+    from svgd_rewrite.tf_compat import checkpoint_restored
+
+    saved = tf.Module()
+    saved.child = tf.Module()
+    saved.child.v = tf.Variable(1.0)
+    path = tf.train.Checkpoint(root=saved).save(str(tmp_path / "ckpt"))
+    fresh, child = tf.Module(), tf.Module()
+    assert not checkpoint_restored(child)
+    tf.train.Checkpoint(root=fresh).restore(path)
+    fresh._track_trackable(child, name="child")
+    assert checkpoint_restored(child)
