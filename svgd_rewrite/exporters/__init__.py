@@ -139,9 +139,10 @@ def _export(result, out_dir: str, formats) -> ExportResult:
         pictures["sites"].append((site, before[0], before[1], after[0], after[1],
                                   detail[0], detail[1]))
     stage(f"export {total}/{total} pictures")
-    pictures["units"] = overview.overview_units(source, ir)
+    st = overview.structure(source, ir)
+    pictures["units"] = overview.overview_units(source, ir, st)
     pictures["overview"] = write("overview", overview.overview_dot(source, ir,
-                                                                 pictures["units"]))
+                                                                 pictures["units"], st))
     out.notes += [f"Graphviz: {w}" for w in graphviz_warnings]
     if "dot" in chosen or not svgs:
         out.files["dot"] = dots

@@ -110,7 +110,8 @@ def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, s
             continue
         first, last = unit.sites[0], unit.sites[-1]
         what = (f"×{unit.count} repeated block of {unit.period} site(s)" if unit.kind == "block"
-                else f"{len(unit.sites)} consecutive sites")
+                else f"the loop {unit.loop}: {len(unit.sites)} site(s) applied at every step"
+                if unit.kind == "loop" else f"{len(unit.sites)} consecutive sites")
         parts.append(f"<section class='block' id='block-{u}'><h2>Sites {first.index}–"
                      f"{last.index}: {_esc(what)}</h2><p><a href='#overview'>↑ overview</a></p>"
                      "<ul>" + "".join(f"<li><a href='#site-{s.index}'>site {s.index}</a>: "
