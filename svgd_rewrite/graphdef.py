@@ -20,14 +20,14 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from .variables import handle_consumers, variable_uses
 from .edits import EditLog
-from .errors import (LoadError, NoGradientsError, OutputError, already_rewritten, first_line,
-                     one_line)
+from .errors import (InvalidOptionError, LoadError, NoGradientsError, OutputError,
+                     already_rewritten, first_line, one_line)
 from .frontend import rewrite_with
 from .graph_edit import GraphEditor
 from .inline import inline_calls
 from .ir import GraphIR, map_colocation
 from .load import LoadedStep, VariableInfo, is_rewritten
-from .options import Options, takes_options
+from .options import Options, is_schedule, takes_options
 from .registry import (CONTROL_GROUP_OPS, DATA_SOURCE_OPS, FUSED_APPLY_PREFIXES,
                        RESTORE_OP_PREFIXES, VARIABLE_OPS)
 from .progress import stage
@@ -278,6 +278,25 @@ def materialize_accumulator(editor: GraphEditor, a, kind: str) -> None:
         editor.replace(node("assign_r", [acc, value]))
 
 
+def materialize_hyperparameters(editor: GraphEditor, rewritten) -> None:
+    """s, ρ, ε as ``PlaceholderWithDefault`` nodes (``svgd_rewrite/scale``, ``/rho``,
+    ``/epsilon``) defaulting to the options' values: a session feeds another value to change
+    one between steps (a schedule is refused: feed its value each step instead)."""
+    for h, name in rewritten.hyperparameters.items():
+        option = getattr(rewritten.options, h)
+        if is_schedule(option):
+            raise InvalidOptionError(f"{h} is a schedule, which a TF1 graph cannot call: pass "
+                                     f"a number and feed {name}:0 each step instead")
+        default = node_def_pb2.NodeDef(name=f"{name}/default", op="Const")
+        default.attr["dtype"].type = tf.float32.as_datatype_enum
+        default.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(float(option), tf.float32))
+        node = node_def_pb2.NodeDef(name=name, op="PlaceholderWithDefault", input=[default.name])
+        node.attr["dtype"].type = tf.float32.as_datatype_enum
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape([]).as_proto())
+        editor.insert([default])
+        editor.replace(node)
+
+
 class GraphDefFrontEnd:
     """A TF1 training GraphDef in (validated, its train op found), a ``GraphDefResult`` out:
     the accumulators are variable nodes of the graph's own kind, updated by the train op and
@@ -297,6 +316,7 @@ class GraphDefFrontEnd:
         editor = GraphEditor(rewritten.graph_def, rewritten.edits, copy=False)
         for a in rewritten.accumulators:
             materialize_accumulator(editor, a, self.step.variable_kind)
+        materialize_hyperparameters(editor, rewritten)
         # running the train op updates the accumulators
         editor.add_control_inputs(train, [a.assign for a in rewritten.accumulators])
         init = node_def_pb2.NodeDef(name=INIT_OP, op="NoOp")

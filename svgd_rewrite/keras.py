@@ -45,7 +45,8 @@ from .state import AccumulatorState
 from .step import SVGDStep
 from .tf_compat import checkpoint_restored, distributed_container
 
-__all__ = ["enable", "disable", "enabled", "VirtualGradients", "KerasSVGD", "ModelAccumulators"]
+__all__ = ["enable", "disable", "enabled", "VirtualGradients", "Diagnostics", "KerasSVGD",
+           "ModelAccumulators"]
 
 _MIRRORED = (tf.distribute.MirroredStrategy,)  # fit under MultiWorkerMirroredStrategy: untested
 _ENABLED: "weakref.WeakKeyDictionary[Any, KerasSVGD]" = weakref.WeakKeyDictionary()
@@ -147,8 +148,11 @@ class _KerasFrontEnd:
         return loaded
 
     def finish(self, loaded, rewritten, report) -> SVGDStep:
+        """Step k of a schedule of s or ρ is the optimizer's ``iterations``."""
+        model = self.model
         return SVGDStep(loaded, rewritten, report, name="svgd_keras_step",
-                        state=ModelAccumulators.of(self.model))
+                        state=ModelAccumulators.of(model),
+                        step_number=lambda: compat.backing_variable(model.optimizer.iterations))
 
 
 class _Compiled:
@@ -181,6 +185,43 @@ class _KerasOwnStep:
         self.run, self.reason = run, reason  # run(data): Keras's own step
 
 
+class _Logging:
+    """What ``Diagnostics`` adds to the traced train step: on the steps k (the optimizer's
+    ``iterations``) with k % every == 0 — under a ``tf.cond``, so the other steps pay one
+    comparison — the summaries of each transformed kernel (r entering step k, the norm
+    ratio of step k's batch from the step's read-only probe) and s(k), before the step runs."""
+
+    def __init__(self, writer, every: int):
+        self.writer, self.every = writer, every
+        with tf.init_scope():  # off between fits without a retrace
+            self.active = tf.Variable(True, trainable=False, name="svgd_diagnostics_active")
+
+    def log(self, model, step: SVGDStep, tensors: list) -> tf.Tensor:
+        k = tf.cast(compat.backing_variable(model.optimizer.iterations), tf.int64)
+        probe = step.probe_function()
+        sites = [(s.variable, step.accumulator_of(s)) for s in step.report.sites]
+        sites = [(name, r) for name, r in sites if r is not None]
+        scale = step.state.hyperparameter_variables.get("scale")
+
+        def write() -> tf.Tensor:
+            ratios = probe(*tensors) if probe is not None else {}
+            with self.writer.as_default(step=k), tf.name_scope(""):  # tags as named
+                for name, r in sites:
+                    value = tf.convert_to_tensor(r)
+                    tf.summary.scalar(f"{name}/r_mean", tf.reduce_mean(value))
+                    tf.summary.scalar(f"{name}/r_min", tf.reduce_min(value))
+                    tf.summary.scalar(f"{name}/r_max", tf.reduce_max(value))
+                    tf.summary.histogram(f"{name}/r", value)
+                    if name in ratios:
+                        tf.summary.scalar(f"{name}/ratio", ratios[name])
+                if scale is not None:
+                    tf.summary.scalar("svgd/scale", step.scale_at_step())
+            return tf.constant(True)
+
+        due = tf.logical_and(self.active, tf.equal(k % self.every, 0))
+        return tf.cond(due, write, lambda: tf.constant(False))
+
+
 class KerasSVGD:
     """What ``enable`` returns: the rewritten steps of one model.
 
@@ -198,6 +239,7 @@ class KerasSVGD:
         self.replaced = ""  # set when enable replaced an earlier enable's options
         self.steps: dict[str, SVGDStep | _KerasOwnStep] = {}
         self.report: Report | None = None
+        self.logging: _Logging | None = None  # set by a Diagnostics callback during fit
         self._compiled = _Compiled(model)
 
     def __repr__(self) -> str:
@@ -256,7 +298,12 @@ class KerasSVGD:
         original = type(self.model).train_step  # the class's step: a user's override included
         step = self._step(data, lambda: self._rewrite(data),
                           lambda d: original(self.model, d))
-        return step.run(data) if isinstance(step, _KerasOwnStep) else step.function(*tensors)
+        if isinstance(step, _KerasOwnStep):
+            return step.run(data)
+        if self.logging is not None:  # the summaries of the state entering this step
+            with tf.control_dependencies([self.logging.log(self.model, step, tensors)]):
+                return step.function(*tensors)
+        return step.function(*tensors)
 
     def _rewrite(self, data) -> SVGDStep:
         model = self.model
@@ -423,7 +470,23 @@ def enabled(model) -> KerasSVGD | None:
     return _ENABLED.get(model)
 
 
-class VirtualGradients(keras.callbacks.Callback):
+class _Callback(keras.callbacks.Callback):
+    """A Keras 3 callback that tf_keras's callback list also takes: it asks every callback
+    which batch hooks it implements (Keras 3's base class has no such methods)."""
+
+    train_batch_hooks = False
+
+    def _implements_train_batch_hooks(self) -> bool:
+        return self.train_batch_hooks
+
+    def _implements_test_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_predict_batch_hooks(self) -> bool:
+        return False
+
+
+class VirtualGradients(_Callback):
     """``model.fit(..., callbacks=[VirtualGradients(scale=0.01)])``: train this ``fit`` with
     virtual gradients (a Keras 3 or a tf_keras model).
 
@@ -444,16 +507,6 @@ class VirtualGradients(keras.callbacks.Callback):
         self.svgd: KerasSVGD | None = None
         self._was_enabled = False
 
-    # tf_keras's callback list asks these of every callback (Keras 3's base class has none)
-    def _implements_train_batch_hooks(self) -> bool:
-        return False
-
-    def _implements_test_batch_hooks(self) -> bool:
-        return False
-
-    def _implements_predict_batch_hooks(self) -> bool:
-        return False
-
     def on_train_begin(self, logs=None):
         self._was_enabled = enabled(self.model) is not None
         self.svgd = enabled(self.model) or _enable(self.model, self.options)
@@ -462,3 +515,43 @@ class VirtualGradients(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if not self.keep and not self._was_enabled:
             disable(self.model)
+
+
+class Diagnostics(_Callback):
+    """``model.fit(..., callbacks=[Diagnostics("logs/svgd", every=10)])``: TensorBoard
+    summaries of SVGD per transformed kernel, named by its variable (layer path).
+
+    On every ``every``-th step k (the optimizer's ``iterations``, from 0): ``<kernel>/r_mean``,
+    ``r_min``, ``r_max`` and the histogram ``<kernel>/r`` (r entering step k),
+    ``<kernel>/ratio`` = ‖virtual gradient of θ‖ / ‖plain gradient of θ‖ on step k's batch
+    (a read-only probe of the rewritten step; sites inside ``While`` loops have none), and
+    ``svgd/scale`` = s(k). The summaries are written inside the train function under a
+    ``tf.cond``: the other steps pay one comparison. The model must be enabled (``enable``,
+    or ``VirtualGradients`` before this callback in the list); not under ``MirroredStrategy``
+    (nothing is logged there).
+    """
+
+    train_batch_hooks = False
+
+    def __init__(self, log_dir: str, every: int = 1):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise SVGDRewriteError(f"every must be a positive number of steps, got {every!r}")
+        self.log_dir, self.every = log_dir, every
+        self._logging: _Logging | None = None
+
+    def on_train_begin(self, logs=None):
+        svgd = enabled(self.model)
+        if svgd is None:
+            return
+        if self._logging is None:
+            self._logging = _Logging(tf.summary.create_file_writer(self.log_dir), self.every)
+        self._logging.active.assign(True)
+        if svgd.logging is not self._logging:  # traced again, with the summaries
+            svgd.logging = self._logging
+            self.model.make_train_function(force=True)
+
+    def on_train_end(self, logs=None):
+        if self._logging is not None:
+            self._logging.active.assign(False)  # a later fit without this callback logs nothing
+            self._logging.writer.flush()

@@ -10,3 +10,12 @@ def inserted_name(site: int, role: str) -> str:
     ``assign_r``, ``factor``, ``g_hat_A`` (pre-scaled application A), ``scaled_T`` (post-scaled
     target T), ``initializer`` or ``zeros`` (graph variables)."""
     return f"{SCOPE}/site_{site}/{role}"
+
+
+# s, ρ and ε: one float32 scalar input of the rewritten graph each, read by every site's T
+HYPERPARAMETERS = ("scale", "rho", "epsilon")
+
+
+def hyperparameter_name(name: str) -> str:
+    """The graph input feeding ``name`` (``scale``, ``rho``, ``epsilon``) to every T."""
+    return f"{SCOPE}/{name}"

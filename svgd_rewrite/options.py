@@ -12,7 +12,7 @@ import inspect
 import math
 import numbers
 import textwrap
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -40,7 +40,55 @@ def _number(name: str, value) -> float:
     return f
 
 
+def is_schedule(value) -> bool:
+    """A schedule of the step: a Keras ``LearningRateSchedule`` or any callable."""
+    return callable(value) and not isinstance(value, (numbers.Real, str))
+
+
+def value_at(value, step: int = 0) -> float:
+    """A number option's value, or a schedule's at ``step`` (eagerly, also inside a trace)."""
+    if not is_schedule(value):
+        return float(value)
+    import tensorflow as tf  # only for a schedule, which only a TensorFlow program passes
+
+    with tf.init_scope():
+        return float(np.asarray(value(step)))
+
+
+def describe(value) -> str | float:
+    """A number as it is; a schedule as its class and configuration (for reports, JSON)."""
+    if not is_schedule(value):
+        return value
+    config = getattr(value, "get_config", None)
+    if callable(config):
+        try:
+            items = ", ".join(f"{k}={v!r}" for k, v in sorted(config().items())
+                              if k != "name" and not isinstance(v, dict))
+            return f"{type(value).__name__}({items})"
+        except Exception:  # noqa: BLE001 - a schedule without a usable config
+            pass
+    return f"{getattr(value, '__name__', type(value).__name__)} (a schedule of the step)"
+
+
+def _schedule(name: str, value, check: Callable[[Any], float]):
+    """A schedule, checked at steps 0 and 1 (each value as ``check`` checks a number)."""
+    for step in (0, 1):
+        try:
+            number = value_at(value, step)
+        except Exception as e:  # noqa: BLE001 - whatever the user's callable raises
+            raise InvalidOptionError(f"{name} is a schedule that fails at step {step} "
+                                     f"({first_line(e, 120)}): pass a number, a Keras "
+                                     "LearningRateSchedule or a callable of the step") from None
+        try:
+            check(number)
+        except InvalidOptionError as e:
+            raise InvalidOptionError(f"{name}'s schedule at step {step}: {e}") from None
+    return value
+
+
 def _check_scale(value) -> float:
+    if is_schedule(value):
+        return _schedule("scale", value, _check_scale)
     scale = _number("scale", value)
     if scale == 0:
         raise InvalidOptionError("scale must be > 0 (0 would stop training): to run the "
@@ -54,6 +102,8 @@ def _check_scale(value) -> float:
 
 
 def _check_rho(value) -> float:
+    if is_schedule(value):
+        return _schedule("rho", value, _check_rho)
     rho = _number("rho", value)
     if not 0 <= rho < 1 or float(np.float32(rho)) >= 1:
         raise InvalidOptionError(f"rho must be in [0, 1) in float32, got {rho}")
@@ -119,13 +169,15 @@ class Options:
     ``VirtualGradients``, ``make_options``) its keyword parameters (``takes_options``).
     ``ops`` is stored as the sorted tuple of forward op types to transform."""
 
-    scale: float = _option(
-        0.1, 0.1, "(float, default 0.1): s, the virtual gradients' scale. The paper used 0.1 "
-        "for its MLP, 0.01 for ResNet-20 and 0.001 for VGG; layers whose output σ' has more "
-        "than two axes (convolutions, Dense on sequences) usually need 0.01–0.001. A normal "
-        "float32 > 0.", _check_scale)
-    rho: float = _option(0.9, 0.9, "(float, default 0.9): ρ, the decay of the accumulated "
-                         "mean(g²), in [0, 1).", _check_rho)
+    scale: Any = _option(
+        0.1, 0.1, "(float or schedule, default 0.1): s, the virtual gradients' scale. The "
+        "paper used 0.1 for its MLP, 0.01 for ResNet-20 and 0.001 for VGG; layers whose output "
+        "σ' has more than two axes (convolutions, Dense on sequences) usually need "
+        "0.01–0.001. A normal float32 > 0, or a schedule of the 0-based step k (a Keras "
+        "``LearningRateSchedule``, or a callable of a float32 tensor written with TensorFlow "
+        "ops): step k uses s(k), with no retrace.", _check_scale)
+    rho: Any = _option(0.9, 0.9, "(float or schedule, default 0.9): ρ, the decay of the "
+                       "accumulated mean(g²), in [0, 1).", _check_rho)
     epsilon: float = _option(1e-6, 1e-6, "(float, default 1e-6): ε under the square root; at "
                              "least 1.2e-38.", _check_epsilon)
     ops: tuple[str, ...] = _option(
@@ -157,9 +209,15 @@ class Options:
         _flag("portable", optional=True))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["ops"] = list(self.ops)
+        d["scale"], d["rho"] = describe(self.scale), describe(self.rho)
         return d
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether s or ρ follows a schedule of the step."""
+        return is_schedule(self.scale) or is_schedule(self.rho)
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Options))

@@ -21,7 +21,7 @@ from .distribute import group_replicas, logical_name
 from .errors import NoSitesError
 from .ir import Tensor
 from .load import Distribution
-from .options import Options
+from .options import Options, value_at
 from .registry import CONV_OPS, ELEMENTWISE_OPS, GATHER_OPS, REGISTRY
 from .report import ApplicationReport, MemoryReport, Report, SiteReport, SkippedNode
 
@@ -473,13 +473,14 @@ def _scale_warning(options: Options, rows: list[SiteReport],
                    sequences: set[str] = frozenset()) -> str | None:
     """The scale hint: s ≥ 0.1 on convolutions, einsums and Dense layers on sequences (σ' of
     more than 2 axes, or flattened from one: ``sequences`` names those forward nodes)."""
-    if options.transform != "svgd" or options.scale < 0.1:
+    initial = value_at(options.scale)  # a schedule: its s(0)
+    if options.transform != "svgd" or initial < 0.1:
         return None
     wide = sorted({r.variable for r in rows if r.op in CONV_OPS or len(r.output_shape) > 2
                    or {r.node, *(a.node for a in r.applications)} & sequences})
     if not wide:
         return None
-    return (f"scale {options.scale:g} on sites whose σ' has more than 2 axes (convolutions, "
+    return (f"scale {initial:g} on sites whose σ' has more than 2 axes (convolutions, "
             f"Dense on sequences, einsum: {', '.join(wide[:3])}"
             + (", ..." if len(wide) > 3 else "") + "): the paper used s = 0.01 (ResNet-20) "
             "and s = 0.001 (VGG) for such layers; if the loss grows or goes NaN, lower the "

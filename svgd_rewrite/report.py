@@ -134,8 +134,9 @@ class Report:
                 "would keep plain gradients" if planned else
                 f"{sites} site(s) transformed; {kept} other op(s) reading a trained variable "
                 "keep plain gradients")
-        return (f"svgd-rewrite: {what}  (transform={o['transform']}, scale={o['scale']:g}, "
-                f"rho={o['rho']:g}, epsilon={o['epsilon']:g}, granularity={o['granularity']})")
+        return (f"svgd-rewrite: {what}  (transform={o['transform']}, scale={_g(o['scale'])}, "
+                f"rho={_g(o['rho'])}, epsilon={_g(o['epsilon'])}, "
+                f"granularity={o['granularity']})")
 
     def _rows(self) -> list[tuple[str, ...]]:
         rows = [("#", "forward op", "type", "variable", "gradient op [in k]", "uses", "scaling",
@@ -235,3 +236,8 @@ def _table(rows: list[tuple[str, ...]], shrink: tuple[int, ...] = ()) -> list[st
         if k == 0:
             out.append("  " + "  ".join("-" * w for w in widths))
     return out
+
+
+def _g(value) -> str:
+    """A number in ``%g`` form; a schedule's description as it is."""
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)

@@ -340,6 +340,9 @@ def _saved_root(front: "SavedModelFrontEnd", report: Report) -> tuple[tf.Module,
         setattr(root, name, step.function if name == chosen.attribute else child)
     root.svgd_step = step
     root.svgd_variables = variables
+    probe = _traced_probe(step)
+    if probe is not None:
+        root.svgd_diagnostics = probe
     signatures = {}
     for key, sig in sorted((getattr(obj, "signatures", {}) or {}).items()):
         if key == chosen.signature:
@@ -348,6 +351,19 @@ def _saved_root(front: "SavedModelFrontEnd", report: Report) -> tuple[tf.Module,
         else:
             signatures[key] = sig
     return root, signatures
+
+
+def _traced_probe(step: SVGDStep):
+    """The step's diagnostics probe (per variable, ‖virtual gradient‖/‖gradient‖ on a batch),
+    traced for the train function's signature; None where it cannot be (a site the probe
+    cannot cut out, a step TensorFlow cannot trace it for)."""
+    try:
+        probe = step.probe_function()
+        if probe is not None:
+            probe.get_concrete_function()
+        return probe
+    except (tf.errors.OpError, ValueError, TypeError):  # an optional extra: never fatal
+        return None
 
 
 def _save(root: tf.Module, signatures: dict, tmp: str) -> None:

@@ -6,7 +6,8 @@ variable, created once outside any ``tf.function`` and named after θ (``svgd/<k
 checkpoint saves each accumulator under its key (``accumulators/<key>``), like an optimizer
 slot, so that restoring matches by name, never by position; values restored before the
 accumulator exists (a checkpoint read before the first step) are kept and applied when it is
-created.
+created. Beside the accumulators live s, ρ and ε (one value each per step, read by every
+site) and the number of steps trained, so that a schedule resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class _Plain:
 
     def __init__(self):
         self.pending: dict[str, np.ndarray] = {}
+        self.set_values: dict[str, float] = {}  # the options' s, ρ, ε last set
         self.notes: list[str] = []
         self.restored = False
 
@@ -41,6 +43,8 @@ class AccumulatorState(tf.Module):
     def __init__(self, name: str = "svgd_state"):
         super().__init__(name=name)
         self.accumulators: dict[str, tf.Variable] = {}
+        self.hyperparameter_variables: dict[str, tf.Variable] = {}
+        self.steps: tf.Variable | None = None
         self._plain = _Plain()
 
     def __repr__(self) -> str:
@@ -64,14 +68,7 @@ class AccumulatorState(tf.Module):
             return existing
         name = "svgd/" + _NAME_CHARS.sub("_", key)
         with tf.init_scope():
-            if strategy is not None:
-                with strategy.scope():
-                    variable = tf.Variable(tf.zeros(shape, tf.float32), trainable=False,
-                                           name=name,
-                                           synchronization=tf.VariableSynchronization.ON_WRITE,
-                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-            else:
-                variable = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name=name)
+            variable = _new_variable(tf.zeros(shape, tf.float32), name, strategy)
             pending = self._plain.pending.pop(key, None)
             if pending is not None:
                 if tuple(pending.shape) == tuple(shape):
@@ -82,6 +79,25 @@ class AccumulatorState(tf.Module):
                         f"this step's {tuple(shape)}: it starts at zero")
         self.accumulators[key] = variable
         return variable
+
+    def hyperparameters(self, values: dict[str, float], strategy: Any = None
+                        ) -> dict[str, tf.Variable]:
+        """s, ρ, ε (``scale``, ``rho``, ``epsilon``) as float32 scalar variables, set to
+        ``values`` (a new step's options at step 0), and ``steps``, the number of steps this
+        state has trained (int64): what a rewritten step reads each call. Assign them between
+        steps to change them (``state.hyperparameter_variables["scale"].assign(0.05)``)."""
+        with tf.init_scope():
+            for name, value in values.items():
+                existing = self.hyperparameter_variables.get(name)
+                if existing is None:
+                    self.hyperparameter_variables[name] = _new_variable(
+                        tf.constant(value, tf.float32), f"svgd/{name}", strategy)
+                elif self._plain.set_values.get(name) != value:  # new options, not a retrace
+                    existing.assign(value)
+                self._plain.set_values[name] = value
+            if self.steps is None:
+                self.steps = _new_variable(tf.constant(0, tf.int64), "svgd/steps", strategy)
+        return dict(self.hyperparameter_variables)
 
     def assign_values(self, values: dict[str, np.ndarray]) -> None:
         """Restore accumulators by key; keys not created yet are applied at creation."""
@@ -101,3 +117,14 @@ class AccumulatorState(tf.Module):
     def values(self) -> dict[str, np.ndarray]:
         """Every accumulator's value by key."""
         return {k: np.asarray(v.numpy()) for k, v in self.accumulators.items()}
+
+
+def _new_variable(initial: tf.Tensor, name: str, strategy: Any) -> tf.Variable:
+    """A non-trainable variable (mirrored under ``strategy``, written once for all
+    replicas)."""
+    if strategy is None:
+        return tf.Variable(initial, trainable=False, name=name)
+    with strategy.scope():
+        return tf.Variable(initial, trainable=False, name=name,
+                           synchronization=tf.VariableSynchronization.ON_WRITE,
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

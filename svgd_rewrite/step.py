@@ -8,7 +8,8 @@ op (variable updates, accumulator assigns) run, in the original order.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
@@ -17,6 +18,9 @@ from .errors import StepCallError, UnsupportedError, first_line, one_line
 from .frontend import accumulator_variables
 from .ir import map_colocation
 from .load import LoadedStep
+from .names import HYPERPARAMETERS
+from .probe import build_probe, norm_ratios
+from .options import is_schedule, value_at
 from .report import Report
 from .state import AccumulatorState
 from .surgery import Rewritten
@@ -39,8 +43,10 @@ class _Wiring:
         self.structured_outputs = loaded.call.structured_outputs
         self.n_positional = loaded.call.n_positional
         self.keyword_names = list(loaded.call.keyword_names)
+        self.hyperparameters = dict(rewritten.hyperparameters)  # name -> graph input
         fed = set(self.input_placeholders) | {n for n, _ in self.captures} | set(
-            self.accumulator_placeholders) | {n for n, _, _ in self.deferred_captures}
+            self.accumulator_placeholders) | {n for n, _, _ in self.deferred_captures} | set(
+            self.hyperparameters.values())
         self.import_graph_def = graph_pb2.GraphDef()
         self.import_graph_def.CopyFrom(rewritten.graph_def)
         del self.import_graph_def.node[:]
@@ -127,9 +133,12 @@ class SVGDStep(tf.Module):
     """
 
     def __init__(self, loaded: LoadedStep, rewritten: Rewritten, report: Report,
-                 name: str = "svgd_step", state: AccumulatorState | None = None):
+                 name: str = "svgd_step", state: AccumulatorState | None = None,
+                 step_number: Callable[[], Any] | None = None):
         """``state``: the ``AccumulatorState`` to read and update (shared with other steps
-        over the same variables); a new one by default."""
+        over the same variables); a new one by default. ``step_number``: the 0-based step k
+        that schedules of s and ρ read (a Keras optimizer's ``iterations``); by default the
+        state's ``steps``, which each call counts."""
         super().__init__(name=name)
         distribution = loaded.distribution
         strategy = distribution.strategy if distribution is not None else None
@@ -139,6 +148,12 @@ class SVGDStep(tf.Module):
             if a.group not in by_group:
                 by_group[a.group] = self.state.variable(a.key, a.shape, strategy)
         self._wiring = _Wiring(loaded, rewritten)
+        self._options, self._step_number = rewritten.options, step_number
+        self._wiring.probe = None  # built on the first diagnostics() with a batch
+        self._wiring.signature = SimpleNamespace(call=loaded.call)
+        if rewritten.hyperparameters:
+            self.state.hyperparameters(
+                {h: value_at(getattr(rewritten.options, h)) for h in HYPERPARAMETERS}, strategy)
         with tf.init_scope():
             register_functions(rewritten.graph_def.library)
         self._wiring.order = sorted(by_group)
@@ -182,10 +197,10 @@ class SVGDStep(tf.Module):
                                 f"({one_line(reason)[:200]}): call it with tensors of those "
                                 "shapes and dtypes, or rewrite a step traced for them") from None
 
-    def _run(self, *values) -> Any:
+    def _input_map(self, values, read: set[str], train: bool = True) -> dict:
+        """What each graph input is fed on import: the call's values, the captures, the
+        accumulators' handles, the call-time values, s, ρ, ε (only inputs ``read``)."""
         w = self._wiring
-        if not w.distributed:
-            _refuse_replicas()
         args = values[:w.n_positional]
         kwargs = dict(zip(w.keyword_names, values[w.n_positional:]))
         flat = tf.nest.flatten((args, kwargs), expand_composites=True)
@@ -196,13 +211,117 @@ class SVGDStep(tf.Module):
             input_map[f"{name}:0"] = capture(_handle(acc))
         for name, closure, spec in w.deferred_captures:  # e.g. collective instance keys
             input_map[f"{name}:0"] = capture_call_time_value(closure, spec)
-        input_map = {k: v for k, v in input_map.items() if k[:-2] in w.read}
+        for h, value in self._hyperparameter_values(store=train).items():
+            input_map[f"{w.hyperparameters[h]}:0"] = value
+        return {k: v for k, v in input_map.items() if k[:-2] in read}
+
+    def _run(self, *values) -> Any:
+        w = self._wiring
+        if not w.distributed:
+            _refuse_replicas()
         outs = tf.graph_util.import_graph_def(
-            w.import_graph_def, input_map=input_map, return_elements=w.output_tensors,
-            name=IMPORT_SCOPE)
+            w.import_graph_def, input_map=self._input_map(values, w.read),
+            return_elements=w.output_tensors, name=IMPORT_SCOPE)
+        if self.state.steps is not None and self._step_number is None:
+            with tf.control_dependencies([o.op if hasattr(o, "op") else o for o in outs]):
+                self.state.steps.assign_add(1)
         # Tensor leaves of the structure (TensorSpecs in a restored function) are the flat
         # outputs, in order.
         results = iter(outs)
         leaves = [next(results) if isinstance(t, (tf.Tensor, tf.TensorSpec)) else t
                   for t in tf.nest.flatten(w.structured_outputs, expand_composites=True)]
         return tf.nest.pack_sequence_as(w.structured_outputs, leaves, expand_composites=True)
+
+    def diagnostics(self, *args, **kwargs) -> dict[str, dict[str, Any]]:
+        """Per transformed variable (by its name in the report): r (``r``, its values) and
+        its mean, min and max, and the current s (``scale``) — reading the state, at no cost.
+        Given a batch (the step's arguments), also ‖virtual gradient of θ‖ / ‖plain gradient
+        of θ‖ on it (``ratio``), from a read-only probe of the step (nothing trains; sites
+        inside ``While`` loops have none)."""
+        scale = self.state.hyperparameter_variables.get("scale")
+        scale = float(scale.numpy()) if scale is not None else None  # the last step's s
+        ratios = {}
+        if args or kwargs:
+            probe = self.probe_function()
+            if probe is not None:
+                ratios = {k: float(v) for k, v in probe(*args, **kwargs).items()}
+        out = {}
+        for site in self.report.sites:
+            variable = self._wiring.by_group.get(site.index)
+            if variable is None:  # a replica's copy: reported with its group
+                continue
+            r = variable.numpy()
+            figures: dict[str, Any] = {"r": r, "r_mean": float(r.mean()),
+                                       "r_min": float(r.min()), "r_max": float(r.max())}
+            if site.variable in ratios:
+                figures["ratio"] = ratios[site.variable]
+            if scale is not None:
+                figures["scale"] = scale
+            out[site.variable] = figures
+        return out
+
+    def accumulator_of(self, site) -> tf.Variable | None:
+        """The accumulator of a report's site (None for a replica's copy of a site)."""
+        return self._wiring.by_group.get(site.index)
+
+    def scale_at_step(self) -> tf.Tensor:
+        """The s this step's next call uses (a schedule's value at step k), not stored."""
+        return self._hyperparameter_values(store=False)["scale"]
+
+    def probe_function(self):
+        """The ``tf.function`` behind ``diagnostics``' ratio (the step's arguments in, the
+        norm ratio per variable name out), or None where no site can be probed; saved with a
+        rewritten SavedModel as ``svgd_diagnostics``."""
+        if self._wiring.probe is None:
+            self._wiring.probe = self._make_probe()
+        return self._wiring.probe or None
+
+    def _make_probe(self):
+        """A ``tf.function`` of the step's arguments: per site, the norm ratio (``probe``)."""
+        built = build_probe(self.graph_def, self.edits)
+        if built is None:
+            return False
+        w = self._wiring
+        probe_gd = graph_pb2.GraphDef()
+        probe_gd.CopyFrom(built.graph_def)
+        fed = {n.name for n in self.graph_def.node} - {n.name for n in w.import_graph_def.node}
+        del probe_gd.node[:]
+        probe_gd.node.extend(n for n in built.graph_def.node if n.name not in fed)
+        _drop_colocation_with(probe_gd, fed)
+        read = {i.lstrip("^").split(":")[0] for n in probe_gd.node for i in n.input}
+        names = [t for pairs in built.gradients.values() for pair in pairs for t in pair]
+        names_of = {site.index: site.variable for site in self.report.sites}
+
+        def probe(*values):
+            outs = iter(tf.graph_util.import_graph_def(
+                probe_gd, input_map=self._input_map(values, read, train=False),
+                return_elements=names, name="svgd_probe"))
+            pairs = {site: [(next(outs), next(outs)) for _ in p]
+                     for site, p in built.gradients.items()}
+            return {names_of[site]: ratio for site, ratio in norm_ratios(pairs).items()}
+
+        return tf.function(_with_parameters(probe, w.signature),
+                           input_signature=self.function.input_signature, autograph=False)
+
+    def _hyperparameter_values(self, store: bool = True) -> dict[str, tf.Tensor]:
+        """This call's s, ρ, ε: a schedule's value at step k (also stored in the state with
+        ``store``, so that it can be read back), else the state's variable (assign it to
+        change it)."""
+        variables = self.state.hyperparameter_variables
+        if not self._wiring.hyperparameters:
+            return {}
+        out = {}
+        k = None
+        for h in HYPERPARAMETERS:
+            option = getattr(self._options, h)
+            if is_schedule(option):
+                if k is None:
+                    k = tf.cast(self._step_number() if self._step_number is not None
+                                else self.state.steps, tf.float32)
+                value = tf.cast(option(k), tf.float32)
+                if store:
+                    variables[h].assign(value)
+                out[h] = value
+            else:
+                out[h] = variables[h].read_value()
+        return out

@@ -37,7 +37,7 @@ from .load import MARKER_NODE
 from .edits import EditLog
 from .graph_edit import GraphEditor, input_string
 from .loop_statistics import LoopStatistic
-from .names import inserted_name
+from .names import HYPERPARAMETERS, hyperparameter_name, inserted_name
 from .options import Options
 from .transform import mean_of_squares, sum_of_squares, svgd_factor, svgd_update
 from .plan import Plan, PlannedSite
@@ -48,14 +48,14 @@ FORMAT_VERSION = 3
 # The op types T inserts in its portable form (besides the accumulator's own
 # variable/placeholder), for the README table and the portability tests: each compiles with
 # XLA and is a TFLite builtin. The default runtime's one-pass form adds ``ONE_PASS_OPS``.
-INSERTED_OPS = ("Cast", "Square", "Sum", "Mean", "Mul", "AddV2", "AddN", "RealDiv", "Less",
-                "SelectV2", "Rsqrt", "Reshape", "Size", "ReadVariableOp",
+INSERTED_OPS = ("Cast", "Square", "Sum", "Mean", "Mul", "AddV2", "Sub", "AddN", "RealDiv",
+                "Less", "SelectV2", "Rsqrt", "Reshape", "Size", "ReadVariableOp",
                 "AssignVariableOp", "Identity", "Const")
 ONE_PASS_OPS = ("EuclideanNorm",)
 
 # Placeholders of the traced template that the splice replaces by tensors of the graph, and
 # the constant it sets (a collective's instance key, one per logical site).
-_LOSS_SCALE, _INSTANCE_KEY = "loss_scale", "instance_key"
+_LOSS_SCALE, _INSTANCE_KEY, _HYPER = "loss_scale", "instance_key", "hyper_"
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,8 @@ class Rewritten:
     graph_def: graph_pb2.GraphDef
     accumulators: list[Accumulator]
     edits: EditLog = field(default_factory=EditLog)  # what the surgery changed
+    options: Options = field(default_factory=Options)  # s, ρ, ε: their values at step 0
+    hyperparameters: dict[str, str] = field(default_factory=dict)  # name -> graph input
 
 
 # --- T, as TensorFlow code ------------------------------------------------------------------
@@ -132,7 +134,8 @@ def _trace_key(site: PlannedSite, options: Options, one_pass: bool, reduce) -> t
                   a.target_dtype) for a in site.applications)
     targets = tuple(a.target for a in site.applications)  # which applications share a target
     shared = tuple(targets.index(t) for t in targets)
-    key = (apps, shared, site.accumulator_shape, site.loss_scale is not None, options, one_pass)
+    key = (apps, shared, site.accumulator_shape, site.loss_scale is not None,
+           options.transform, one_pass)  # s, ρ, ε are inputs: one trace serves every value
     if site.peers:  # tf.distribute: this replica's slot among its peers, the collective group
         key += (site.replica, len(site.peers),
                 replace(reduce, instance_key=0) if reduce is not None else None)
@@ -158,8 +161,10 @@ def _trace(site: PlannedSite, options: Options, one_pass: bool, reduce) -> graph
         # variable node of its graph's kind (``graphdef.materialize_accumulator``)
         acc = tf.compat.v1.placeholder(tf.resource, (), name="accumulator")
         r = raw.ReadVariableOp(resource=acc, dtype=f32, name="r")
-        scale = (tf.compat.v1.placeholder(f32, (), name=_LOSS_SCALE)
-                 if site.loss_scale is not None else None)
+        loss_scale = (tf.compat.v1.placeholder(f32, (), name=_LOSS_SCALE)
+                      if site.loss_scale is not None else None)
+        hyper = {h: tf.compat.v1.placeholder(f32, (), name=f"{_HYPER}{h}")
+                 for h in HYPERPARAMETERS}
         gs = {}
         for k, a in enumerate(site.applications):
             if a.loop is None:
@@ -187,14 +192,14 @@ def _trace(site: PlannedSite, options: Options, one_pass: bool, reduce) -> graph
             if site.peers:
                 total, rows = _all_reduce(total, rows, site, reduce)
             mean_sq = raw.RealDiv(x=total, y=rows, name="mean_g_squared")
-        r_new, r_step = svgd_update(r, mean_sq, options, scale)
+        r_new, r_step = svgd_update(r, mean_sq, hyper["rho"], loss_scale)
         raw.AssignVariableOp(resource=acc, value=r_new, name="assign_r")
         if options.transform == "identity":
             for k, a in enumerate(site.applications):
                 if a.loop is None:
                     raw.Identity(input=gs[k], name=f"g_hat_{k}")
         else:
-            factor = svgd_factor(r_step, options)
+            factor = svgd_factor(r_step, hyper["scale"], hyper["epsilon"])
             for k, a in enumerate(site.applications):
                 if a.loop is None and not a.post_scaled:
                     f = _broadcast(factor, a.broadcast_shape, a.g_dtype, f"factor_{k}",
@@ -260,6 +265,8 @@ def _splice(traced: graph_pb2.GraphDef, site: PlannedSite, device: str,
         outside[f"target_{t}"] = target
     if site.loss_scale is not None:
         outside[_LOSS_SCALE] = site.loss_scale
+    for h in HYPERPARAMETERS:
+        outside[f"{_HYPER}{h}"] = hyperparameter_name(h)
     for j, peer in enumerate(site.peers):
         if j != site.replica:
             outside[f"peer_{j}"] = inserted_name(peer, "packed")
@@ -350,6 +357,7 @@ def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
                 scaled_targets[input_string(target)] = (inserted_name(site.index, f"scaled_{t}"),
                                                         site.index)
     editor.reroute_readers(scaled_targets)
+    hyperparameters = _insert_hyperparameters(editor) if plan.sites else {}
     marker = json.dumps({"tool": "svgd-rewrite", "format": FORMAT_VERSION,
                          "options": options.to_dict(), "sites": len(plan.sites)}, sort_keys=True)
     marker_node = node_def_pb2.NodeDef(name=MARKER_NODE, op="Const")
@@ -358,7 +366,21 @@ def apply_surgery(graph_def: graph_pb2.GraphDef, plan: Plan, options: Options,
         tf.make_tensor_proto(np.array(marker.encode(), dtype=object)))
     editor.insert([marker_node])
     check_rewritten_graph(editor.graph_def, editor.log, plan.tensor_types)
-    return Rewritten(graph_def=editor.graph_def, accumulators=accumulators, edits=editor.log)
+    return Rewritten(graph_def=editor.graph_def, accumulators=accumulators, edits=editor.log,
+                     options=options, hyperparameters=hyperparameters)
+
+
+def _insert_hyperparameters(editor: GraphEditor) -> dict[str, str]:
+    """One float32 scalar input per hyperparameter (s, ρ, ε), read by every site's T; the
+    step feeds them each call (a TF1 front end gives them defaults)."""
+    nodes = {}
+    for h in HYPERPARAMETERS:
+        node = node_def_pb2.NodeDef(name=hyperparameter_name(h), op="Placeholder")
+        node.attr["dtype"].type = tf.float32.as_datatype_enum
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape([]).as_proto())
+        nodes[h] = node
+    editor.insert(list(nodes.values()))
+    return {h: node.name for h, node in nodes.items()}
 
 
 def _grow_loops(editor: GraphEditor, plan: Plan, one_pass: bool) -> dict:

@@ -5,13 +5,15 @@ and into gradient loop bodies by the loop statistics)::
     r'    = ρ·r + (1-ρ)·m / scale²           (scale: the loss scale, when there is one)
     r_new = r' where finite, else r
     f     = s·rsqrt(r' + ε)
+
+s, ρ and ε are inputs (float32 scalars), not constants: the step feeds them each call from
+the training state, so a schedule or a new value needs no retrace.
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from .options import Options
 
 
 def sum_of_squares(g: tf.Tensor, g_dtype: tf.DType, reduce_axes: tuple[int, ...],
@@ -46,30 +48,28 @@ def mean_of_squares(g: tf.Tensor, g_dtype: tf.DType, reduce_axes: tuple[int, ...
                     keep_dims=False, name="mean_g_squared")
 
 
-def svgd_update(r: tf.Tensor, mean_sq: tf.Tensor, options: Options,
+def svgd_update(r: tf.Tensor, mean_sq: tf.Tensor, rho: tf.Tensor,
                 loss_scale: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
     """(r_new, r') of Algorithm 1 from mean(g²): r' = ρ·r + (1-ρ)·m scales this step's g;
     r_new = r' is stored, except that a step whose g² is not finite (an overflow, NaN, or a
     step a loss-scale optimizer skips) keeps r as it was. Such a step's f = s·rsqrt(∞) = 0:
-    its update of θ is zero instead of s·g/√ε (unbounded while r is still 0)."""
+    its update of θ is zero instead of s·g/√ε (unbounded while r is still 0). ``rho`` is a
+    float32 scalar tensor (the step's ρ, an input of the graph)."""
     f32, raw = tf.float32, tf.raw_ops
-    coef = tf.constant(1.0 - options.rho, f32, name="one_minus_rho")
+    coef = raw.Sub(x=tf.constant(1.0, f32, name="one"), y=rho, name="one_minus_rho")
     if loss_scale is not None:  # the unscaled gradient's square: divide by scale²
         coef = raw.RealDiv(x=coef, y=raw.Square(x=loss_scale, name="loss_scale_squared"),
                            name="coef")
-    candidate = raw.AddV2(
-        x=raw.Mul(x=r, y=tf.constant(options.rho, f32, name="rho"), name="r_decayed"),
-        y=raw.Mul(x=mean_sq, y=coef, name="r_fresh"), name="r_candidate")
+    candidate = raw.AddV2(x=raw.Mul(x=r, y=rho, name="r_decayed"),
+                          y=raw.Mul(x=mean_sq, y=coef, name="r_fresh"), name="r_candidate")
     finite = raw.Less(x=candidate, y=tf.constant(np.inf, f32, name="infinity"),
                       name="is_finite")  # False for inf and NaN
     r_new = raw.SelectV2(condition=finite, t=candidate, e=r, name="r_new")
     return r_new, candidate
 
 
-def svgd_factor(r_new: tf.Tensor, options: Options) -> tf.Tensor:
-    """f = s·rsqrt(r_new + ε)."""
-    f32, raw = tf.float32, tf.raw_ops
-    return raw.Mul(
-        x=raw.Rsqrt(x=raw.AddV2(x=r_new, y=tf.constant(options.epsilon, f32, name="epsilon"),
-                                name="r_plus_epsilon"), name="rsqrt"),
-        y=tf.constant(options.scale, f32, name="scale"), name="factor")
+def svgd_factor(r_new: tf.Tensor, scale: tf.Tensor, epsilon: tf.Tensor) -> tf.Tensor:
+    """f = s·rsqrt(r_new + ε) (``scale`` and ``epsilon``: float32 scalar tensors)."""
+    raw = tf.raw_ops
+    return raw.Mul(x=raw.Rsqrt(x=raw.AddV2(x=r_new, y=epsilon, name="r_plus_epsilon"),
+                               name="rsqrt"), y=scale, name="factor")

@@ -134,3 +134,11 @@ def test_scaling_quick(tmp_path):
     # the paper MLP's 490 accumulator floats + 5 counts against 245,482 gradient floats.
     assert r["gradient_floats"] == 245_482 and r["svgd_extra_floats"] == 495
     assert "all-reduced floats" in stdout
+
+
+def test_diagnostics_cost_quick(tmp_path):
+    results, stdout = run_quick("diagnostics_cost", tmp_path)
+    r = results["mnist_mlp"]
+    assert set(r["ms_per_step"]) == {"svgd", "every_step", "every_10", "every_100"}
+    assert all(finite(v) and v > 0 for v in r["ms_per_step"].values())
+    assert r["over_svgd"]["svgd"] == 1.0 and "every_100" in stdout

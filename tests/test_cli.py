@@ -109,8 +109,10 @@ def test_cli_rewrite_trains_like_the_oracle(name, models, tmp_path):
     got = dict(np.load(tmp_path / "res.npz"))
     want, oracle = _oracle_values(name, data, 3)
     assert_close({k: got[f"var:{k}"] for k in want}, want, 1e-5, name)
-    accs = [k for k in got if k.startswith("var:svgd/")]
+    state = {f"var:svgd/{name}:0" for name in ("steps", "scale", "rho", "epsilon")}
+    accs = [k for k in got if k.startswith("var:svgd/") and k not in state]
     assert len(accs) == len(report["sites"]) == len(oracle.accumulators)
+    assert state <= set(got) and int(got["var:svgd/steps:0"]) == 3  # s, ρ, ε, steps trained
     by_var = {site["variable"]: got[f"var:{site['accumulator']}:0"] for site in report["sites"]}
     want_acc = dict(zip(oracle.site_params, (a.numpy() for a in oracle.accumulators)))
     assert sorted(by_var) == sorted(want_acc)

@@ -370,3 +370,22 @@ def test_graphviz_failing_is_an_export_error_and_leaves_nothing(monkeypatch, tmp
         svgd_rewrite.export(step, str(tmp_path), formats="svg")
     assert "\n" not in str(exc.value) and "Graphviz" in str(exc.value)
     assert not (tmp_path / "graphs").exists()
+
+
+def test_html_page_shows_r_after_training(tmp_path):
+    """A step object that has trained: ``index.html`` gains r's mean, min and max per
+    layer after the steps run; an untrained one has no such section."""
+    from fixtures.models import random_batch
+
+    module = make_module("mlp_l1")
+    step = svgd_rewrite.rewrite(module.train)
+    svgd_rewrite.export(step, str(tmp_path / "before"), formats="html")
+    assert "r after training" not in (tmp_path / "before" / "graphs" / "index.html").read_text()
+    for seed in range(3):
+        step(*random_batch(module.spec, 8, seed=seed))
+    svgd_rewrite.export(step, str(tmp_path / "after"), formats="html")
+    page = (tmp_path / "after" / "graphs" / "index.html").read_text()
+    assert "r after training (3 step(s))" in page
+    figures = step.diagnostics()
+    for name, f in figures.items():
+        assert f"<td>{name}</td><td>{f['r_mean']:.4g}</td>" in page

@@ -36,3 +36,16 @@ def test_keras_paper_mlp_rewrite(granularity):
     x, y = random_batch(make_module("paper_mlp").spec, 32)
     losses = [float(step(x, y)) for _ in range(5)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_diagnostics_figure_plots_every_kernel_from_the_event_files(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    from fixtures.diagnostics_figure import main
+
+    scalars = main(str(tmp_path), epochs=1)
+    assert (tmp_path / "diagnostics.png").stat().st_size > 10_000
+    kernels = {t.rsplit("/", 1)[0] for t in scalars if t.endswith("/ratio")}
+    assert len(kernels) == 3 and "svgd/scale" in scalars
+    assert all(len(scalars[f"{k}/r_mean"]) == len(scalars[f"{k}/ratio"]) > 5 for k in kernels)

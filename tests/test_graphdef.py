@@ -24,9 +24,11 @@ def _batches(spec, n=3):
     return [tuple(t.numpy() for t in random_batch(spec, 8, seed=i)) for i in range(n)]
 
 
-def _run_session(graph_def, g: tf1_graphs.TF1Graph, train_op: str, batches, fetch_extra=()):
-    """Import ``graph_def``, run the graph's init op, then the train op once per batch;
-    the parameter values after each step (and the extra fetches at the end)."""
+def _run_session(graph_def, g: tf1_graphs.TF1Graph, train_op: str, batches, fetch_extra=(),
+                 feeds=None):
+    """Import ``graph_def``, run the graph's init op, then the train op once per batch (with
+    ``feeds`` added); the parameter values after each step (and the extra fetches at the
+    end)."""
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
@@ -34,7 +36,7 @@ def _run_session(graph_def, g: tf1_graphs.TF1Graph, train_op: str, batches, fetc
     with tf.compat.v1.Session(graph=graph) as sess:
         sess.run(g.init_op)
         for x, y in batches:
-            sess.run(train_op, {g.x: x, g.y: y, g.learning_rate: LR})
+            sess.run(train_op, {g.x: x, g.y: y, g.learning_rate: LR, **(feeds or {})})
             snaps.append({k: sess.run(v) for k, v in g.params.items()})
         extra = sess.run(list(fetch_extra))
     return snaps, extra
@@ -306,3 +308,27 @@ def test_meta_output_keeps_devices(tmp_path):
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
         saver = tf.compat.v1.train.import_meta_graph(str(tmp_path / "out" / "model.ckpt.meta"))
         saver.restore(sess, str(tmp_path / "out" / "model.ckpt"))
+
+
+def test_tf1_graph_takes_s_rho_epsilon_as_inputs_with_defaults():
+    """s, ρ, ε are ``PlaceholderWithDefault`` nodes holding the options' values: feeding
+    ``svgd_rewrite/scale:0`` trains as a rewrite made with that scale; a schedule is refused
+    (a TF1 graph cannot call it)."""
+    g = tf1_graphs.build("mlp_l1", seed=1)
+    batches = _batches(make_module("mlp_l1").spec)
+    result = rewrite_graph_def(g.graph.as_graph_def(), scale=0.1)
+    nodes = {n.name: n for n in result.graph_def.node}
+    for name, value in (("scale", 0.1), ("rho", 0.9), ("epsilon", 1e-6)):
+        node = nodes[f"svgd_rewrite/{name}"]
+        assert node.op == "PlaceholderWithDefault"
+        default = nodes[node.input[0]].attr["value"].tensor
+        assert tf.make_ndarray(default) == pytest.approx(value)
+    fed, _ = _run_session(result.graph_def, g, result.train_op, batches,
+                          feeds={"svgd_rewrite/scale:0": 0.03})
+    made = rewrite_graph_def(g.graph.as_graph_def(), scale=0.03)
+    want, _ = _run_session(made.graph_def, g, made.train_op, batches)
+    default, _ = _run_session(result.graph_def, g, result.train_op, batches)
+    assert_close(fed[-1], want[-1], 1e-6, "fed scale")
+    assert max(np.max(np.abs(default[-1][k] - want[-1][k])) for k in want[-1]) > 1e-4
+    with pytest.raises(svgd_rewrite.InvalidOptionError, match="feed svgd_rewrite/scale:0"):
+        rewrite_graph_def(g.graph.as_graph_def(), scale=lambda k: 0.1)

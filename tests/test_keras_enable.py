@@ -4,6 +4,7 @@ empties the step cache."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import svgd_rewrite
 import svgd_rewrite.keras as sk
@@ -79,3 +80,80 @@ def test_a_step_with_nothing_to_rewrite_runs_keras_own_step():
         model.fit(np.ones((8, 1), np.float32), np.zeros((8, 1), np.float32), batch_size=2,
                   verbose=0)
     assert int(model.count.numpy()) == 4
+
+
+def test_a_scale_schedule_trains_step_k_with_s_of_k_and_resumes(tmp_path):
+    """``enable(model, scale=ExponentialDecay(0.2, 1, 0.5))``: step k (the optimizer's
+    ``iterations``) uses s(k), with one traced step, oracle-equal after 4 batches; a model
+    resumed from ``save_weights`` after 2 batches continues the schedule."""
+    from helpers import rel_error
+    from keras_oracle import KerasOracle, conv_dense_model, model_weights
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.2, 1, 0.5)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, 16).astype("int32")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def compiled():
+        model = conv_dense_model(0)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss)
+        return model
+
+    oracle = KerasOracle(conv_dense_model(0), keras.optimizers.SGD(0.05), scale=0.2)
+    for k in range(4):
+        oracle.s = float(schedule(k))
+        oracle.step(x[4 * k:4 * k + 4], y[4 * k:4 * k + 4])
+    want = oracle.weights()
+
+    model = compiled()
+    svgd = sk.enable(model, scale=schedule)
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0)
+    got = model_weights(model)
+    assert max(rel_error(got[k], want[k]) for k in want) <= 1e-5
+    assert len(svgd.steps) == 1
+    assert float(svgd.state.hyperparameter_variables["scale"].numpy()) == pytest.approx(0.025)
+
+    first = compiled()
+    sk.enable(first, scale=schedule)
+    first.fit(x[:8], y[:8], batch_size=4, shuffle=False, verbose=0)
+    first.save_weights(str(tmp_path / "half.weights.h5"))
+    resumed = compiled()
+    sk.enable(resumed, scale=schedule)
+    resumed.optimizer.build(resumed.trainable_variables)
+    resumed.load_weights(str(tmp_path / "half.weights.h5"))
+    resumed.fit(x[8:], y[8:], batch_size=4, shuffle=False, verbose=0)
+    got = model_weights(resumed)
+    assert max(rel_error(got[k], want[k]) for k in want) <= 1e-5
+
+
+def test_diagnostics_callback_writes_each_kernels_figures(tmp_path):
+    """``Diagnostics``: TensorBoard event files holding, for every transformed kernel, r's
+    mean/min/max and histogram and the norm ratio on the logged steps' batches, and s(k)."""
+    from keras_oracle import conv_dense_model
+    from tensorboard.backend.event_processing import event_accumulator
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, 16).astype("int32")
+    model = conv_dense_model(0)
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    svgd = sk.enable(model, scale=keras.optimizers.schedules.ExponentialDecay(0.02, 1, 0.5))
+    callback = sk.Diagnostics(str(tmp_path / "logs"), every=2)
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[callback])
+    events = event_accumulator.EventAccumulator(str(tmp_path / "logs"),
+                                                size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    kernels = [s.variable for s in svgd.report.sites]
+    assert len(kernels) == 2
+    for kernel in kernels:
+        for figure in ("r_mean", "r_min", "r_max", "ratio", "r"):
+            assert f"{kernel}/{figure}" in tags, (kernel, figure, tags)
+        assert [e.step for e in events.Tensors(f"{kernel}/ratio")] == [0, 2]  # every 2 steps
+        ratios = [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(f"{kernel}/ratio")]
+        assert all(np.isfinite(ratios)) and all(r > 0 for r in ratios)
+    scales = [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("svgd/scale")]
+    assert scales == pytest.approx([0.02, 0.005])  # s(0), s(2): the schedule's value
+    assert not bool(svgd.logging.active.numpy())  # fit ended: a later fit logs nothing

@@ -59,9 +59,10 @@ data = np.load(sys.argv[2])
 losses = [float(loaded.signatures["train"](x=data["x"][i], y=data["y"][i])["loss"])
           for i in range(4)]
 served = loaded.signatures["serve"](x=data["x"][0])["output_0"].numpy()
+ratios = {k: float(v) for k, v in loaded.svgd_diagnostics(x=data["x"][0], y=data["y"][0]).items()}
 np.savez(sys.argv[3], served=served,
          **{path: v.numpy() for path, v in loaded.variables_by_path.items()})
-print(json.dumps({"losses": losses, "signatures": sorted(loaded.signatures),
+print(json.dumps({"losses": losses, "signatures": sorted(loaded.signatures), "ratios": ratios,
                   "svgd_rewrite_imported": "svgd_rewrite" in sys.modules}))
 """
 
@@ -98,6 +99,10 @@ def test_keras_file_becomes_a_savedmodel_that_trains_like_enable(cnn_file, capsy
     assert proc.returncode == 0, proc.stderr[-3000:]
     shown = json.loads(proc.stdout.strip().splitlines()[-1])
     assert shown["signatures"] == ["serve", "train"] and not shown["svgd_rewrite_imported"]
+    # the saved diagnostics probe: per kernel, ‖virtual gradient‖ / ‖gradient‖ on a batch
+    report = json.loads((out / "svgd_report.json").read_text())
+    assert sorted(shown["ratios"]) == sorted(s["variable"] for s in report["sites"])
+    assert all(v > 0 for v in shown["ratios"].values())
 
     model = keras.models.load_model(str(cnn_file / "cnn.keras"))
     svgd = svgd_keras.enable(model, scale=0.01)

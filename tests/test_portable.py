@@ -139,7 +139,7 @@ def test_validation_rejects_an_unscaled_reader_of_a_post_scaled_output():
         check_rewritten_graph(broken, step.edits, {})
 
 
-@pytest.mark.parametrize("options,count", [({}, 20), ({"post_scale": False}, 20)])
+@pytest.mark.parametrize("options,count", [({}, 18), ({"post_scale": False}, 18)])
 def test_inserted_nodes_per_site(options, count):
     """docs/algorithm.md's count of inserted nodes (ops and constants, plus the accumulator
     placeholder) for a float32 MatMul site with one application."""

@@ -108,3 +108,118 @@ def test_a_checkpoint_restores_accumulators_by_name(tmp_path):
     tf.train.Checkpoint(step=fresh).read(path).assert_existing_objects_matched()
     assert_close(fresh.state.values(), step.state.values(), 0, "restored r")
     assert all(a.name.startswith("svgd/") for a in fresh.accumulators)
+
+
+# --- s, ρ, ε as state: schedules, changes between steps, resume ------------------------------
+
+def _oracle_run(batches, scales, rho=0.9, eps=1e-6, lr=0.1):
+    """Algorithm 1 on the two MatMul outputs, eagerly (independent of the rewriter): step k
+    uses scales[k]; returns the weights after the run."""
+    w1, w2 = (tf.Variable(W1_INIT, dtype=tf.float64), tf.Variable(W2_INIT, dtype=tf.float64))
+    r = [tf.zeros(8, tf.float64), tf.zeros(3, tf.float64)]
+    for (x, y), s in zip(batches, scales):
+        x = tf.cast(x, tf.float64)
+        with tf.GradientTape() as tape:
+            h_pre = tf.matmul(x, w1)
+            h = tf.tanh(h_pre)
+            logits = tf.matmul(h, w2)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        g1, g2 = tape.gradient(loss, [h_pre, logits])
+        for k, g in enumerate((g1, g2)):
+            r[k] = rho * r[k] + (1 - rho) * tf.reduce_mean(tf.square(g), axis=0)
+        ghat1, ghat2 = (s * g / tf.sqrt(r[k] + eps) for k, g in enumerate((g1, g2)))
+        w1.assign_sub(lr * tf.matmul(x, ghat1, transpose_a=True))
+        w2.assign_sub(lr * tf.matmul(h, ghat2, transpose_a=True))
+    return w1.numpy(), w2.numpy()
+
+
+def _weights(variables):
+    return {f"w{k}": v.numpy() for k, v in enumerate(variables)}
+
+
+def test_a_schedule_of_s_trains_step_k_with_s_of_k_in_one_trace():
+    variables = _model()
+    step = svgd_rewrite.rewrite(_whole_step(*variables), scale=lambda k: 0.2 * 0.5 ** k)
+    batches = _batches(4)
+    for x, y in batches:
+        step(x, y)
+    want = _oracle_run(batches, [0.2 * 0.5 ** k for k in range(4)])
+    assert_close(_weights(variables), {"w0": want[0], "w1": want[1]}, 1e-5, "schedule")
+    assert int(step.state.steps.numpy()) == 4
+    assert step.state.hyperparameter_variables["scale"].numpy() == pytest.approx(0.025)
+    assert len(step.function._list_all_concrete_functions_for_serialization()) == 1
+    assert "(a schedule of the step)" in str(step.report).splitlines()[0]
+
+
+def test_s_assigned_between_steps_takes_effect_without_a_retrace():
+    variables = _model()
+    step = svgd_rewrite.rewrite(_whole_step(*variables), scale=0.1)
+    batches = _batches(4)
+    for k, (x, y) in enumerate(batches):
+        if k == 2:
+            step.state.hyperparameter_variables["scale"].assign(0.03)
+        step(x, y)
+    want = _oracle_run(batches, [0.1, 0.1, 0.03, 0.03])
+    assert_close(_weights(variables), {"w0": want[0], "w1": want[1]}, 1e-5, "assigned s")
+    assert len(step.function._list_all_concrete_functions_for_serialization()) == 1
+
+
+def test_a_resumed_schedule_continues_from_the_saved_step(tmp_path):
+    """The steps trained are saved with the accumulators: a fresh rewrite restored from a
+    checkpoint after 2 steps runs steps 2 and 3 of the schedule."""
+    schedule = lambda k: 0.2 * 0.5 ** k  # noqa: E731
+    batches = _batches(4)
+    first_vars = _model()
+    first = svgd_rewrite.rewrite(_whole_step(*first_vars), scale=schedule)
+    for x, y in batches[:2]:
+        first(x, y)
+    path = tf.train.Checkpoint(step=first, w=list(first_vars)).write(str(tmp_path / "ckpt"))
+    fresh_vars = _model()
+    fresh = svgd_rewrite.rewrite(_whole_step(*fresh_vars), scale=schedule)
+    tf.train.Checkpoint(step=fresh, w=list(fresh_vars)).read(path).assert_consumed()
+    assert int(fresh.state.steps.numpy()) == 2
+    for x, y in batches[2:]:
+        fresh(x, y)
+    want = _oracle_run(batches, [schedule(k) for k in range(4)])
+    assert_close(_weights(fresh_vars), {"w0": want[0], "w1": want[1]}, 1e-5, "resumed")
+
+
+def test_schedules_are_checked_when_given():
+    with pytest.raises(svgd_rewrite.InvalidOptionError, match="scale's schedule at step 0"):
+        svgd_rewrite.rewrite(_whole_step(*_model()), scale=lambda k: -1.0)
+    with pytest.raises(svgd_rewrite.InvalidOptionError, match="fails at step 0"):
+        svgd_rewrite.rewrite(_whole_step(*_model()), rho=lambda k: 1 / 0)
+
+
+def test_diagnostics_ratio_is_the_oracles_and_trains_nothing():
+    """``SVGDStep.diagnostics(x, y)``: per kernel, r's figures and ‖virtual gradient of θ‖ /
+    ‖plain gradient of θ‖ on the batch, as Algorithm 1 computes them eagerly from the same r;
+    no variable changes."""
+    variables = _model()
+    step = svgd_rewrite.rewrite(_whole_step(*variables), scale=0.1)
+    batches = _batches(3)
+    for x, y in batches[:2]:
+        step(x, y)
+    x, y = batches[2]
+    before = [v.numpy().copy() for v in variables] + [a.numpy().copy() for a in step.accumulators]
+    figures = step.diagnostics(x, y)
+    after = [v.numpy() for v in variables] + [a.numpy() for a in step.accumulators]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert int(step.state.steps.numpy()) == 2
+    w1, w2 = (tf.constant(v.numpy(), tf.float64) for v in variables)
+    r = step.state.values()
+    xd = tf.cast(x, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch([w1, w2])
+        h_pre = tf.matmul(xd, w1)
+        h = tf.tanh(h_pre)
+        logits = tf.matmul(h, w2)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+    g1, g2, d1, d2 = tape.gradient(loss, [h_pre, logits, w1, w2])
+    for name, g, plain, inputs in (("w1", g1, d1, xd), ("w2", g2, d2, h)):
+        r_step = 0.9 * r[name] + 0.1 * tf.reduce_mean(tf.square(g), axis=0)
+        virtual = tf.matmul(inputs, 0.1 * g / tf.sqrt(r_step + 1e-6), transpose_a=True)
+        want = float(tf.norm(virtual) / tf.norm(plain))
+        assert figures[name]["ratio"] == pytest.approx(want, rel=1e-4), name
+        assert figures[name]["r_max"] == pytest.approx(float(np.max(r[name])))
+        assert figures[name]["scale"] == pytest.approx(0.1)

@@ -82,6 +82,21 @@ def export(result, out_dir: str, formats: Iterable[str] | str = ("all",)) -> Exp
         raise
 
 
+def trained_summary(result) -> dict[str, dict] | None:
+    """Per site, r's mean, min and max after the steps a step object has run
+    (``SVGDStep.diagnostics``), with the number of steps; None before any training."""
+    diagnostics = getattr(result, "diagnostics", None)
+    if not callable(diagnostics):
+        return None
+    figures = diagnostics()
+    if not any(f["r_max"] > 0 for f in figures.values()):
+        return None
+    steps = getattr(getattr(result, "state", None), "steps", None)
+    return {"steps": int(steps.numpy()) if steps is not None else None,
+            "sites": {name: {k: v for k, v in f.items() if k != "r"}
+                      for name, f in figures.items()}}
+
+
 def _export(result, out_dir: str, formats) -> ExportResult:
     chosen = parse_formats(formats)
     stage("export")
@@ -150,6 +165,7 @@ def _export(result, out_dir: str, formats) -> ExportResult:
         out.files["svg"] = svgs
     if "html" in chosen:
         colors = {ROLE_TITLES[r]: c for r, c in dot_mod.COLORS.items() if r in ROLE_TITLES}
+        pictures["trained"] = trained_summary(result)
         out.files["html"] = [write_html(source.report, pictures, base, colors)]
     if "dot" not in chosen and svgs:  # .dot files were only the input of the SVGs
         for path in dots:

@@ -56,17 +56,47 @@ def _page_links(svg: str) -> str:
     return re.sub(r'href="site_(\d+)_after\.svg"', r'href="#site-\1"', svg)
 
 
+def _kept_table(report: Report) -> list[str]:
+    """The ops kept as identity, grouped by op and reason."""
+    if not report.skipped:
+        return []
+    groups: dict[tuple[str, str], list] = {}
+    for k in report.skipped:
+        groups.setdefault((k.op, k.reason), []).append(k)
+    return ["<h2>Kept as identity</h2><table><tr><th>count</th><th>op</th>"
+            "<th>reason</th><th>variables θ (nodes)</th></tr>" + "".join(
+                f"<tr><td>{len(ks)}</td><td>{_esc(op)}</td><td>{_esc(reason)}</td>"
+                f"<td>{_esc(', '.join(f'{k.variable} ({k.node})' for k in ks[:20]))}"
+                f"{' …' if len(ks) > 20 else ''}</td></tr>"
+                for (op, reason), ks in groups.items()) + "</table>"]
+
+
+def _trained_table(trained: dict | None) -> list[str]:
+    """The accumulators after training, per layer (a step object that has run)."""
+    if not trained:
+        return []
+    steps = trained.get("steps")
+    rows = "".join(f"<tr><td>{_esc(name)}</td><td>{f['r_mean']:.4g}</td><td>{f['r_min']:.4g}"
+                   f"</td><td>{f['r_max']:.4g}</td></tr>"
+                   for name, f in trained["sites"].items())
+    return [f"<h2 id='trained'>r after training"
+            f"{f' ({steps} step(s))' if steps is not None else ''}</h2><table><tr>"
+            "<th>variable θ</th><th>r mean</th><th>r min</th><th>r max</th></tr>"
+            f"{rows}</table>"]
+
+
 def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, str]) -> str:
     """``pictures``: {"sites": [(site, before_svg, before_dot, after_svg, after_dot,
-    detail_svg, detail_dot)], "overview": (svg, dot), "units": overview rows}. The overview
+    detail_svg, detail_dot)], "overview": (svg, dot), "units": overview rows, "trained": r after
+    training per site or None}. The overview
     comes first; its boxes link to each site's or block's section, and each links back."""
     o, m = report.options, report.memory
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
              "<title>svgd-rewrite report</title>", f"<style>{_STYLE}</style>",
              f"<script>{_CHECK}</script></head><body>",
              "<h1>svgd-rewrite: what was found and what was rewired</h1>",
-             f"<p>{len(report.sites)} site(s) transformed, {len(report.skipped)} V<sub>θ→σ</sub> "
-             f"node(s) kept as identity. transform={_esc(o['transform'])}, "
+             f"<p>{len(report.sites)} site(s) transformed; {len(report.skipped)} other op(s) "
+             f"reading a trained variable keep plain gradients. transform={_esc(o['transform'])}, "
              f"s={_esc(o['scale'])}, ρ={_esc(o['rho'])}, ε={_esc(o['epsilon'])}, "
              f"granularity={_esc(o['granularity'])}, ops={_esc(', '.join(o['ops']))}.</p>",
              "<p class=legend>" + "".join(
@@ -92,19 +122,11 @@ def write_html(report: Report, pictures: dict, out_dir: str, colors: dict[str, s
                  f"<td>{m.accumulator_bytes:,}</td></tr>"
                  f"<tr><td>RMSProp (1 × {m.params:,} params)</td><td>{m.rmsprop_bytes:,}</td></tr>"
                  f"<tr><td>Adam (2 × {m.params:,} params)</td><td>{m.adam_bytes:,}</td></tr></table>")
+    parts += _trained_table(pictures.get("trained"))
     if report.warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(
             f"<li class=warn>{_esc(w)}</li>" for w in report.warnings) + "</ul>")
-    if report.skipped:
-        groups: dict[tuple[str, str], list] = {}
-        for k in report.skipped:
-            groups.setdefault((k.op, k.reason), []).append(k)
-        parts.append("<h2>Kept as identity</h2><table><tr><th>count</th><th>op</th>"
-                     "<th>reason</th><th>variables θ (nodes)</th></tr>" + "".join(
-                         f"<tr><td>{len(ks)}</td><td>{_esc(op)}</td><td>{_esc(reason)}</td>"
-                         f"<td>{_esc(', '.join(f'{k.variable} ({k.node})' for k in ks[:20]))}"
-                         f"{' …' if len(ks) > 20 else ''}</td></tr>"
-                         for (op, reason), ks in groups.items()) + "</table>")
+    parts += _kept_table(report)
     for u, unit in enumerate(pictures.get("units", [])):
         if unit.kind == "site":
             continue

@@ -7,13 +7,12 @@ inserted T with r's shape and how f reaches P, and P — or a *loop* (every site
 While loop, e.g. an LSTM's kernels, in one box "loop ×T"), or, for models of more than
 ``FOLD_ABOVE`` sites, a *folded block*: a run of identical segments drawn once as "×N".
 
-Segments come from the forward graph's post-dominators: a *cut* is a node every forward path
-from the sites before it passes through; the sites between two cuts form a segment (a
-residual block with its merge node, a projection-shortcut block, or a single layer). A
-segment whose sites an identity path bypasses is drawn with its merge node and a dashed skip
-into it. Everything is derived from the graph's structure, never from names, and the
-picture stays one narrow column whatever the model: at most ``MAX_UNITS`` rows (beyond that
-runs of units are merged into ranges).
+Segments come from the forward graph's post-dominators (``structure.structure``): the sites
+between two cuts form a segment (a residual block with its merge node, a projection-shortcut
+block, or a single layer). A segment whose sites an identity path bypasses is drawn with its
+merge node and a dashed skip into it. Everything is derived from the graph's structure, never
+from names, and the picture stays one narrow column whatever the model: at most
+``MAX_UNITS`` rows (beyond that runs of units are merged into ranges).
 """
 from __future__ import annotations
 
@@ -22,23 +21,25 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-import networkx as nx
-
-from ..ir import GraphIR, Tensor
+from ..ir import GraphIR
 from ..report import SiteReport
 from .dot import _q
 from .roles import ExportSource
+from .structure import Structure, backward_ops, flat_node, shape_text, site_edges, structure
+
+__all__ = ["FOLD_ABOVE", "MAX_UNITS", "Structure", "Unit", "compact_site_dot", "fold_units",
+           "overview_dot", "overview_units", "site_edges", "structure"]
 
 MAX_UNITS = 48  # rows of the overview; with the input and the loss, at most 50 boxes
 MAX_PERIOD = 8  # the longest repeated run looked for, in segments
 FOLD_ABOVE = 32  # up to this many sites no block is folded
-SHAPE_OPS = {"Shape", "ShapeN", "Size", "Rank"}  # read a tensor's shape, not its values
 MAX_NAMED = 3  # the loss box names this many other uses of θ, then "+N more"
 T_LABEL = "T: r ← ρr + (1−ρ)·mean(g²)\nĝ = s·g / √(r + ε)"
 T_POST_LABEL = "T: r ← ρr + (1−ρ)·mean(g²)\nP·f, f = s / √(r + ε)"
 COLORS = {"site": "#93c5fd", "leaf": "#fde68a", "T": "#86efac", "P": "#c4b5fd",
           "loss": "#e5e7eb", "other": "#f3f4f6", "g": "#fca5a5", "scaled": "#fcd34d",
           "loop": "#e0f2fe", "block": "#ede9fe"}
+SKIP_EDGE = ' [style=dashed, constraint=false, label="skip", color="#7c3aed"]'
 
 
 def _short(name: str, n: int = 34) -> str:
@@ -50,184 +51,17 @@ def _tail(name: str, parts: int = 2) -> str:
     return "/".join(name.split("/")[-parts:])
 
 
-def _shape(dims) -> str:
-    return "x".join("?" if d is None else str(d) for d in dims) or "scalar"
-
-
-def _flat_node(site: SiteReport) -> str:
-    """The node of the flat graph that holds the site's F (its loop, for a loop site)."""
-    app = site.applications[0] if site.applications else None
-    return app.loop if app is not None and app.loop else site.node
-
-
 def _loop(site: SiteReport) -> str:
     app = site.applications[0] if site.applications else None
     return app.loop if app is not None else ""
-
-
-def _backward(ir: GraphIR, sites: list[SiteReport]) -> set[str]:
-    """The backward ops: every g and its descendants."""
-    gs = [Tensor.parse(s.upstream_gradient) for s in sites if s.node in ir.order]
-    return ir.descendants(gs) | {g[0] for g in gs}
-
-
-def site_edges(ir: GraphIR, sites: list[SiteReport]) -> set[tuple[int, int]]:
-    """(i, j): site j reads site i's output through non-site forward ops (backward ops, i.e.
-    the descendants of every g, and shape reads are not walked)."""
-    by_node: dict[str, int] = {}
-    for s in sites:
-        by_node.setdefault(_flat_node(s), s.index)
-    backward = _backward(ir, sites)
-    edges = set()
-    for s in sites:
-        node = _flat_node(s)
-        if node not in ir.order:
-            continue
-        inputs = [t for k, t in enumerate(ir.data_inputs(node))
-                  if node != s.node or k != s.param_input]
-        queue, seen = deque(t[0] for t in inputs), set()
-        while queue:
-            name = queue.popleft()
-            if name in seen or name in backward or ir.op(name) in SHAPE_OPS:
-                continue
-            seen.add(name)
-            if name in by_node:
-                if by_node[name] != s.index:
-                    edges.add((by_node[name], s.index))
-                continue
-            queue.extend(t[0] for t in ir.data_inputs(name))
-    return edges
-
-
-@dataclass
-class Structure:
-    """The forward graph's segments: ``segment`` (site index → segment, in forward order),
-    ``join`` (segment → the op of its merge node, for a segment that ends at a merge),
-    ``skip`` (segments an identity path bypasses), ``edges`` (``site_edges``) and
-    ``detail`` (site index → θ's shape and stride, e.g. ``θ 1x1x16x32, stride 2``)."""
-
-    segment: dict[int, int]
-    join: dict[int, str]
-    skip: set[int]
-    edges: set[tuple[int, int]]
-    detail: dict[int, str]
-
-
-def _details(source: ExportSource, ir: GraphIR) -> dict[int, str]:
-    """θ's shape and F's stride (when above 1) per site."""
-    out = {}
-    for s in source.report.sites:
-        info = source.variables.get(s.variable_node)
-        text = f"θ {_shape(info.shape)}" if info is not None else ""
-        if s.node in ir.order and "strides" in ir.node(s.node).attr:
-            stride = max(ir.node(s.node).attr["strides"].list.i or [1])
-            text += f", stride {stride}" if stride > 1 else ""
-        out[s.index] = text
-    return out
-
-
-def structure(source: ExportSource, ir: GraphIR) -> Structure:
-    """Segments of the sites (see the module docstring). A graph whose forward part has a
-    cycle (a v1 loop) gets one segment per site and no merges."""
-    sites = source.report.sites
-    edges, detail = site_edges(ir, sites), _details(source, ir)
-    trivial = Structure({s.index: k for k, s in enumerate(sites)}, {}, set(), edges, detail)
-    node_of = {s.index: _flat_node(s) for s in sites if _flat_node(s) in ir.order}
-    site_nodes = set(node_of.values())
-    if not site_nodes:
-        return trivial
-    backward = _backward(ir, sites)
-    first = min(site_nodes, key=ir.order.get)
-    first_site = next(s for s in sites if node_of.get(s.index) == first)
-    xs = [t[0] for k, t in enumerate(ir.data_inputs(first))
-          if first == first_site.node and k != first_site.param_input]
-    entry = xs[0] if xs and xs[0] not in backward else None  # what the first site reads
-    fwd, queue = nx.DiGraph(), deque(site_nodes | ({entry} if entry else set()))
-    fwd.add_nodes_from(queue)
-    while queue:  # the forward region: what the sites' outputs reach
-        name = queue.popleft()
-        for _, dst, data in ir.g.out_edges(name, data=True):
-            if (not data["control"] and dst not in backward and ir.op(dst) not in SHAPE_OPS
-                    and not fwd.has_edge(name, dst)):
-                queue.extend([] if dst in fwd else [dst])
-                fwd.add_edge(name, dst)
-    if not nx.is_directed_acyclic_graph(fwd):
-        return trivial
-    reaches_site, reaches_last = {}, {}
-    for name in reversed(list(nx.topological_sort(fwd))):
-        reaches_site[name] = any(d in site_nodes or reaches_site[d] for d in fwd.succ[name])
-    last = {n for n in site_nodes if not reaches_site[n]}
-    for name in reversed(list(nx.topological_sort(fwd))):
-        reaches_last[name] = name in last or any(reaches_last[d] for d in fwd.succ[name])
-    region = fwd.subgraph(n for n, r in reaches_last.items() if r)
-    sink = ("sink",)  # not a node name
-    rev = region.reverse(copy=True)
-    rev.add_edges_from((sink, n) for n in last)
-    ipdom = nx.immediate_dominators(rev, sink)
-    chain = [entry or first]
-    while chain[-1] != sink:
-        chain.append(ipdom[chain[-1]])
-    index = {n: k for k, n in enumerate(chain)}
-    not_cut = [0] * (len(chain) + 1)
-    first_pdom = {}
-    for node in site_nodes:
-        walk = node
-        while walk not in index:
-            walk = ipdom[walk]
-        first_pdom[node] = index[walk]
-        before, queue, seen = -1, deque([node]), set()
-        while queue:  # the last chain node before the site
-            name = queue.popleft()
-            if name in seen:
-                continue
-            seen.add(name)
-            if name in index:
-                before = max(before, index[name])
-                continue
-            queue.extend(region.pred[name])
-        if before + 1 < first_pdom[node]:
-            not_cut[before + 1] += 1
-            not_cut[first_pdom[node]] -= 1
-    cuts, running = [], 0
-    for k in range(len(chain)):
-        running += not_cut[k]
-        if running == 0 or k == len(chain) - 1:
-            cuts.append(k)
-    first_cut = {n: next(c for c in cuts if c >= first_pdom[n]) for n in site_nodes}
-    used = sorted(set(first_cut.values()))
-    segment = {i: used.index(first_cut[n]) for i, n in node_of.items()}
-    for s in sites:  # sites outside the flat graph: one segment each, at the end
-        segment.setdefault(s.index, len(used) + s.index)
-    join, skip = {}, set()
-    for k, cut in enumerate(used):
-        merge = chain[cut]
-        if merge == sink or merge in site_nodes:
-            continue
-        join[k] = ir.op(merge)
-        if _bypassed(region, chain[used[k - 1]] if k else chain[0], merge, site_nodes):
-            skip.add(k)  # the first segment's skip starts at what the first site reads
-    return Structure(segment, join, skip, edges, detail)
-
-
-def _bypassed(region: nx.DiGraph, start: str, target: str, site_nodes: set[str]) -> bool:
-    """Whether a forward path from ``start`` reaches ``target`` through no site."""
-    queue, seen = deque([start]), {start}
-    while queue:
-        for dst in region.succ[queue.popleft()]:
-            if dst == target:
-                return True
-            if dst not in seen and dst not in site_nodes:
-                seen.add(dst)
-                queue.append(dst)
-    return False
 
 
 def _attachments(ir: GraphIR, source: ExportSource) -> dict[int | None, list[str]]:
     """The other trainable variables' consumers (the report's skipped V_θ→σ nodes), by the
     nearest site before them, else the nearest site they feed (an embedding lookup), else
     None: the loss (e.g. an L1 penalty on a kernel)."""
-    by_node = {_flat_node(s): s.index for s in source.report.sites}
-    backward = _backward(ir, source.report.sites)
+    by_node = {flat_node(s): s.index for s in source.report.sites}
+    backward = backward_ops(ir, source.report.sites)
     out: dict[int | None, list[str]] = {}
     for k in source.report.skipped:
         if k.node not in ir.order:
@@ -300,6 +134,55 @@ def _segment_units(seg: int, sites: list[SiteReport], st: Structure) -> list[Uni
     return units
 
 
+def _segment_groups(sites: list[SiteReport], st: Structure) -> list[list[SiteReport]]:
+    """The sites cut into runs of consecutive sites of one segment."""
+    groups: list[list[SiteReport]] = []
+    for s in sites:
+        if groups and st.segment[groups[-1][0].index] == st.segment[s.index]:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def _longest_repeat(sig: list[tuple], i: int) -> tuple[int, int]:
+    """(period, count) of the run of identical repeats (of up to ``MAX_PERIOD`` segments)
+    starting at segment ``i`` that covers the most segments; (1, 1) when none repeats."""
+    best_period, best_count, n = 1, 1, len(sig)
+    for p in range(1, MAX_PERIOD + 1):
+        if i + 2 * p > n:
+            break
+        k = 1
+        while i + (k + 1) * p <= n and sig[i + k * p:i + (k + 1) * p] == sig[i:i + p]:
+            k += 1
+        if k >= 2 and k * p > best_period * best_count:
+            best_period, best_count = p, k
+    return best_period, best_count
+
+
+def _block_unit(run: list[list[SiteReport]], period: int, count: int, st: Structure) -> Unit:
+    """The folded block of ``run``: ``count`` repeats of its first ``period`` segments."""
+    segs = [st.segment[g[0].index] for g in run[:period]]
+    single = period == 1
+    return Unit([s for g in run for s in g], sum(map(len, run[:period])), count, "block",
+                segment=segs[0], join=st.join.get(segs[0], "") if single else "",
+                skip=single and segs[0] in st.skip, skips=sum(1 for s in segs if s in st.skip))
+
+
+def _merge_ranges(units: list[Unit], max_units: int) -> list[Unit]:
+    """``units`` in at most ``max_units`` rows: past that, consecutive units merged into
+    ranges."""
+    if len(units) <= max_units:
+        return units
+    per = -(-len(units) // max_units)
+    merged = []
+    for j in range(0, len(units), per):
+        group = units[j:j + per]
+        merged.append(group[0] if len(group) == 1 else
+                      Unit([s for u in group for s in u.sites], kind="range", segment=-1 - j))
+    return merged
+
+
 def fold_units(sites: list[SiteReport], max_units: int = MAX_UNITS,
                st: Structure | None = None) -> list[Unit]:
     """Sites in forward order as overview rows (one per site, one per loop). Past
@@ -307,49 +190,20 @@ def fold_units(sites: list[SiteReport], max_units: int = MAX_UNITS,
     shapes, θ shapes, strides, wiring and skip) repeated is one block unit; past ``max_units``
     rows consecutive units are merged into ranges. ``st``: the segments (default: one per
     site, no merges)."""
-    st = st or Structure({s.index: k for k, s in enumerate(sites)}, {}, set(), set(), {})
-    groups: list[list[SiteReport]] = []
-    for s in sites:
-        if groups and st.segment[groups[-1][0].index] == st.segment[s.index]:
-            groups[-1].append(s)
-        else:
-            groups.append([s])
+    st = st or Structure.one_per_site(sites)
+    groups = _segment_groups(sites, st)
     sig = [_segment_signature(g, st) for g in groups]
     units: list[Unit] = []
-    i, n = 0, len(groups)
-    while i < n:
-        best_period, best_count = 1, 1
-        for p in range(1, MAX_PERIOD + 1) if len(sites) > FOLD_ABOVE else ():
-            if i + 2 * p > n:
-                break
-            k = 1
-            while i + (k + 1) * p <= n and sig[i + k * p:i + (k + 1) * p] == sig[i:i + p]:
-                k += 1
-            if k >= 2 and k * p > best_period * best_count:
-                best_period, best_count = p, k
-        if best_count >= 2:
-            run = groups[i:i + best_period * best_count]
-            segs = [st.segment[g[0].index] for g in run[:best_period]]
-            single = best_period == 1
-            units.append(Unit([s for g in run for s in g], sum(map(len, run[:best_period])),
-                              best_count, "block", segment=segs[0],
-                              join=st.join.get(segs[0], "") if single else "",
-                              skip=single and segs[0] in st.skip,
-                              skips=sum(1 for s in segs if s in st.skip)))
-            i += best_period * best_count
+    i = 0
+    while i < len(groups):
+        period, count = _longest_repeat(sig, i) if len(sites) > FOLD_ABOVE else (1, 1)
+        if count >= 2:
+            units.append(_block_unit(groups[i:i + period * count], period, count, st))
+            i += period * count
         else:
             units += _segment_units(st.segment[groups[i][0].index], groups[i], st)
             i += 1
-    if len(units) > max_units:
-        per = -(-len(units) // max_units)
-        merged = []
-        for j in range(0, len(units), per):
-            group = units[j:j + per]
-            merged.append(group[0] if len(group) == 1 else
-                          Unit([s for u in group for s in u.sites], kind="range",
-                               segment=-1 - j))
-        units = merged
-    return units
+    return _merge_ranges(units, max_units)
 
 
 def _segment_signature(group: list[SiteReport], st: Structure) -> tuple:
@@ -389,11 +243,11 @@ def _site_cells(site: SiteReport, detail: str, extra: list[str], name_width: int
     uses = len(site.applications)
     f_text = (f"F: {site.op}" + (f" ×{uses} uses" if uses > 1 else "")
               + f"\nθ = {_short(site.variable, name_width)}" + (f"\n{detail}" if detail else "")
-              + f"\nσ′ {_shape(site.output_shape)}")
+              + f"\nσ′ {shape_text(site.output_shape)}")
     if extra:
         f_text += "\n+ " + ", ".join(_more([_short(e, 30) for e in extra], 2))
     return (_cell(f_text, COLORS["site"])
-            + _cell(f"T: r {_shape(site.accumulator_shape)}\n{_scaling(site)}", COLORS["T"])
+            + _cell(f"T: r {shape_text(site.accumulator_shape)}\n{_scaling(site)}", COLORS["T"])
             + _cell(f"P: {_short(site.gradient_op_type, 30)}", COLORS["P"]))
 
 
@@ -435,7 +289,116 @@ def overview_units(source: ExportSource, ir: GraphIR,
     node order), folded by ``fold_units``."""
     st = st or structure(source, ir)
     return fold_units(sorted(source.report.sites, key=lambda s: (
-        st.segment[s.index], ir.order.get(_flat_node(s), 0), s.index)), st=st)
+        st.segment[s.index], ir.order.get(flat_node(s), 0), s.index)), st=st)
+
+
+class _Column:
+    """The overview's DOT lines as they are written: ``column`` holds the nodes top to bottom,
+    ``drawn`` the visible edges."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.column: list[str] = []
+        self.drawn: set[tuple[str, str]] = set()
+
+    def node(self, name: str, attrs: str) -> None:
+        """A node, appended to the bottom of the column."""
+        self.lines.append(f"  {name} [{attrs}];")
+        self.column.append(name)
+
+    def edge(self, a: str, b: str, attrs: str = "") -> None:
+        """A visible edge (once); one that skips rows of the column does not constrain the
+        ranks."""
+        if (a, b) not in self.drawn:
+            self.drawn.add((a, b))
+            adjacent = (self.column.index(b) == self.column.index(a) + 1
+                        if b in self.column else True)
+            extra = attrs or ("" if adjacent else " [constraint=false]")
+            self.lines.append(f"  {a} -> {b}{extra};")
+
+
+def _unit_preds(units: list[Unit], st: Structure) -> dict[int, set[int]]:
+    """Unit → the other units it reads (from ``st.edges``)."""
+    unit_of = {s.index: u for u, unit in enumerate(units) for s in unit.sites}
+    preds: dict[int, set[int]] = {}
+    for i, j in st.edges:
+        if i in unit_of and j in unit_of and unit_of[i] != unit_of[j]:
+            preds.setdefault(unit_of[j], set()).add(unit_of[i])
+    return preds
+
+
+def _header(units: list[Unit]) -> list[str]:
+    """The graph's opening lines: layout, default styles and the title."""
+    blocks = sum(1 for u in units if u.kind == "block")
+    title = (f"{sum(len(unit.sites) for unit in units)} site(s) in {len(units)} row(s)"
+             + (f", {blocks} repeated block(s) folded (×N)" if blocks else "")
+             + "\nF (blue) · inserted T (green) · P (purple); forward edges blue, skips dashed")
+    return ["digraph overview {", "  rankdir=TB; nodesep=0.3; ranksep=0.3;",
+            '  node [shape=plain, fontname="Helvetica", fontsize=10];',
+            '  edge [color="#2563eb", fontname="Helvetica", fontsize=9, arrowsize=0.7];',
+            f"  label={_q(title)}; labelloc=t; fontname=\"Helvetica\"; fontsize=11;"]
+
+
+def _segment_rows(units: list[Unit], u: int) -> list[int]:
+    """The positions of unit ``u`` and the units after it in the same segment."""
+    group = [u]
+    while group[-1] + 1 < len(units) and units[group[-1] + 1].segment == units[u].segment:
+        group.append(group[-1] + 1)
+    return group
+
+
+def _draw_segment_nodes(dot: _Column, units: list[Unit], group: list[int], attached: dict,
+                        detail: dict[int, str]) -> str:
+    """The segment's unit boxes and its merge node; returns the node its output leaves
+    from (the merge node, else its last unit)."""
+    for v in group:
+        unit = units[v]
+        target = f"site_{unit.first.index}_after.svg" + (
+            "" if unit.kind == "site" else f"#block-{v}")
+        dot.node(f"unit_{v}", f"label={_unit_label(unit, attached, detail)}, "
+                 f"URL={_q(target)}, tooltip={_q(_short(unit.first.node, 200))}")
+    join = units[group[0]].join
+    if not join:
+        return f"unit_{group[-1]}"
+    dot.node(f"join_{group[-1]}", f"label={_q(join)}, shape=box, style=rounded, "
+             "fontsize=9, margin=\"0.05,0.02\"")
+    return f"join_{group[-1]}"
+
+
+def _draw_segment_edges(dot: _Column, units: list[Unit], group: list[int],
+                        preds: dict[int, set[int]], prev_out: str | None, out: str) -> None:
+    """The edges into the segment's units (from units inside it, else from ``prev_out``, the
+    previous segment's output) and into its merge node (from the units no other unit of the
+    segment reads, and the dashed skip from ``prev_out``)."""
+    for v in group:
+        inside = sorted(p for p in preds.get(v, ()) if p in group)
+        for p in inside:
+            dot.edge(f"unit_{p}", f"unit_{v}")
+        if prev_out and (preds.get(v, set()) - set(inside) or not inside):
+            dot.edge(prev_out, f"unit_{v}")
+    if not units[group[0]].join:
+        return
+    for v in group:
+        if not any(v in preds.get(w, ()) for w in group):
+            dot.edge(f"unit_{v}", out)
+    if units[group[0]].skip and prev_out:
+        dot.edge(prev_out, out, SKIP_EDGE)
+
+
+def _draw_loss(dot: _Column, named: list[str]) -> None:
+    """The loss box (counting the other uses of θ, ``named``), the invisible edges that keep
+    the column in forward order and the edges into the loss from the nodes nothing leaves."""
+    loss_label = "loss" + (f"\n+ {len(named)} other use(s) of θ:\n" + "\n".join(
+        _more([_short(e, 40) for e in named], MAX_NAMED)) if named else "")
+    dot.lines.append(f"  loss [label={_q(loss_label)}, shape=box, style=\"rounded,filled\", "
+                     f"fillcolor=\"{COLORS['loss']}\"];")
+    column = dot.column
+    for a, b in zip(column, column[1:]):
+        if (a, b) not in dot.drawn:
+            dot.lines.append(f"  {a} -> {b} [style=invis];")
+    sources = {a for a, _ in dot.drawn}
+    for name in [n for n in column if n not in sources] or column[-1:]:
+        dot.lines.append(f"  {name} -> loss;")
 
 
 def overview_dot(source: ExportSource, ir: GraphIR | None = None,
@@ -446,78 +409,20 @@ def overview_dot(source: ExportSource, ir: GraphIR | None = None,
     ir = ir or GraphIR(source.original)
     st = st or structure(source, ir)
     units = units if units is not None else overview_units(source, ir, st)
-    sites = [s for unit in units for s in unit.sites]
-    unit_of = {s.index: u for u, unit in enumerate(units) for s in unit.sites}
-    preds: dict[int, set[int]] = {}
-    for i, j in st.edges:
-        if i in unit_of and j in unit_of and unit_of[i] != unit_of[j]:
-            preds.setdefault(unit_of[j], set()).add(unit_of[i])
-    attached = _attachments(ir, source)
-    blocks = sum(1 for u in units if u.kind == "block")
-    title = (f"{len(sites)} site(s) in {len(units)} row(s)"
-             + (f", {blocks} repeated block(s) folded (×N)" if blocks else "")
-             + "\nF (blue) · inserted T (green) · P (purple); forward edges blue, skips dashed")
-    lines = ["digraph overview {", "  rankdir=TB; nodesep=0.3; ranksep=0.3;",
-             '  node [shape=plain, fontname="Helvetica", fontsize=10];',
-             '  edge [color="#2563eb", fontname="Helvetica", fontsize=9, arrowsize=0.7];',
-             f"  label={_q(title)}; labelloc=t; fontname=\"Helvetica\"; fontsize=11;"]
-    column, drawn = [], set()  # the nodes top to bottom; the visible edges
-
-    def edge(a: str, b: str, attrs: str = "") -> None:
-        if (a, b) not in drawn:
-            drawn.add((a, b))
-            adjacent = column.index(b) == column.index(a) + 1 if b in column else True
-            extra = attrs or ("" if adjacent else " [constraint=false]")
-            lines.append(f"  {a} -> {b}{extra};")
-
+    preds, attached = _unit_preds(units, st), _attachments(ir, source)
+    dot = _Column(_header(units))
     prev_out, u = None, 0
     if units and units[0].skip:  # a skip around the first segment starts at the input
         prev_out = "input"
-        lines.append('  input [label="input", shape=box, style=rounded];')
-        column.append(prev_out)
+        dot.node(prev_out, 'label="input", shape=box, style=rounded')
     while u < len(units):
-        group = [u]
-        while group[-1] + 1 < len(units) and units[group[-1] + 1].segment == units[u].segment:
-            group.append(group[-1] + 1)
-        for v in group:
-            unit = units[v]
-            target = f"site_{unit.first.index}_after.svg" + (
-                "" if unit.kind == "site" else f"#block-{v}")
-            lines.append(f"  unit_{v} [label={_unit_label(unit, attached, st.detail)}, "
-                         f"URL={_q(target)}, tooltip={_q(_short(unit.first.node, 200))}];")
-            column.append(f"unit_{v}")
-        out = f"join_{group[-1]}" if units[u].join else f"unit_{group[-1]}"
-        if units[u].join:
-            lines.append(f"  {out} [label={_q(units[u].join)}, shape=box, style=rounded, "
-                         "fontsize=9, margin=\"0.05,0.02\"];")
-            column.append(out)
-        for v in group:
-            inside = sorted(p for p in preds.get(v, ()) if p in group)
-            for p in inside:
-                edge(f"unit_{p}", f"unit_{v}")
-            if prev_out and (preds.get(v, set()) - set(inside) or not inside):
-                edge(prev_out, f"unit_{v}")
-        if units[u].join:
-            for v in group:
-                if not any(v in preds.get(w, ()) for w in group):
-                    edge(f"unit_{v}", out)
-            if units[u].skip and prev_out:
-                edge(prev_out, out, ' [style=dashed, constraint=false, label="skip", '
-                     'color="#7c3aed"]')
+        group = _segment_rows(units, u)
+        out = _draw_segment_nodes(dot, units, group, attached, st.detail)
+        _draw_segment_edges(dot, units, group, preds, prev_out, out)
         prev_out, u = out, group[-1] + 1
-    named = attached.get(None, [])
-    loss_label = "loss" + (f"\n+ {len(named)} other use(s) of θ:\n" + "\n".join(
-        _more([_short(e, 40) for e in named], MAX_NAMED)) if named else "")
-    lines.append(f"  loss [label={_q(loss_label)}, shape=box, style=\"rounded,filled\", "
-                 f"fillcolor=\"{COLORS['loss']}\"];")
-    for a, b in zip(column, column[1:]):  # keep the column in forward order
-        if (a, b) not in drawn:
-            lines.append(f"  {a} -> {b} [style=invis];")
-    sources = {a for a, _ in drawn}
-    for name in [n for n in column if n not in sources] or column[-1:]:
-        lines.append(f"  {name} -> loss;")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    _draw_loss(dot, attached.get(None, []))
+    dot.lines.append("}")
+    return "\n".join(dot.lines) + "\n"
 
 
 def compact_site_dot(source: ExportSource, site: SiteReport, ir: GraphIR) -> str:
@@ -530,18 +435,18 @@ def compact_site_dot(source: ExportSource, site: SiteReport, ir: GraphIR) -> str
     title = (f"site {site.index} after (compact): {site.op} on {site.variable}"
              + (f", inside the loop {_short(loop, 40)}" if loop else ""))
     t_label = (T_POST_LABEL if post else T_LABEL)
+    f_label = f"F: {site.op}\nσ′ {shape_text(site.output_shape)}"
     lines = [f"digraph {_q(f'site_{site.index}_after')} {{", "  rankdir=TB;",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [fontname="Helvetica", fontsize=9, color="#6b7280"];',
              f"  label={_q(title)}; labelloc=t; fontname=\"Helvetica\";",
              f"  theta [label={_q('θ = ' + _short(site.variable, 60))}, "
              f"fillcolor=\"{COLORS['leaf']}\"];",
-             f"  F [label={_q(f'F: {site.op}' + chr(10) + 'σ′ ' + _shape(site.output_shape))}, "
-             f"fillcolor=\"{COLORS['site']}\"];",
+             f"  F [label={_q(f_label)}, fillcolor=\"{COLORS['site']}\"];",
              f"  g [label={_q('g = ∂J/∂σ′')}, fillcolor=\"{COLORS['g']}\"];",
              f"  T [label={_q(t_label)}, fillcolor=\"{COLORS['T']}\", penwidth=2, "
              'color="#15803d"];',
-             f"  r [label={_q('r ' + _shape(site.accumulator_shape))}, shape=cylinder, "
+             f"  r [label={_q('r ' + shape_text(site.accumulator_shape))}, shape=cylinder, "
              f"fillcolor=\"{COLORS['T']}\"];",
              f"  P [label={_q(f'P: {site.gradient_op_type}')}, fillcolor=\"{COLORS['P']}\"];",
              f"  update [label={_q('update of θ')}, fillcolor=\"{COLORS['other']}\"];",
