@@ -179,8 +179,6 @@ class _KerasOwnStep:
     """A trace with nothing to rewrite (no trainable kernel reaches the loss): Keras's own
     step runs, as without ``enable``."""
 
-    report = None
-
     def __init__(self, run: Callable, reason: str):
         self.run, self.reason = run, reason  # run(data): Keras's own step
 

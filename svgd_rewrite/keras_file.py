@@ -171,11 +171,12 @@ class KerasFileFrontEnd(SavedModelFrontEnd):
         if not os.path.isfile(self.path):
             raise LoadError(f"MODEL {one_line(self.path)} is not a Keras model file")
 
-    def _trainable(self) -> None:
-        """Load the model and write its trainable SavedModel (once)."""
+    def _trainable(self, loaded: tuple | None = None) -> None:
+        """Write the model's trainable SavedModel (once); ``loaded``: ``load_keras_file``'s
+        answer when the caller has it already."""
         if self._tmp is not None:
             return
-        model, why = load_keras_file(self.path)
+        model, why = loaded or load_keras_file(self.path)
         if why is not None:
             raise LoadError(NOT_COMPILED.format(path=one_line(self.path)) if why == "not compiled"
                             else f"{one_line(self.path)}: {why}; compile and save it again "
@@ -208,7 +209,7 @@ class KerasFileFrontEnd(SavedModelFrontEnd):
         keras_info = {"kind": KIND, "model": model.name, "loss": str(getattr(model, "loss", None)),
                       "kernels": kernels}
         if why is None:
-            self._trainable()
+            self._trainable((model, why))
             shown = super().describe(options)
             return {**shown, **keras_info, "input": self.path,
                     "optimizer": type(model.optimizer).__name__}

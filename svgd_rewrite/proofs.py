@@ -260,6 +260,8 @@ def carries_state(ir: GraphIR, slots: dict[str, list[str]], updates: set[str]) -
     value in the new one. A read ordered after one of the slot's own writes (by data or
     control edges) reads this step's value; a path through a product with a constant zero
     carries nothing."""
+    if not slots:  # plain SGD: no graph pass
+        return set()
     bit = {p: k for k, p in enumerate(slots)}
     after = ir.reach_bits({w: bit[p] for p, ws in slots.items() for w in ws}, control=True)
     out = set()

@@ -88,15 +88,6 @@ def register_functions(library) -> None:
             ctx.add_function_def(fdef)
 
 
-def keras_saveable_base() -> type:
-    """Keras 3's base class of what its savers walk (``_obj_type``, ``save_own_variables``,
-    ``load_own_variables``): an object outside it is skipped by ``save_weights`` and
-    ``model.save``."""
-    from keras.src.saving.keras_saveable import KerasSaveable
-
-    return KerasSaveable
-
-
 def checkpoint_restored(trackable) -> bool:
     """Whether a TensorFlow checkpoint has restored ``trackable`` (also a restoration deferred
     until its variables exist, as when a dependency is added after ``restore``)."""
