@@ -1,6 +1,7 @@
 """Step time, side by side in one process: SGD, the SGD step re-emitted without surgery (the
 fair baseline for the rewrite's own cost), the rewritten SVGD step at full, channel and auto
-granularity, a hand-written ``tf.custom_gradient`` SVGD (``benchmarks.peer_svgd``), Adam —
+granularity, the full SVGD step with s, ρ, ε as constants in its graph (the fair baseline for
+feeding them as state each call), a hand-written ``tf.custom_gradient`` SVGD (``benchmarks.peer_svgd``), Adam —
 and SGD, SVGD (full and channel), the peer and Adam with ``jit_compile=True`` (XLA). Also the
 nodes each SVGD site adds after Grappler, for the rewrite, the peer and the identity
 transform.
@@ -12,17 +13,25 @@ median over repetitions of the mean time of a few consecutive steps.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
 import svgd_rewrite
 from benchmarks.common import (MODELS, OPTIMIZERS, interleaved_ms, parser, print_table,
                                random_batch, write_results)
 from benchmarks.peer_svgd import make_peer
 from fixtures import keras_models
+from svgd_rewrite.frontend import rewrite_loaded
+from svgd_rewrite.options import make_options
 from svgd_rewrite.step import SVGDStep
 from svgd_rewrite.load import load_step
 from svgd_rewrite.surgery import Rewritten
 
 SCALES = {"mnist_mlp": 0.1, "cifar_vgg": 0.001, "resnet20": 0.01}  # the paper's s
-METHODS = ("sgd", "baseline", "svgd", "svgd_channel", "svgd_auto", "peer", "adam",
+METHODS = ("sgd", "baseline", "svgd", "svgd_constants", "svgd_channel", "svgd_auto", "peer",
+           "adam",
            "sgd_xla", "svgd_xla", "svgd_channel_xla", "peer_xla", "adam_xla")
 
 
@@ -30,6 +39,27 @@ def reemitted(step) -> SVGDStep:
     """The step through the same load (inlining) and emit path, without any site."""
     loaded = load_step(step)
     return SVGDStep(loaded, Rewritten(graph_def=loaded.graph_def, accumulators=[]), report=None)
+
+
+def with_constants(step, scale: float) -> SVGDStep:
+    """The step rewritten at full granularity with s, ρ, ε as constants in the graph instead
+    of inputs fed from the state each call."""
+    loaded = load_step(step)
+    rewritten, report = rewrite_loaded(loaded, make_options(scale=scale))
+    graph_def = graph_pb2.GraphDef()
+    graph_def.CopyFrom(rewritten.graph_def)
+    values = {name: float(getattr(rewritten.options, h))
+              for h, name in rewritten.hyperparameters.items()}
+    for node in graph_def.node:
+        if node.name in values:
+            node.op = "Const"
+            node.ClearField("input")
+            node.attr.clear()
+            node.attr["dtype"].type = tf.float32.as_datatype_enum
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(values[node.name],
+                                                                    tf.float32))
+    return SVGDStep(loaded, replace(rewritten, graph_def=graph_def, hyperparameters={}),
+                    report)
 
 
 def build_steps(name: str, methods=METHODS) -> dict:
@@ -44,7 +74,9 @@ def build_steps(name: str, methods=METHODS) -> dict:
             make_peer(model, scale=scale)
         opt = OPTIMIZERS["adam" if base == "adam" else "sgd"]()
         step = keras_models.train_step(model, opt, l1=0, jit_compile=xla)
-        if base.startswith("svgd"):
+        if base == "svgd_constants":
+            step = with_constants(step, scale)
+        elif base.startswith("svgd"):
             granularity = {"svgd": "full", "svgd_channel": "channel",
                            "svgd_auto": "auto"}[base]
             step = svgd_rewrite.rewrite(step, scale=scale, granularity=granularity)
@@ -105,6 +137,7 @@ def measure(name: str, reps: int, inner: int) -> dict:
             ref = "sgd_xla" if m.endswith("_xla") else "sgd"
             out[f"{m}_over_sgd"] = ms[m] / ms[ref]
     out["svgd_over_baseline"] = ms["svgd"] / ms["baseline"]
+    out["svgd_over_constants"] = ms["svgd"] / ms["svgd_constants"]
     out["svgd_over_peer"] = ms["svgd"] / ms["peer"]
     out["svgd_xla_over_peer_xla"] = ms["svgd_xla"] / ms["peer_xla"]
     out["nodes_per_site"] = nodes_per_site(name)
@@ -117,10 +150,11 @@ def main() -> None:
     names = ("mnist_mlp",) if args.quick else tuple(MODELS)
     results = {name: measure(name, reps, inner) for name in names}
     print_table(["model", "SGD ms", "re-emitted", "SVGD full", "SVGD channel", "SVGD auto",
-                 "peer", "Adam", "SVGD/re-emitted", "SVGD/peer"],
+                 "peer", "Adam", "SVGD/re-emitted", "SVGD/constants", "SVGD/peer"],
                 [[n, r["sgd_ms"], r["baseline_over_sgd"], r["svgd_over_sgd"],
                   r["svgd_channel_over_sgd"], r["svgd_auto_over_sgd"], r["peer_over_sgd"],
-                  r["adam_over_sgd"], r["svgd_over_baseline"], r["svgd_over_peer"]]
+                  r["adam_over_sgd"], r["svgd_over_baseline"], r["svgd_over_constants"],
+                  r["svgd_over_peer"]]
                  for n, r in results.items()])
     print("(SVGD…Adam columns: ratio to SGD)\n")
     print_table(["model (XLA)", "SGD ms", "SVGD full", "SVGD channel", "peer", "Adam",

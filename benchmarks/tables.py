@@ -54,11 +54,13 @@ def step_time(p: dict) -> str:
     res = p["results"]
     out = [_source(p, "python -m benchmarks.step_time"), "",
            _table(["model", "batch", "SGD ms", "re-emitted", "SVGD full", "SVGD channel",
-                   "SVGD auto", "peer", "Adam", "SVGD/re-emitted", "SVGD/peer"],
+                   "SVGD auto", "peer", "Adam", "SVGD/re-emitted", "SVGD/constants",
+                   "SVGD/peer"],
                   [[m, str(r["batch"]), _ms(r["sgd_ms"]), _ratio(r["baseline_over_sgd"]),
                     _ratio(r["svgd_over_sgd"]), _ratio(r["svgd_channel_over_sgd"]),
                     _ratio(r["svgd_auto_over_sgd"]), _ratio(r["peer_over_sgd"]),
                     _ratio(r["adam_over_sgd"]), _ratio(r["svgd_over_baseline"]),
+                    _ratio(r["svgd_over_constants"]) if "svgd_over_constants" in r else "–",
                     _ratio(r["svgd_over_peer"])] for m, r in _ordered(res)]), "",
            "With `jit_compile=True` (XLA) on every step (ratios to the XLA SGD step):", "",
            _table(["model", "SGD ms", "SVGD full", "SVGD channel", "peer", "Adam", "SVGD/peer"],
@@ -188,7 +190,17 @@ def convergence(p: dict) -> str:
          "ms/step"], rows), "", *paired])
 
 
-SECTIONS = {"step_time": step_time, "recurrent_step_time": recurrent,
+def diagnostics_cost(p: dict) -> str:
+    r = p["results"]["mnist_mlp"]
+    labels = {"svgd_twin": "none (a second model: the noise floor)", "every_step": "every step",
+              "every_10": "every 10 steps", "every_100": "every 100 steps"}
+    return "\n".join([_source(p, "python -m benchmarks.diagnostics_cost"), "", _table(
+        ["logging (paper MLP, batch 32)", "ms/step", "× without the callback"],
+        [[label, f"{r['ms_per_step'][m]:.2f}", _ratio(r["over_svgd"][m])]
+         for m, label in labels.items()])])
+
+
+SECTIONS = {"step_time": step_time, "diagnostics_cost": diagnostics_cost, "recurrent_step_time": recurrent,
             "fit_throughput": fit_throughput, "scaling": scaling, "memory": optimizer_state,
             "rewrite_time": rewrite_time, "convergence": convergence}
 

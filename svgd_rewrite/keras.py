@@ -184,40 +184,90 @@ class _KerasOwnStep:
 
 
 class _Logging:
-    """What ``Diagnostics`` adds to the traced train step: on the steps k (the optimizer's
-    ``iterations``) with k % every == 0 — under a ``tf.cond``, so the other steps pay one
-    comparison — the summaries of each transformed kernel (r entering step k, the norm
-    ratio of step k's batch from the step's read-only probe) and s(k), before the step runs."""
+    """What ``Diagnostics`` adds to a traced train step: the step that also returns its
+    gradients, then one summary of each transformed kernel's figures (r entering step k, the
+    norm ratio from the gradients step k computed) and s(k), at k = the optimizer's
+    ``iterations``. ``in_graph``: only on the steps k with k % every == 0, under a
+    ``tf.cond`` (a train function running several steps per call); otherwise on every step
+    of this trace (``_EveryNth`` calls it only on the steps due)."""
 
-    def __init__(self, writer, every: int):
-        self.writer, self.every = writer, every
-        with tf.init_scope():  # off between fits without a retrace
-            self.active = tf.Variable(True, trainable=False, name="svgd_diagnostics_active")
+    def __init__(self, writer, every: int, in_graph: bool):
+        self.writer, self.every, self.in_graph = writer, every, in_graph
 
-    def log(self, model, step: SVGDStep, tensors: list) -> tf.Tensor:
-        k = tf.cast(compat.backing_variable(model.optimizer.iterations), tf.int64)
-        probe = step.probe_function()
-        sites = [(s.variable, step.accumulator_of(s)) for s in step.report.sites]
-        sites = [(name, r) for name, r in sites if r is not None]
-        scale = step.state.hyperparameter_variables.get("scale")
+    def run(self, model, step: SVGDStep, tensors: list):
+        """The step on ``tensors`` (its outputs), logged."""
+        k = tf.cast(compat.backing_variable(model.optimizer.iterations).read_value(), tf.int64)
 
-        def write() -> tf.Tensor:
-            ratios = probe(*tensors) if probe is not None else {}
-            with self.writer.as_default(step=k), tf.name_scope(""):  # tags as named
-                for name, r in sites:
-                    value = tf.convert_to_tensor(r)
-                    tf.summary.scalar(f"{name}/r_mean", tf.reduce_mean(value))
-                    tf.summary.scalar(f"{name}/r_min", tf.reduce_min(value))
-                    tf.summary.scalar(f"{name}/r_max", tf.reduce_max(value))
-                    tf.summary.histogram(f"{name}/r", value)
-                    if name in ratios:
-                        tf.summary.scalar(f"{name}/ratio", ratios[name])
-                if scale is not None:
-                    tf.summary.scalar("svgd/scale", step.scale_at_step())
-            return tf.constant(True)
+        def logged():
+            sites = [(s.variable, step.accumulator_of(s)) for s in step.report.sites]
+            entering = [(name, tf.convert_to_tensor(r)) for name, r in sites if r is not None]
+            scale = (step.scale_at_step() if "scale" in step.state.hyperparameter_variables
+                     else None)
+            reads = [r for _, r in entering] + ([scale] if scale is not None else [])
+            with tf.control_dependencies(reads):  # read before the step writes them
+                outputs, tapped = step.run_with_taps(*tensors)
+            summary = _summary(entering, step.ratios(tapped), scale)
+            with self.writer.as_default(step=k):
+                tf.summary.experimental.write_raw_pb(summary)
+            return outputs
 
-        due = tf.logical_and(self.active, tf.equal(k % self.every, 0))
-        return tf.cond(due, write, lambda: tf.constant(False))
+        if not self.in_graph:
+            return logged()
+        return tf.cond(tf.equal(k % self.every, 0), logged, lambda: step.function(*tensors))
+
+
+class _EveryNth:
+    """The model's ``train_function`` while a ``Diagnostics`` callback is attached: a call
+    that starts on a step due runs the logged train function, the others Keras's own, so
+    that the steps not logged cost nothing more. With several steps per call, every call
+    runs the logged one (it decides per step, in the graph)."""
+
+    def __init__(self, svgd: "KerasSVGD", plain: Callable, logged: Callable,
+                 logging: _Logging, k: int):
+        self.svgd, self.plain, self.logged, self.logging = svgd, plain, logged, logging
+        self.k, self.active = k, True  # k: the optimizer's iterations before the next call
+        self.per_call = 1
+
+    def __call__(self, iterator):
+        due = self.active and (self.logging.in_graph or self.k % self.logging.every == 0)
+        self.svgd.logging = self.logging if due else None  # read when the call traces
+        try:
+            return (self.logged if due else self.plain)(iterator)
+        finally:
+            self.svgd.logging = None
+            self.k += self.per_call
+
+
+def _summary(entering: list[tuple[str, tf.Tensor]], ratios: dict[str, tf.Tensor],
+             scale: tf.Tensor | None) -> tf.Tensor:
+    """One serialized ``Summary``: per kernel ``<name>/r_mean``, ``r_min``, ``r_max``,
+    ``ratio`` (where it has one) and the histogram ``<name>/r``; and ``svgd/scale``.
+
+    Every r is reduced in one concatenated vector (segment reductions), so that the op count
+    does not grow with the figures; non-finite entries of r count as 0 in the histograms
+    (TensorBoard's histogram op refuses them; r_min and r_max show them)."""
+    names = [name for name, _ in entering]
+    flat = [tf.reshape(r, [-1]) for _, r in entering] or [tf.zeros([0])]
+    sizes = [int(f.shape[0]) for f in flat]
+    every_r = tf.concat(flat, 0)
+    segments = tf.constant(np.repeat(np.arange(len(flat)), sizes), tf.int32)
+    tags = [[f"{n}/r_mean", f"{n}/r_min", f"{n}/r_max"] for n in names]
+    columns = [tf.math.segment_mean(every_r, segments), tf.math.segment_min(every_r, segments),
+               tf.math.segment_max(every_r, segments)]
+    values = [tf.reshape(tf.stack(columns, axis=1), [-1])]
+    tags = [t for per_kernel in tags for t in per_kernel]
+    with_ratio = [n for n in names if n in ratios]
+    if with_ratio:
+        tags += [f"{n}/ratio" for n in with_ratio]
+        values.append(tf.stack([ratios[n] for n in with_ratio]))
+    if scale is not None:
+        tags.append("svgd/scale")
+        values.append(tf.reshape(tf.cast(scale, tf.float32), [1]))
+    parts = [tf.raw_ops.ScalarSummary(tags=tf.constant(tags), values=tf.concat(values, 0))]
+    finite = tf.where(tf.math.is_finite(every_r), every_r, tf.zeros_like(every_r))
+    for name, r in zip(names, tf.split(finite, sizes)):
+        parts.append(tf.raw_ops.HistogramSummary(tag=f"{name}/r", values=r))
+    return tf.raw_ops.MergeSummary(inputs=parts)
 
 
 class KerasSVGD:
@@ -237,7 +287,7 @@ class KerasSVGD:
         self.replaced = ""  # set when enable replaced an earlier enable's options
         self.steps: dict[str, SVGDStep | _KerasOwnStep] = {}
         self.report: Report | None = None
-        self.logging: _Logging | None = None  # set by a Diagnostics callback during fit
+        self.logging: _Logging | None = None  # set by Diagnostics while a logged step traces
         self._compiled = _Compiled(model)
 
     def __repr__(self) -> str:
@@ -298,9 +348,8 @@ class KerasSVGD:
                           lambda d: original(self.model, d))
         if isinstance(step, _KerasOwnStep):
             return step.run(data)
-        if self.logging is not None:  # the summaries of the state entering this step
-            with tf.control_dependencies([self.logging.log(self.model, step, tensors)]):
-                return step.function(*tensors)
+        if self.logging is not None:  # the step, and the summaries when due
+            return self.logging.run(self.model, step, tensors)
         return step.function(*tensors)
 
     def _rewrite(self, data) -> SVGDStep:
@@ -519,37 +568,62 @@ class Diagnostics(_Callback):
     """``model.fit(..., callbacks=[Diagnostics("logs/svgd", every=10)])``: TensorBoard
     summaries of SVGD per transformed kernel, named by its variable (layer path).
 
-    On every ``every``-th step k (the optimizer's ``iterations``, from 0): ``<kernel>/r_mean``,
-    ``r_min``, ``r_max`` and the histogram ``<kernel>/r`` (r entering step k),
-    ``<kernel>/ratio`` = ‖virtual gradient of θ‖ / ‖plain gradient of θ‖ on step k's batch
-    (a read-only probe of the rewritten step; sites inside ``While`` loops have none), and
-    ``svgd/scale`` = s(k). The summaries are written inside the train function under a
-    ``tf.cond``: the other steps pay one comparison. The model must be enabled (``enable``,
-    or ``VirtualGradients`` before this callback in the list); not under ``MirroredStrategy``
-    (nothing is logged there).
+    On every ``every``-th step k (the optimizer's ``iterations``, from 0): the scalars
+    ``<kernel>/r_mean``, ``r_min``, ``r_max`` and the histogram ``<kernel>/r`` (r entering
+    step k), the scalar ``<kernel>/ratio`` = ‖virtual gradient of θ‖ / ‖plain gradient of θ‖
+    of step k (from the gradients the step computed; sites inside ``While`` loops have none),
+    and ``svgd/scale`` = s(k). The steps due run a second trace of the train function that
+    also writes the summaries (one event per step); the other steps run Keras's own, at no
+    cost. With ``steps_per_execution`` > 1 one trace decides per step, under a ``tf.cond``.
+    The logged trace is not compiled with XLA (``jit_compile``: it has no summary ops). The
+    model must be enabled (``enable``, or ``VirtualGradients`` before this callback in the
+    list); not under ``MirroredStrategy`` (nothing is logged there).
     """
 
     train_batch_hooks = False
 
-    def __init__(self, log_dir: str, every: int = 1):
+    def __init__(self, log_dir: str, every: int = 10):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise SVGDRewriteError(f"every must be a positive number of steps, got {every!r}")
         self.log_dir, self.every = log_dir, every
-        self._logging: _Logging | None = None
+        self._file_writer = None
 
     def on_train_begin(self, logs=None):
         svgd = enabled(self.model)
         if svgd is None:
             return
-        if self._logging is None:
-            self._logging = _Logging(tf.summary.create_file_writer(self.log_dir), self.every)
-        self._logging.active.assign(True)
-        if svgd.logging is not self._logging:  # traced again, with the summaries
-            svgd.logging = self._logging
-            self.model.make_train_function(force=True)
+        model = self.model
+        current = model.train_function
+        k = int(compat.backing_variable(model.optimizer.iterations).numpy())
+        per_call = compat.steps_per_execution(model)
+        if (isinstance(current, _EveryNth) and current.logging.writer is self._writer()
+                and current.logging.in_graph == (per_call > 1)):
+            current.k, current.per_call, current.active = k, per_call, True
+            return
+        plain = current.plain if isinstance(current, _EveryNth) else current
+        if plain is None:
+            model.make_train_function(force=True)
+            plain = model.train_function
+        logging = _Logging(self._writer(), self.every, in_graph=per_call > 1)
+        jit_compile = model.jit_compile  # XLA has no summary ops: the logged trace runs without
+        model.jit_compile = False
+        try:
+            model.make_train_function(force=True)  # traced on its first call
+        finally:
+            model.jit_compile = jit_compile
+        logged = model.train_function
+        model.train_function = _EveryNth(svgd, plain, logged, logging, k)
+        model.train_function.per_call = per_call
+
+    def _writer(self):
+        if self._file_writer is None:
+            self._file_writer = tf.summary.create_file_writer(self.log_dir)
+        return self._file_writer
 
     def on_train_end(self, logs=None):
-        if self._logging is not None:
-            self._logging.active.assign(False)  # a later fit without this callback logs nothing
-            self._logging.writer.flush()
+        current = getattr(self.model, "train_function", None)
+        if isinstance(current, _EveryNth):
+            current.active = False  # a later fit or train_on_batch logs nothing
+        if self._file_writer is not None:
+            self._file_writer.flush()

@@ -19,7 +19,7 @@ from .frontend import accumulator_variables
 from .ir import map_colocation
 from .load import LoadedStep
 from .names import HYPERPARAMETERS
-from .probe import build_probe, norm_ratios
+from .probe import build_probe, taps_of
 from .options import is_schedule, value_at
 from .report import Report
 from .state import AccumulatorState
@@ -150,6 +150,9 @@ class SVGDStep(tf.Module):
         self._wiring = _Wiring(loaded, rewritten)
         self._options, self._step_number = rewritten.options, step_number
         self._wiring.probe = None  # built on the first diagnostics() with a batch
+        self._wiring.tapped = None  # built on the first run_with_taps
+        self._wiring.taps = taps_of(rewritten.graph_def, rewritten.edits)
+        self._wiring.jit_compile = loaded.jit_compile
         self._wiring.signature = SimpleNamespace(call=loaded.call)
         if rewritten.hyperparameters:
             self.state.hyperparameters(
@@ -215,13 +218,15 @@ class SVGDStep(tf.Module):
             input_map[f"{w.hyperparameters[h]}:0"] = value
         return {k: v for k, v in input_map.items() if k[:-2] in read}
 
-    def _run(self, *values) -> Any:
+    def _run(self, *values, taps: bool = False) -> Any:
         w = self._wiring
         if not w.distributed:
             _refuse_replicas()
+        tapped = w.taps.names() if taps and w.taps is not None else []
         outs = tf.graph_util.import_graph_def(
             w.import_graph_def, input_map=self._input_map(values, w.read),
-            return_elements=w.output_tensors, name=IMPORT_SCOPE)
+            return_elements=w.output_tensors + tapped, name=IMPORT_SCOPE)
+        outs, tapped = outs[:len(w.output_tensors)], outs[len(w.output_tensors):]
         if self.state.steps is not None and self._step_number is None:
             with tf.control_dependencies([o.op if hasattr(o, "op") else o for o in outs]):
                 self.state.steps.assign_add(1)
@@ -230,7 +235,31 @@ class SVGDStep(tf.Module):
         results = iter(outs)
         leaves = [next(results) if isinstance(t, (tf.Tensor, tf.TensorSpec)) else t
                   for t in tf.nest.flatten(w.structured_outputs, expand_composites=True)]
-        return tf.nest.pack_sequence_as(w.structured_outputs, leaves, expand_composites=True)
+        structured = tf.nest.pack_sequence_as(w.structured_outputs, leaves,
+                                              expand_composites=True)
+        return (structured, tapped) if taps else structured
+
+    def run_with_taps(self, *values) -> tuple[Any, list[tf.Tensor]]:
+        """One training step, as a call of the step, that also returns the tensors
+        ``ratios`` reads (θ's gradients per site, as the step computed them; nothing more
+        is computed). Call it inside a ``tf.function``."""
+        w = self._wiring
+        if w.tapped is None:
+            w.tapped = tf.function(
+                _with_parameters(lambda *v: self._run(*v, taps=True), w.signature),
+                input_signature=self.function.input_signature, autograph=False,
+                jit_compile=w.jit_compile)
+        return w.tapped(*values)
+
+    def ratios(self, tapped: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Per transformed variable (by name), ‖virtual gradient of θ‖ / ‖plain gradient of
+        θ‖ from ``run_with_taps``' tensors (a pre-scaled site's P runs once more, on g)."""
+        taps = self._wiring.taps
+        if taps is None:
+            return {}
+        names_of = {site.index: site.variable for site in self.report.sites}
+        values = dict(zip(taps.names(), tapped))
+        return {names_of[site]: ratio for site, ratio in taps.ratios(values).items()}
 
     def diagnostics(self, *args, **kwargs) -> dict[str, dict[str, Any]]:
         """Per transformed variable (by its name in the report): r (``r``, its values) and
@@ -278,27 +307,22 @@ class SVGDStep(tf.Module):
 
     def _make_probe(self):
         """A ``tf.function`` of the step's arguments: per site, the norm ratio (``probe``)."""
-        built = build_probe(self.graph_def, self.edits)
-        if built is None:
-            return False
         w = self._wiring
+        cut = build_probe(self.graph_def, w.taps) if w.taps is not None else None
+        if cut is None:
+            return False
         probe_gd = graph_pb2.GraphDef()
-        probe_gd.CopyFrom(built.graph_def)
+        probe_gd.CopyFrom(cut)
         fed = {n.name for n in self.graph_def.node} - {n.name for n in w.import_graph_def.node}
         del probe_gd.node[:]
-        probe_gd.node.extend(n for n in built.graph_def.node if n.name not in fed)
+        probe_gd.node.extend(n for n in cut.node if n.name not in fed)
         _drop_colocation_with(probe_gd, fed)
         read = {i.lstrip("^").split(":")[0] for n in probe_gd.node for i in n.input}
-        names = [t for pairs in built.gradients.values() for pair in pairs for t in pair]
-        names_of = {site.index: site.variable for site in self.report.sites}
 
         def probe(*values):
-            outs = iter(tf.graph_util.import_graph_def(
+            return self.ratios(tf.graph_util.import_graph_def(
                 probe_gd, input_map=self._input_map(values, read, train=False),
-                return_elements=names, name="svgd_probe"))
-            pairs = {site: [(next(outs), next(outs)) for _ in p]
-                     for site, p in built.gradients.items()}
-            return {names_of[site]: ratio for site, ratio in norm_ratios(pairs).items()}
+                return_elements=w.taps.names(), name="svgd_probe"))
 
         return tf.function(_with_parameters(probe, w.signature),
                            input_signature=self.function.input_signature, autograph=False)

@@ -127,9 +127,12 @@ def test_a_scale_schedule_trains_step_k_with_s_of_k_and_resumes(tmp_path):
     assert max(rel_error(got[k], want[k]) for k in want) <= 1e-5
 
 
-def test_diagnostics_callback_writes_each_kernels_figures(tmp_path):
+@pytest.mark.parametrize("per_call,jit_compile", [(1, False), (2, False), (1, True)],
+                         ids=["one-step-per-call", "steps_per_execution=2", "jit_compile"])
+def test_diagnostics_callback_writes_each_kernels_figures(tmp_path, per_call, jit_compile):
     """``Diagnostics``: TensorBoard event files holding, for every transformed kernel, r's
-    mean/min/max and histogram and the norm ratio on the logged steps' batches, and s(k)."""
+    mean/min/max and histogram and the norm ratio on the logged steps' batches, and s(k);
+    nothing more once fit has ended."""
     from keras_oracle import conv_dense_model
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -137,23 +140,29 @@ def test_diagnostics_callback_writes_each_kernels_figures(tmp_path):
     x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 3, 16).astype("int32")
     model = conv_dense_model(0)
-    model.compile(optimizer=keras.optimizers.SGD(0.05),
+    model.compile(optimizer=keras.optimizers.SGD(0.05), steps_per_execution=per_call,
+                  jit_compile=jit_compile,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     svgd = sk.enable(model, scale=keras.optimizers.schedules.ExponentialDecay(0.02, 1, 0.5))
     callback = sk.Diagnostics(str(tmp_path / "logs"), every=2)
     model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[callback])
+    model.train_on_batch(x[:4], y[:4])  # step 4, after fit: not logged
+    model.fit(x[:4], y[:4], batch_size=4, verbose=0)  # step 5, without the callback
     events = event_accumulator.EventAccumulator(str(tmp_path / "logs"),
-                                                size_guidance={"tensors": 0})
+                                                size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
-    tags = set(events.Tags()["tensors"])
+    scalars, histograms = set(events.Tags()["scalars"]), set(events.Tags()["histograms"])
     kernels = [s.variable for s in svgd.report.sites]
     assert len(kernels) == 2
     for kernel in kernels:
-        for figure in ("r_mean", "r_min", "r_max", "ratio", "r"):
-            assert f"{kernel}/{figure}" in tags, (kernel, figure, tags)
-        assert [e.step for e in events.Tensors(f"{kernel}/ratio")] == [0, 2]  # every 2 steps
-        ratios = [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(f"{kernel}/ratio")]
+        for figure in ("r_mean", "r_min", "r_max", "ratio"):
+            assert f"{kernel}/{figure}" in scalars, (kernel, figure, scalars)
+        assert [e.step for e in events.Histograms(f"{kernel}/r")] == [0, 2]
+        assert [e.step for e in events.Scalars(f"{kernel}/ratio")] == [0, 2]  # every 2 steps
+        ratios = [e.value for e in events.Scalars(f"{kernel}/ratio")]
         assert all(np.isfinite(ratios)) and all(r > 0 for r in ratios)
-    scales = [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("svgd/scale")]
+        r_mean = [e.value for e in events.Scalars(f"{kernel}/r_mean")]
+        assert r_mean[0] == 0.0 and r_mean[1] > 0  # r entering step 0, then step 2
+    scales = [e.value for e in events.Scalars("svgd/scale")]
     assert scales == pytest.approx([0.02, 0.005])  # s(0), s(2): the schedule's value
-    assert not bool(svgd.logging.active.numpy())  # fit ended: a later fit logs nothing
+    assert int(model.optimizer.iterations.numpy()) == 6

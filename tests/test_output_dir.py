@@ -503,6 +503,8 @@ from svgd_rewrite import output_dir
 from svgd_rewrite.cli.main import _stopping_on_signals
 work, signum = sys.argv[1], getattr(signal, sys.argv[2])
 signal.signal(signal.SIGINT, signal.default_int_handler)
+for default in (signal.SIGTERM, signal.SIGHUP):  # as in a shell (not ignored, e.g. by nohup)
+    signal.signal(default, signal.SIG_DFL)
 out = os.path.join(work, "out")
 
 def produce(data, point):

@@ -191,12 +191,15 @@ def test_schedules_are_checked_when_given():
         svgd_rewrite.rewrite(_whole_step(*_model()), rho=lambda k: 1 / 0)
 
 
-def test_diagnostics_ratio_is_the_oracles_and_trains_nothing():
+@pytest.mark.parametrize("post_scale", [True, False], ids=["post-scaled", "pre-scaled"])
+def test_diagnostics_ratio_is_the_oracles_and_trains_nothing(post_scale):
     """``SVGDStep.diagnostics(x, y)``: per kernel, r's figures and ‖virtual gradient of θ‖ /
     ‖plain gradient of θ‖ on the batch, as Algorithm 1 computes them eagerly from the same r;
-    no variable changes."""
+    no variable changes. ``run_with_taps`` then trains on the batch as a call of the step
+    does, and ``ratios`` of its taps gives the same ratio."""
     variables = _model()
-    step = svgd_rewrite.rewrite(_whole_step(*variables), scale=0.1)
+    step = svgd_rewrite.rewrite(_whole_step(*variables), scale=0.1, post_scale=post_scale)
+    assert bool(step.edits.scaled) == post_scale and bool(step.edits.rerouted) != post_scale
     batches = _batches(3)
     for x, y in batches[:2]:
         step(x, y)
@@ -216,10 +219,22 @@ def test_diagnostics_ratio_is_the_oracles_and_trains_nothing():
         logits = tf.matmul(h, w2)
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
     g1, g2, d1, d2 = tape.gradient(loss, [h_pre, logits, w1, w2])
+    wanted = {}
     for name, g, plain, inputs in (("w1", g1, d1, xd), ("w2", g2, d2, h)):
         r_step = 0.9 * r[name] + 0.1 * tf.reduce_mean(tf.square(g), axis=0)
         virtual = tf.matmul(inputs, 0.1 * g / tf.sqrt(r_step + 1e-6), transpose_a=True)
-        want = float(tf.norm(virtual) / tf.norm(plain))
-        assert figures[name]["ratio"] == pytest.approx(want, rel=1e-4), name
+        wanted[name] = float(tf.norm(virtual) / tf.norm(plain))
+        assert figures[name]["ratio"] == pytest.approx(wanted[name], rel=1e-4), name
         assert figures[name]["r_max"] == pytest.approx(float(np.max(r[name])))
         assert figures[name]["scale"] == pytest.approx(0.1)
+
+    @tf.function
+    def tapped(x, y):
+        loss, taps = step.run_with_taps(x, y)
+        return loss, step.ratios(taps)
+
+    _, ratios = tapped(x, y)
+    assert {k: float(v) for k, v in ratios.items()} == pytest.approx(wanted, rel=1e-4)
+    assert int(step.state.steps.numpy()) == 3
+    want = _oracle_run(batches, [0.1] * 3)
+    assert_close(_weights(variables), {"w0": want[0], "w1": want[1]}, 1e-5, "tapped step")
