@@ -1,6 +1,7 @@
 """The cost of ``svgd_rewrite.keras.Diagnostics`` on the paper's MNIST MLP: Keras training
-with SVGD without the callback, and with it logging every step, every 10 and every 100 steps
-(r's figures, the norm ratio from the step's own gradients, s) — side by side in one process.
+with SVGD without the callback, and with it logging every step, every step with the norm ratio
+every 10 steps, every 10 and every 100 steps (r's figures, the norm ratio from the step's own
+gradients, s) — side by side in one process.
 
 The models train in turns, one ``train_on_batch`` each (the callback started as ``fit``
 starts it), so that a burst of load on the machine hits every mode alike; a mode's cost is its
@@ -22,7 +23,9 @@ import numpy as np
 import svgd_rewrite.keras
 from benchmarks.common import MODELS, parser, print_table, write_results
 
-MODES = {"svgd": None, "svgd_twin": None, "every_step": 1, "every_10": 10, "every_100": 100}
+MODES = {"svgd": None, "svgd_twin": None, "every_step": {"every": 1},
+         "every_step_ratio_every_10": {"every": 1, "ratio_every": 10},
+         "every_10": {"every": 10}, "every_100": {"every": 100}}
 
 
 def measure(rounds: int, steps: int) -> dict:
@@ -37,7 +40,7 @@ def measure(rounds: int, steps: int) -> dict:
         svgd_rewrite.keras.enable(model, scale=0.1)
         models[mode] = model
         if every is not None:
-            callbacks[mode] = svgd_rewrite.keras.Diagnostics(f"{logs}/{mode}", every=every)
+            callbacks[mode] = svgd_rewrite.keras.Diagnostics(f"{logs}/{mode}", **every)
             callbacks[mode].set_model(model)
             callbacks[mode].on_train_begin()
     shape = (batch * steps,) + tuple(models["svgd"].input_shape[1:])

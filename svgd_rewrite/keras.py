@@ -184,55 +184,66 @@ class _KerasOwnStep:
 
 
 class _Logging:
-    """What ``Diagnostics`` adds to a traced train step: the step that also returns its
-    gradients, then one summary of each transformed kernel's figures (r entering step k, the
-    norm ratio from the gradients step k computed) and s(k), at k = the optimizer's
-    ``iterations``. ``in_graph``: only on the steps k with k % every == 0, under a
-    ``tf.cond`` (a train function running several steps per call); otherwise on every step
-    of this trace (``_EveryNth`` calls it only on the steps due)."""
+    """What ``Diagnostics`` adds to a traced train step: one summary of each transformed
+    kernel's figures (r entering step k, with ``ratio`` also the norm ratio from the gradients
+    step k computed: the step then returns them) and s(k), at k = the optimizer's
+    ``iterations``. ``in_graph``: the trace decides per step, under ``tf.cond`` (a train
+    function running several steps per call): the ratio on the steps k % ratio_every == 0,
+    the rest on k % every == 0. Otherwise it logs every step of its trace (``_EveryNth``
+    calls it only on the steps due)."""
 
-    def __init__(self, writer, every: int, in_graph: bool):
-        self.writer, self.every, self.in_graph = writer, every, in_graph
+    def __init__(self, writer, every: int, ratio_every: int, in_graph: bool, ratio: bool):
+        self.writer, self.every, self.ratio_every = writer, every, ratio_every
+        self.in_graph, self.ratio = in_graph, ratio
 
     def run(self, model, step: SVGDStep, tensors: list):
         """The step on ``tensors`` (its outputs), logged."""
         k = tf.cast(compat.backing_variable(model.optimizer.iterations).read_value(), tf.int64)
 
-        def logged():
+        def logged(ratio: bool):
             sites = [(s.variable, step.accumulator_of(s)) for s in step.report.sites]
             entering = [(name, tf.convert_to_tensor(r)) for name, r in sites if r is not None]
             scale = (step.scale_at_step() if "scale" in step.state.hyperparameter_variables
                      else None)
             reads = [r for _, r in entering] + ([scale] if scale is not None else [])
             with tf.control_dependencies(reads):  # read before the step writes them
-                outputs, tapped = step.run_with_taps(*tensors)
-            summary = _summary(entering, step.ratios(tapped), scale)
+                if ratio:
+                    outputs, tapped = step.run_with_taps(*tensors)
+                else:
+                    outputs, tapped = step.function(*tensors), None
+            ratios = step.ratios(tapped) if ratio else {}
             with self.writer.as_default(step=k):
-                tf.summary.experimental.write_raw_pb(summary)
+                tf.summary.experimental.write_raw_pb(_summary(entering, ratios, scale))
             return outputs
 
         if not self.in_graph:
-            return logged()
-        return tf.cond(tf.equal(k % self.every, 0), logged, lambda: step.function(*tensors))
+            return logged(self.ratio)
+        return tf.cond(tf.equal(k % self.ratio_every, 0), lambda: logged(True),
+                       lambda: tf.cond(tf.equal(k % self.every, 0), lambda: logged(False),
+                                       lambda: step.function(*tensors)))
 
 
 class _EveryNth:
     """The model's ``train_function`` while a ``Diagnostics`` callback is attached: a call
-    that starts on a step due runs the logged train function, the others Keras's own, so
-    that the steps not logged cost nothing more. With several steps per call, every call
-    runs the logged one (it decides per step, in the graph)."""
+    that starts on a step due runs a logged train function (with the ratio on the steps
+    k % ratio_every == 0, without it on the other steps k % every == 0), the others Keras's
+    own, so that the steps not logged cost nothing more. With several steps per call, every
+    call runs the one logged function (it decides per step, in the graph)."""
 
-    def __init__(self, svgd: "KerasSVGD", plain: Callable, logged: Callable,
-                 logging: _Logging, k: int):
-        self.svgd, self.plain, self.logged, self.logging = svgd, plain, logged, logging
-        self.k, self.active = k, True  # k: the optimizer's iterations before the next call
-        self.per_call = 1
+    def __init__(self, svgd: "KerasSVGD", plain: Callable,
+                 logged: dict[bool, tuple[Callable, _Logging]], k: int, per_call: int):
+        self.svgd, self.plain, self.logged = svgd, plain, logged  # logged[ratio]
+        self.k, self.per_call, self.active = k, per_call, True  # k: iterations before a call
 
     def __call__(self, iterator):
-        due = self.active and (self.logging.in_graph or self.k % self.logging.every == 0)
-        self.svgd.logging = self.logging if due else None  # read when the call traces
+        logging = self.logged[True][1]
+        function, self.svgd.logging = self.plain, None
+        if self.active and (logging.in_graph or self.k % logging.ratio_every == 0):
+            function, self.svgd.logging = self.logged[True]
+        elif self.active and self.k % logging.every == 0:
+            function, self.svgd.logging = self.logged[False]  # read when the call traces
         try:
-            return (self.logged if due else self.plain)(iterator)
+            return function(iterator)
         finally:
             self.svgd.logging = None
             self.k += self.per_call
@@ -570,11 +581,12 @@ class Diagnostics(_Callback):
 
     On every ``every``-th step k (the optimizer's ``iterations``, from 0): the scalars
     ``<kernel>/r_mean``, ``r_min``, ``r_max`` and the histogram ``<kernel>/r`` (r entering
-    step k), the scalar ``<kernel>/ratio`` = ‖virtual gradient of θ‖ / ‖plain gradient of θ‖
-    of step k (from the gradients the step computed; sites inside ``While`` loops have none),
-    and ``svgd/scale`` = s(k). The steps due run a second trace of the train function that
-    also writes the summaries (one event per step); the other steps run Keras's own, at no
-    cost. With ``steps_per_execution`` > 1 one trace decides per step, under a ``tf.cond``.
+    step k) and ``svgd/scale`` = s(k); on every ``ratio_every``-th step (by default every
+    ``every``-th) also the scalar ``<kernel>/ratio`` = ‖virtual gradient of θ‖ / ‖plain
+    gradient of θ‖ of step k (from the gradients the step computed; sites inside ``While``
+    loops have none), the one figure that costs graph work. The steps due run another trace
+    of the train function that also writes the summaries (one event per step); the other
+    steps run Keras's own, at no cost. With ``steps_per_execution`` > 1 one trace decides per step, under a ``tf.cond``.
     The logged trace is not compiled with XLA (``jit_compile``: it has no summary ops). The
     model must be enabled (``enable``, or ``VirtualGradients`` before this callback in the
     list); not under ``MirroredStrategy`` (nothing is logged there).
@@ -582,11 +594,14 @@ class Diagnostics(_Callback):
 
     train_batch_hooks = False
 
-    def __init__(self, log_dir: str, every: int = 10):
+    def __init__(self, log_dir: str, every: int = 10, ratio_every: int | None = None):
         super().__init__()
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise SVGDRewriteError(f"every must be a positive number of steps, got {every!r}")
-        self.log_dir, self.every = log_dir, every
+        ratio_every = every if ratio_every is None else ratio_every
+        for name, value in (("every", every), ("ratio_every", ratio_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SVGDRewriteError(f"{name} must be a positive number of steps, "
+                                       f"got {value!r}")
+        self.log_dir, self.every, self.ratio_every = log_dir, every, ratio_every
         self._file_writer = None
 
     def on_train_begin(self, logs=None):
@@ -597,24 +612,26 @@ class Diagnostics(_Callback):
         current = model.train_function
         k = int(compat.backing_variable(model.optimizer.iterations).numpy())
         per_call = compat.steps_per_execution(model)
-        if (isinstance(current, _EveryNth) and current.logging.writer is self._writer()
-                and current.logging.in_graph == (per_call > 1)):
-            current.k, current.per_call, current.active = k, per_call, True
+        if (isinstance(current, _EveryNth) and current.logged[True][1].writer is self._writer()
+                and current.per_call == per_call):
+            current.k, current.active = k, True
             return
         plain = current.plain if isinstance(current, _EveryNth) else current
         if plain is None:
             model.make_train_function(force=True)
             plain = model.train_function
-        logging = _Logging(self._writer(), self.every, in_graph=per_call > 1)
-        jit_compile = model.jit_compile  # XLA has no summary ops: the logged trace runs without
-        model.jit_compile = False
-        try:
-            model.make_train_function(force=True)  # traced on its first call
-        finally:
-            model.jit_compile = jit_compile
-        logged = model.train_function
-        model.train_function = _EveryNth(svgd, plain, logged, logging, k)
-        model.train_function.per_call = per_call
+        logged = {}
+        for ratio in (True, False):
+            logging = _Logging(self._writer(), self.every, self.ratio_every,
+                               in_graph=per_call > 1, ratio=ratio)
+            jit_compile = model.jit_compile  # XLA has no summary ops: logged traces run without
+            model.jit_compile = False
+            try:
+                model.make_train_function(force=True)  # traced on its first call
+            finally:
+                model.jit_compile = jit_compile
+            logged[ratio] = (model.train_function, logging)
+        model.train_function = _EveryNth(svgd, plain, logged, k, per_call)
 
     def _writer(self):
         if self._file_writer is None:

@@ -139,6 +139,7 @@ def test_scaling_quick(tmp_path):
 def test_diagnostics_cost_quick(tmp_path):
     results, stdout = run_quick("diagnostics_cost", tmp_path)
     r = results["mnist_mlp"]
-    assert set(r["ms_per_step"]) == {"svgd", "svgd_twin", "every_step", "every_10", "every_100"}
+    assert set(r["ms_per_step"]) == {"svgd", "svgd_twin", "every_step",
+                                     "every_step_ratio_every_10", "every_10", "every_100"}
     assert all(finite(v) and v > 0 for v in r["ms_per_step"].values())
     assert r["over_svgd"]["svgd"] == 1.0 and "every_100" in stdout

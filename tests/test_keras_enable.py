@@ -127,6 +127,34 @@ def test_a_scale_schedule_trains_step_k_with_s_of_k_and_resumes(tmp_path):
     assert max(rel_error(got[k], want[k]) for k in want) <= 1e-5
 
 
+@pytest.mark.parametrize("per_call", [1, 2], ids=["one-step-per-call", "steps_per_execution=2"])
+def test_diagnostics_ratio_every_logs_the_ratio_more_rarely(tmp_path, per_call):
+    """``Diagnostics(every=1, ratio_every=2)``: r's figures and s at every step, the ratio
+    (the figure that costs graph work) at steps 0 and 2 only."""
+    from keras_oracle import conv_dense_model
+    from tensorboard.backend.event_processing import event_accumulator
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, 16).astype("int32")
+    model = conv_dense_model(0)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), steps_per_execution=per_call,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    svgd = sk.enable(model, scale=0.02)
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0,
+              callbacks=[sk.Diagnostics(str(tmp_path / "logs"), every=1, ratio_every=2)])
+    events = event_accumulator.EventAccumulator(str(tmp_path / "logs"),
+                                                size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    for kernel in (s.variable for s in svgd.report.sites):
+        assert [e.step for e in events.Scalars(f"{kernel}/r_max")] == [0, 1, 2, 3]
+        assert [e.step for e in events.Histograms(f"{kernel}/r")] == [0, 1, 2, 3]
+        assert [e.step for e in events.Scalars(f"{kernel}/ratio")] == [0, 2]
+    assert [e.value for e in events.Scalars("svgd/scale")] == pytest.approx([0.02] * 4)
+    with pytest.raises(sk.SVGDRewriteError, match="ratio_every must be a positive"):
+        sk.Diagnostics("logs", ratio_every=0)
+
+
 @pytest.mark.parametrize("per_call,jit_compile", [(1, False), (2, False), (1, True)],
                          ids=["one-step-per-call", "steps_per_execution=2", "jit_compile"])
 def test_diagnostics_callback_writes_each_kernels_figures(tmp_path, per_call, jit_compile):
