@@ -3,10 +3,16 @@ gradient and its plain gradient follow, and the norm ratio ‖virtual‖/‖plai
 
 From the edit log: a post-scaled application's target is the plain gradient and its scaled
 copy the virtual one (both are computed by the step). A pre-scaled application's P reads ĝ
-(its output is the virtual gradient); the plain one is a copy of P reading g, run on P's
-inputs only when a ratio is wanted. The step can return the tapped tensors as it trains
-(``Taps.names``), or a read-only cut of the graph computes them (``build_probe``: no variable
-is written). Sites inside ``While`` loops are not tapped.
+(its output is the virtual gradient); the plain one is P reading g. ``Taps.with_ratio`` adds
+the ratio to the rewritten GraphDef: the step returns it as it trains, or a read-only cut of
+the graph computes it (``build_probe``: no variable is written). Sites inside ``While`` loops
+are not tapped.
+
+A gradient that is a matrix product A·C over a batch axis much shorter than its sides (a
+dense kernel's xᵀ·g) has its squared norm from the batch's Gram matrices, ⟨AᵀA, CCᵀ⟩
+(f scaling C's columns or A's rows for the virtual one): small products of the step's
+inputs to P, which the step can compute before the gradient itself, instead of two more
+passes over the gradient at the end of the step.
 """
 from __future__ import annotations
 
@@ -14,11 +20,18 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 
 from .edits import EditLog
-from .ir import GraphIR
+from .ir import GraphIR, Tensor
 from .registry import WRITE_OP_PREFIXES
+from .tf_compat import output_dtype
+
+RATIO_SCOPE = "svgd_rewrite/diagnostics"
+RATIO = f"{RATIO_SCOPE}/ratio:0"  # per site, in ``Taps.sites`` order
+GRAM_RATIO = 8  # the Gram form where B²·(m + n) ≤ GRAM_RATIO·m·n (B the batch axis)
+
+_F32 = tf.float32.as_datatype_enum
 
 
 @dataclass(frozen=True)
@@ -38,52 +51,198 @@ class Taps:
 
     sites: dict[int, list[Tap]] = field(default_factory=dict)
 
-    def names(self) -> list[str]:
-        """Every tensor the ratios read, once, in a fixed order."""
-        out: dict[str, None] = {}
-        for taps in self.sites.values():
-            for t in taps:
-                out.update(dict.fromkeys((t.virtual,) + ((t.plain,) if t.plain else t.inputs)))
-        return list(out)
+    def with_ratio(self, graph_def: graph_pb2.GraphDef,
+                   shapes: dict[Tensor, tuple[tf.DType, tf.TensorShape]] | None = None
+                   ) -> graph_pb2.GraphDef:
+        """A copy of ``graph_def`` that also computes ``RATIO``: per site, ‖virtual gradient
+        of θ‖ / ‖plain gradient of θ‖ over its applications (0 where the plain one is 0).
 
-    def ratios(self, values: dict[str, tf.Tensor]) -> dict[int, tf.Tensor]:
-        """Per site, ‖virtual gradient of θ‖ / ‖plain gradient of θ‖ over its applications,
-        from the tapped tensors by name (a pre-scaled application's P runs again, on g);
-        a handful of ops in all, so that logging every step stays cheap."""
+        ``shapes`` (static shapes by tensor, ``infer_shapes``) allow the Gram form. A
+        gradient normed directly has its other readers wait for the norm, so that they may
+        still overwrite its buffer in place (a gradient kept for a later reader costs the
+        step a fresh buffer of its size)."""
+        graph = _Builder(graph_def, shapes or {})
         virtual, plain = [], []
         for site, taps in self.sites.items():
-            virtual.append(_sum(_half_squared_norm(values[t.virtual]) for t in taps))
-            plain.append(_sum(_half_squared_norm(values[t.plain] if t.plain else _rerun(
-                t, values, f"svgd_plain_{site}_{k}")) for k, t in enumerate(taps)))
-        ratios = tf.sqrt(tf.math.divide_no_nan(tf.stack(virtual), tf.stack(plain)))
-        return dict(zip(self.sites, tf.unstack(ratios)))
+            v, p = [], []
+            for k, t in enumerate(taps):
+                scope = f"{RATIO_SCOPE}/site_{site}/{k}"
+                pair = graph.gram_pair(t, scope)
+                if pair is None:
+                    pair = graph.norm(t.virtual), graph.norm(t.plain or graph.rerun(t, scope))
+                v.append(pair[0])
+                p.append(pair[1])
+            virtual.append(graph.sum(f"{RATIO_SCOPE}/site_{site}/virtual", v))
+            plain.append(graph.sum(f"{RATIO_SCOPE}/site_{site}/plain", p))
+        stacked = [graph.add(f"{RATIO_SCOPE}/{part}", "Pack", names, T=_F32, N=len(names),
+                             axis=0)
+                   for part, names in (("virtual", virtual), ("plain", plain))]
+        quotient = graph.add(f"{RATIO_SCOPE}/quotient", "DivNoNan", stacked, T=_F32)
+        graph.add(RATIO.split(":")[0], "Sqrt", [quotient], T=_F32)
+        graph.wait_for_norms()
+        return graph.out
 
 
-def _half_squared_norm(t: tf.Tensor) -> tf.Tensor:
-    return tf.nn.l2_loss(tf.cast(t, tf.float32))  # one op: Σ t² / 2
+class _Builder:
+    """Adds the ratio's nodes to a copy of a GraphDef. Every norm is a half squared norm
+    (``L2Loss``'s convention)."""
+
+    def __init__(self, graph_def: graph_pb2.GraphDef, shapes: dict):
+        self.out = graph_pb2.GraphDef()
+        self.out.CopyFrom(graph_def)
+        self.nodes = {n.name: n for n in self.out.node}
+        self.shapes = shapes
+        self.norm_of: dict[str, str] = {}  # tensor normed directly -> its norm
+        self.grams: dict[tuple[str, bool], str] = {}  # (operand, x·xᵀ) -> its Gram matrix
+
+    def add(self, name: str, op: str, inputs: list[str], **attrs) -> str:
+        node = self.out.node.add(name=name, op=op, input=inputs)
+        for key, value in attrs.items():
+            if isinstance(value, bool):
+                node.attr[key].b = value
+            elif key in ("T", "SrcT", "DstT", "Tidx", "Tshape", "dtype"):
+                node.attr[key].type = value
+            elif isinstance(value, int):
+                node.attr[key].i = value
+            else:
+                node.attr[key].CopyFrom(value)
+        self.nodes[name] = node
+        return name
+
+    def const(self, name: str, value, dtype: tf.DType) -> str:
+        return self.add(name, "Const", [], dtype=dtype.as_datatype_enum,
+                        value=attr_value_pb2.AttrValue(tensor=tf.make_tensor_proto(value, dtype)))
+
+    def sum(self, name: str, terms: list[str]) -> str:
+        if len(terms) == 1:
+            return terms[0]
+        return self.add(name, "AddN", terms, T=_F32, N=len(terms))
+
+    def norm(self, tensor: str) -> str:
+        """½‖tensor‖², read once (its other readers wait for it: ``wait_for_norms``)."""
+        tensor = _tensor(tensor)
+        if tensor not in self.norm_of:
+            name, port = _split(tensor)
+            x, k = tensor, len(self.norm_of)
+            dtype = output_dtype(self.nodes[name], port)
+            if dtype != _F32:
+                x = self.add(f"{RATIO_SCOPE}/cast_{k}", "Cast", [x], SrcT=dtype, DstT=_F32,
+                             Truncate=False)
+            self.norm_of[tensor] = self.add(f"{RATIO_SCOPE}/norm_{k}", "L2Loss", [x], T=_F32)
+        return self.norm_of[tensor]
+
+    def rerun(self, tap: Tap, scope: str) -> str:
+        """P's copy on g (``tap.inputs``)."""
+        copy = self.out.node.add()
+        copy.CopyFrom(tap.node)
+        copy.name = f"{scope}/plain_gradient"
+        copy.input[:] = list(tap.inputs)
+        self.nodes[copy.name] = copy
+        return f"{copy.name}:0"
+
+    def wait_for_norms(self) -> None:
+        for reader in self.out.node:
+            if reader.name.startswith(f"{RATIO_SCOPE}/"):
+                continue
+            waits = {self.norm_of[_tensor(i)] for i in reader.input
+                     if not i.startswith("^") and _tensor(i) in self.norm_of}
+            reader.input.extend(f"^{n}" for n in sorted(waits))
+
+    # --- the Gram form -----------------------------------------------------------------
+
+    def gram_pair(self, tap: Tap, scope: str) -> tuple[str, str] | None:
+        """(½‖virtual‖², ½‖plain‖²) in the Gram form, or None where it does not apply."""
+        if tap.plain is not None:  # post-scaled: virtual = plain · f
+            product = self._product(self.nodes.get(_split(tap.plain)[0]))
+            scaled = self.nodes.get(_split(tap.virtual)[0])
+            if product is None or scaled is None or scaled.op != "Mul":
+                return None
+            f = [i for i in scaled.input[:2] if _tensor(i) != _tensor(tap.plain)]
+            side = self._side(product, f[0]) if len(f) == 1 else None
+            if side is None:
+                return None
+            a, c, ta, tb = product
+            plain = self._inner(f"{scope}/plain", self._gram(a, ta, True),
+                                self._gram(c, tb, False))
+            if side == "c":  # f scales C's columns
+                c = self.add(f"{scope}/c_scaled", "Mul", [c, self._oriented(f[0], tb, scope)],
+                             T=_F32)
+            else:  # f scales A's rows
+                a = self.add(f"{scope}/a_scaled", "Mul", [a, self._oriented(f[0], not ta, scope)],
+                             T=_F32)
+            return self._inner(f"{scope}/virtual", self._gram(a, ta, True),
+                               self._gram(c, tb, False)), plain
+        node = self.nodes.get(_split(tap.virtual)[0])  # pre-scaled: P(…ĝ…) against P(…g…)
+        virtual, plain = self._product(node), self._product(tap.node, tap.inputs)
+        if virtual is None or plain is None:
+            return None
+        return tuple(self._inner(f"{scope}/{part}", self._gram(a, ta, True),
+                                 self._gram(c, tb, False))
+                     for part, (a, c, ta, tb) in (("virtual", virtual), ("plain", plain)))
+
+    def _shape(self, tensor: str) -> list[int | None] | None:
+        info = self.shapes.get(Tensor.parse(tensor))
+        if info is None or info[0] != tf.float32 or info[1].rank is None:
+            return None
+        return info[1].as_list()
+
+    def _product(self, node, inputs: tuple[str, ...] | None = None):
+        """(a, c, transpose_a, transpose_b) of a float32 MatMul A·C (A = op(a): m×B,
+        C = op(c): B×n, all static) where the Gram form is the cheaper; else None."""
+        if node is None or node.op != "MatMul":
+            return None
+        a, c = inputs if inputs is not None else [i for i in node.input if not i.startswith("^")]
+        ta, tb = node.attr["transpose_a"].b, node.attr["transpose_b"].b
+        sa, sc = self._shape(a), self._shape(c)
+        if sa is None or sc is None or len(sa) != 2 or len(sc) != 2 or None in sa + sc:
+            return None
+        (b, m), (_, n) = (sa if ta else sa[::-1]), (sc if not tb else sc[::-1])
+        return (a, c, ta, tb) if b * b * (m + n) <= GRAM_RATIO * m * n else None
+
+    def _side(self, product, f: str) -> str | None:
+        """Which factor f scales: "c" (C's columns: f is [n] or [1, n]), "a" (A's rows:
+        [m, 1]); None for any other shape."""
+        a, c, ta, tb = product
+        sf, sa, sc = self._shape(f), self._shape(a), self._shape(c)
+        if sf is None:
+            return None
+        m, n = (sa[1] if ta else sa[0]), (sc[0] if tb else sc[1])
+        if sf in ([n], [1, n]):
+            return "c"
+        if sf == [m, 1]:
+            return "a"
+        return None
+
+    def _oriented(self, f: str, column: bool, scope: str) -> str:
+        """f as a row [1, k] (``column`` False) or a column [k, 1] of the operand it
+        scales, as that operand is stored."""
+        shape = self.const(f"{scope}/f_shape", [-1, 1] if column else [1, -1],
+                           tf.int32)
+        return self.add(f"{scope}/f", "Reshape", [f, shape], T=_F32,
+                        Tshape=tf.int32.as_datatype_enum)
+
+    def _gram(self, x: str, transposed: bool, left: bool) -> str:
+        """AᵀA (``left``: A = op(x)) or CCᵀ (C = op(x)), B×B; once per operand."""
+        outer = transposed == left  # x·xᵀ when True, xᵀ·x when False
+        key = (_tensor(x), outer)
+        if key not in self.grams:
+            self.grams[key] = self.add(f"{RATIO_SCOPE}/gram_{len(self.grams)}", "MatMul",
+                                       [x, x], T=_F32, transpose_a=not outer, transpose_b=outer)
+        return self.grams[key]
+
+    def _inner(self, name: str, k: str, g: str) -> str:
+        """½⟨k, g⟩."""
+        axes = self.const(f"{name}_axes", [0, 1], tf.int32)
+        total = self.add(f"{name}_sum", "Sum", [self.add(f"{name}_product", "Mul", [k, g],
+                                                           T=_F32), axes],
+                         T=_F32, Tidx=tf.int32.as_datatype_enum, keep_dims=False)
+        return self.add(name, "Mul", [total, self.const(f"{name}_half", 0.5, tf.float32)],
+                        T=_F32)
 
 
-def _sum(terms) -> tf.Tensor:
-    terms = list(terms)
-    return terms[0] if len(terms) == 1 else tf.add_n(terms)
-
-
-def _rerun(tap: Tap, values: dict[str, tf.Tensor], scope: str) -> tf.Tensor:
-    """P (a copy of ``tap.node``) on ``tap.inputs``' tensors."""
-    small = graph_pb2.GraphDef()
-    for j, name in enumerate(tap.inputs):
-        ph = small.node.add(name=f"input_{j}", op="Placeholder")
-        ph.attr["dtype"].type = values[name].dtype.as_datatype_enum
-    node = small.node.add()
-    node.CopyFrom(tap.node)
-    node.name, node.device = "plain", ""
-    node.attr.pop("_class", None)
-    node.input[:] = [f"input_{j}" for j in range(len(tap.inputs))]
-    (plain,) = tf.graph_util.import_graph_def(
-        small, input_map={f"input_{j}:0": tf.identity(values[n])  # captured in a branch
-                          for j, n in enumerate(tap.inputs)},
-        return_elements=["plain:0"], name=scope)
-    return plain
+def _split(tensor: str) -> tuple[str, int]:
+    name, _, index = tensor.partition(":")
+    return name, int(index or 0)
 
 
 def _tensor(name: str) -> str:
@@ -111,12 +270,12 @@ def taps_of(graph_def: graph_pb2.GraphDef, edits: EditLog) -> Taps | None:
     return taps if taps.sites else None
 
 
-def build_probe(graph_def: graph_pb2.GraphDef, taps: Taps) -> graph_pb2.GraphDef | None:
-    """The read-only probe: ``graph_def`` cut to the tapped tensors and their ancestors (data
-    and control inputs); None when the cut would write a variable."""
+def build_probe(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef | None:
+    """The read-only probe: ``graph_def`` (a ``Taps.with_ratio`` graph) cut to ``RATIO`` and
+    its ancestors (data and control inputs); None when the cut would write a variable."""
     g = GraphIR(graph_def).g
-    wanted = {t.split(":")[0] for t in taps.names()}
-    keep = set(wanted).union(*(nx.ancestors(g, name) for name in wanted))
+    wanted = RATIO.split(":")[0]
+    keep = {wanted} | nx.ancestors(g, wanted)
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)

@@ -19,9 +19,10 @@ from .frontend import accumulator_variables
 from .ir import map_colocation
 from .load import LoadedStep
 from .names import HYPERPARAMETERS
-from .probe import build_probe, taps_of
+from .probe import RATIO, build_probe, taps_of
 from .options import is_schedule, value_at
 from .report import Report
+from .shapes import infer_shapes
 from .state import AccumulatorState
 from .surgery import Rewritten
 from .tf_compat import (capture, capture_call_time_value, distributed_container,
@@ -151,6 +152,8 @@ class SVGDStep(tf.Module):
         self._options, self._step_number = rewritten.options, step_number
         self._wiring.probe = None  # built on the first diagnostics() with a batch
         self._wiring.tapped = None  # built on the first run_with_taps
+        self._wiring.ratio_graph_def = None  # the step that also computes the ratio
+        self._wiring.shapes = None  # static shapes, for the ratio's Gram form
         self._wiring.taps = taps_of(rewritten.graph_def, rewritten.edits)
         self._wiring.jit_compile = loaded.jit_compile
         self._wiring.signature = SimpleNamespace(call=loaded.call)
@@ -222,9 +225,13 @@ class SVGDStep(tf.Module):
         w = self._wiring
         if not w.distributed:
             _refuse_replicas()
-        tapped = w.taps.names() if taps and w.taps is not None else []
+        graph, tapped = w.import_graph_def, []
+        if taps and w.taps is not None:
+            if w.ratio_graph_def is None:
+                w.ratio_graph_def = self._with_ratio(w.import_graph_def)
+            graph, tapped = w.ratio_graph_def, [RATIO]
         outs = tf.graph_util.import_graph_def(
-            w.import_graph_def, input_map=self._input_map(values, w.read),
+            graph, input_map=self._input_map(values, w.read),
             return_elements=w.output_tensors + tapped, name=IMPORT_SCOPE)
         outs, tapped = outs[:len(w.output_tensors)], outs[len(w.output_tensors):]
         if self.state.steps is not None and self._step_number is None:
@@ -240,9 +247,10 @@ class SVGDStep(tf.Module):
         return (structured, tapped) if taps else structured
 
     def run_with_taps(self, *values) -> tuple[Any, list[tf.Tensor]]:
-        """One training step, as a call of the step, that also returns the tensors
-        ``ratios`` reads (θ's gradients per site, as the step computed them; nothing more
-        is computed). Call it inside a ``tf.function``."""
+        """One training step, as a call of the step, that also returns what ``ratios`` reads:
+        the norm ratio per site, from θ's gradients as the step computes them (a few
+        reductions more; a pre-scaled site's P runs once more, on g). Call it inside a
+        ``tf.function``."""
         w = self._wiring
         if w.tapped is None:
             w.tapped = tf.function(
@@ -253,13 +261,12 @@ class SVGDStep(tf.Module):
 
     def ratios(self, tapped: list[tf.Tensor]) -> dict[str, tf.Tensor]:
         """Per transformed variable (by name), ‖virtual gradient of θ‖ / ‖plain gradient of
-        θ‖ from ``run_with_taps``' tensors (a pre-scaled site's P runs once more, on g)."""
+        θ‖, from ``run_with_taps``' tensors."""
         taps = self._wiring.taps
         if taps is None:
             return {}
         names_of = {site.index: site.variable for site in self.report.sites}
-        values = dict(zip(taps.names(), tapped))
-        return {names_of[site]: ratio for site, ratio in taps.ratios(values).items()}
+        return dict(zip((names_of[site] for site in taps.sites), tf.unstack(tapped[0])))
 
     def diagnostics(self, *args, **kwargs) -> dict[str, dict[str, Any]]:
         """Per transformed variable (by its name in the report): r (``r``, its values) and
@@ -305,10 +312,17 @@ class SVGDStep(tf.Module):
             self._wiring.probe = self._make_probe()
         return self._wiring.probe or None
 
+    def _with_ratio(self, graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
+        """``graph_def`` (the step's, or its import form) that also computes ``RATIO``."""
+        w = self._wiring
+        if w.shapes is None:
+            w.shapes = infer_shapes(self.graph_def, w.graph_variables)
+        return w.taps.with_ratio(graph_def, w.shapes)
+
     def _make_probe(self):
         """A ``tf.function`` of the step's arguments: per site, the norm ratio (``probe``)."""
         w = self._wiring
-        cut = build_probe(self.graph_def, w.taps) if w.taps is not None else None
+        cut = build_probe(self._with_ratio(self.graph_def)) if w.taps is not None else None
         if cut is None:
             return False
         probe_gd = graph_pb2.GraphDef()
@@ -322,7 +336,7 @@ class SVGDStep(tf.Module):
         def probe(*values):
             return self.ratios(tf.graph_util.import_graph_def(
                 probe_gd, input_map=self._input_map(values, read, train=False),
-                return_elements=w.taps.names(), name="svgd_probe"))
+                return_elements=[RATIO], name="svgd_probe"))
 
         return tf.function(_with_parameters(probe, w.signature),
                            input_signature=self.function.input_signature, autograph=False)

@@ -76,6 +76,25 @@ def op_output_names(node) -> list[tuple[str, int]]:
     return out
 
 
+def output_dtype(node, index: int) -> int:
+    """The ``DataType`` enum of a node's flat output ``index``, from its op's definition."""
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(node.op)
+    if op_def is None:
+        raise ValueError(f"unknown op type {node.op!r}")
+    for arg in op_def.output_arg:
+        if arg.type_list_attr:
+            types = list(node.attr[arg.type_list_attr].list.type)
+        else:
+            dtype = node.attr[arg.type_attr].type if arg.type_attr else arg.type
+            types = [dtype] * (node.attr[arg.number_attr].i if arg.number_attr else 1)
+        if index < len(types):
+            return types[index]
+        index -= len(types)
+    raise ValueError(f"{node.name!r} ({node.op}) has no output {index}")
+
+
 def register_functions(library) -> None:
     """Register a GraphDef library's functions with the eager runtime (the loop bodies the
     rewrite creates): a GraphDef imported into a ``tf.function`` brings its library into the

@@ -1,6 +1,6 @@
 """The diagnostics taps (``svgd_rewrite.probe``): which tensors of a rewritten step give θ's
-virtual and plain gradient, the norm ratio from them (numpy as the reference), and the
-read-only probe's refusal to write."""
+virtual and plain gradient, the norm ratio the step computes from them (directly, and in the
+Gram form; numpy as the reference), and the read-only probe's refusal to write."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,14 +9,23 @@ import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
 from svgd_rewrite.edits import EditLog, Rerouted, Scaled
-from svgd_rewrite.probe import Tap, Taps, build_probe, taps_of
+from svgd_rewrite.probe import RATIO, RATIO_SCOPE, Tap, Taps, build_probe, taps_of
+from svgd_rewrite.shapes import infer_shapes
 
 
-def _matmul(name: str, a: str, b: str, transpose_a: bool) -> node_def_pb2.NodeDef:
+def _matmul(name: str, a: str, b: str, transpose_a: bool,
+            transpose_b: bool = False) -> node_def_pb2.NodeDef:
     node = node_def_pb2.NodeDef(name=name, op="MatMul", input=[a, b, "^ctrl"])
     node.attr["T"].type = tf.float32.as_datatype_enum
     node.attr["transpose_a"].b = transpose_a
-    node.attr["transpose_b"].b = False
+    node.attr["transpose_b"].b = transpose_b
+    return node
+
+
+def _placeholder(name: str, shape) -> node_def_pb2.NodeDef:
+    node = node_def_pb2.NodeDef(name=name, op="Placeholder")
+    node.attr["dtype"].type = tf.float32.as_datatype_enum
+    node.attr["shape"].shape.CopyFrom(tf.TensorShape(shape).as_proto())
     return node
 
 
@@ -39,28 +48,92 @@ def test_taps_name_the_gradients_of_both_forms():
     (pre,), (post,) = taps.sites[0], taps.sites[1]
     assert (pre.virtual, pre.plain, pre.inputs) == ("P:0", None, ("x:0", "g:0"))
     assert (post.virtual, post.plain) == ("scaled:0", "target:0")
-    assert taps.names() == ["P:0", "x:0", "g:0", "scaled:0", "target:0"]
     assert taps_of(graph, EditLog()) is None
 
 
-def test_ratio_reruns_p_on_the_plain_gradient_and_sums_applications():
+# A step's gradients, as MatMuls of a batch of B = 4: site 0 pre-scaled with two applications
+# (P reads ĝ; P2 is θ's transposed kernel's gradient), site 1 post-scaled by f over the
+# columns, site 2 over the rows (its kernel transposed).
+B, M, N = 4, 6, 5
+SHAPES = {"x": (B, M), "g": (B, N), "gh": (B, N), "x2": (B, M), "g2": (B, N), "gh2": (B, N),
+          "x3": (B, M), "g3": (B, N), "f3": (N,), "x4": (B, M), "g4": (B, N), "f4": (M, 1)}
+
+
+def _step_graph():
+    nodes = [_placeholder(name, shape) for name, shape in SHAPES.items()]
+    nodes.append(node_def_pb2.NodeDef(name="ctrl", op="NoOp"))
+    nodes += [_matmul("P", "x", "gh", True), _matmul("P2", "gh2", "x2", True),
+              _matmul("target3", "x3", "g3", True), _matmul("target4", "x4", "g4", False, True)]
+    nodes[-1].input[:] = ["x4", "g4", "^ctrl"]  # x4ᵀ·g4 stored as (x4ᵀ)·(g4ᵀ)ᵀ: M×B · B×N
+    nodes[-1].attr["transpose_a"].b, nodes[-1].attr["transpose_b"].b = True, False
+    for k, f in ((3, "f3"), (4, "f4")):
+        scaled = node_def_pb2.NodeDef(name=f"scaled{k}", op="Mul", input=[f"target{k}", f])
+        scaled.attr["T"].type = tf.float32.as_datatype_enum
+        nodes.append(scaled)
+        reader = node_def_pb2.NodeDef(name=f"apply{k}", op="Identity", input=[f"scaled{k}"])
+        reader.attr["T"].type = tf.float32.as_datatype_enum
+        nodes.append(reader)
+    graph = _graph(*nodes)
+    edits = EditLog(rerouted=[Rerouted(site=0, application=0, node="P", slot=1, old="g",
+                                       new="gh"),
+                              Rerouted(site=0, application=1, node="P2", slot=0, old="g2",
+                                       new="gh2")],
+                    scaled=[Scaled(site=1, target="target3", scaled="scaled3"),
+                            Scaled(site=2, target="target4", scaled="scaled4")])
+    return graph, taps_of(graph, edits)
+
+
+def _ratio(graph, values) -> np.ndarray:
+    run = tf.function(lambda: tf.graph_util.import_graph_def(
+        graph, input_map={f"{k}:0": tf.constant(v) for k, v in values.items()},
+        return_elements=[RATIO], name="probe")[0])
+    return run().numpy()
+
+
+@pytest.mark.parametrize("gram", [False, True], ids=["direct", "gram"])
+def test_the_ratio_of_each_form_is_numpys(gram):
+    """Per site ‖virtual‖/‖plain‖ over its applications: P re-run on g for a pre-scaled one,
+    f's columns or rows for a post-scaled one — directly, or from the batch's Gram matrices
+    where the shapes are known (then no tapped gradient is read)."""
     rng = np.random.default_rng(0)
-    x, g, x2, g2 = (rng.normal(size=s).astype(np.float32)
-                    for s in ((8, 5), (8, 3), (8, 5), (8, 3)))
-    virtual, virtual2 = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
-    taps = Taps({0: [Tap(virtual="v:0", node=_matmul("P", "x", "gh", True),
-                         inputs=("x:0", "g:0")),
-                     Tap(virtual="v2:0", node=_matmul("P2", "x2", "gh2", True),
-                         inputs=("x2:0", "g2:0"))],
-                 1: [Tap(virtual="s:0", plain="t:0")]})
-    values = {"v:0": virtual, "v2:0": virtual2, "x:0": x, "g:0": g, "x2:0": x2, "g2:0": g2,
-              "s:0": 2 * g, "t:0": g}
-    values = {k: tf.constant(v, tf.float32) for k, v in values.items()}
-    ratios = tf.function(lambda: taps.ratios(values))()
-    want = np.sqrt((np.sum(virtual ** 2) + np.sum(virtual2 ** 2))
-                   / (np.sum((x.T @ g) ** 2) + np.sum((x2.T @ g2) ** 2)))
-    assert float(ratios[0]) == pytest.approx(want, rel=1e-5)
-    assert float(ratios[1]) == pytest.approx(2.0, rel=1e-6)
+    v = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+    graph, taps = _step_graph()
+    shapes = infer_shapes(graph, {}) if gram else None
+    ratio = _ratio(taps.with_ratio(graph, shapes), v)
+    want = [
+        np.sqrt((np.sum((v["x"].T @ v["gh"]) ** 2) + np.sum((v["gh2"].T @ v["x2"]) ** 2))
+                / (np.sum((v["x"].T @ v["g"]) ** 2) + np.sum((v["g2"].T @ v["x2"]) ** 2))),
+        np.linalg.norm((v["x3"].T @ v["g3"]) * v["f3"]) / np.linalg.norm(v["x3"].T @ v["g3"]),
+        np.linalg.norm((v["x4"].T @ v["g4"]) * v["f4"]) / np.linalg.norm(v["x4"].T @ v["g4"])]
+    np.testing.assert_allclose(ratio, want, rtol=1e-5)
+    added = [n for n in taps.with_ratio(graph, shapes).node if n.name.startswith(RATIO_SCOPE)]
+    norms = [n for n in added if n.op == "L2Loss"]
+    grams = [n for n in added if n.op == "MatMul" and "gram" in n.name]
+    if gram:  # per application 3 (an operand's shared by the virtual and the plain one)
+        assert not norms and len(grams) == 3 + 3 + 3 + 3
+    else:
+        assert len(norms) == 8 and not grams
+
+
+def test_a_gradient_normed_directly_is_read_by_the_step_after_its_norm():
+    """So that the step's own reader may still overwrite the gradient's buffer in place."""
+    graph, taps = _step_graph()
+    out = {n.name: n for n in taps.with_ratio(graph).node}
+    waits = [i for i in out["scaled3"].input if i.startswith("^")]
+    assert waits and all(out[w[1:]].op == "L2Loss" for w in waits)
+    assert out[waits[0][1:]].input == ["target3:0"]
+    assert [i for i in out["apply3"].input if i.startswith("^")]
+    assert "^" not in "".join(out["P"].input[:2])
+
+
+def test_a_gradient_of_unknown_batch_is_normed_directly():
+    graph, taps = _step_graph()
+    for n in graph.node:
+        if n.name in ("x3", "g3"):
+            unknown_batch = tf.TensorShape([None, SHAPES[n.name][1]])
+            n.attr["shape"].shape.CopyFrom(unknown_batch.as_proto())
+    out = taps.with_ratio(graph, infer_shapes(graph, {}))
+    assert [n.input for n in out.node if n.op == "L2Loss"] == [["scaled3:0"], ["target3:0"]]
 
 
 def test_the_probe_is_refused_when_its_cut_would_write_a_variable():
@@ -73,6 +146,8 @@ def test_the_probe_is_refused_when_its_cut_would_write_a_variable():
 
     graph = f.get_concrete_function(tf.TensorSpec([], tf.float32)).graph.as_graph_def()
     out = next(n.name for n in graph.node if n.name.startswith("out"))
-    assert build_probe(graph, Taps({0: [Tap(virtual=f"{out}:0", plain="x:0")]})) is None
-    cut = build_probe(graph, Taps({0: [Tap(virtual="x:0", plain="x:0")]}))
-    assert [n.name for n in cut.node] == ["x"]
+    writes = Taps({0: [Tap(virtual=f"{out}:0", plain="x:0")]})
+    assert build_probe(writes.with_ratio(graph)) is None
+    cut = build_probe(Taps({0: [Tap(virtual="x:0", plain="x:0")]}).with_ratio(graph))
+    assert {n.name for n in cut.node} == {"x"} | {
+        n.name for n in cut.node if n.name.startswith(RATIO_SCOPE)}
