@@ -8,11 +8,12 @@ the ratio to the rewritten GraphDef: the step returns it as it trains, or a read
 the graph computes it (``build_probe``: no variable is written). Sites inside ``While`` loops
 are not tapped.
 
-A gradient that is a matrix product A·C over a batch axis much shorter than its sides (a
-dense kernel's xᵀ·g) has its squared norm from the batch's Gram matrices, ⟨AᵀA, CCᵀ⟩
-(f scaling C's columns or A's rows for the virtual one): small products of the step's
-inputs to P, which the step can compute before the gradient itself, instead of two more
-passes over the gradient at the end of the step.
+Reading both gradients of a large kernel at the end of the step costs more than the ratio
+needs. A gradient that is a matrix product A·C over a batch axis much shorter than its sides
+(a dense kernel's xᵀ·g) has its squared norm from the batch's Gram matrices, ⟨AᵀA, CCᵀ⟩ (f
+scaling C's columns or A's rows for the virtual one): small products of P's inputs, which
+the step can compute before the gradient itself. Else a post-scaled one is read once: its
+norms over the axes f is broadcast along, then f on those.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ RATIO = f"{RATIO_SCOPE}/ratio:0"  # per site, in ``Taps.sites`` order
 GRAM_RATIO = 8  # the Gram form where B²·(m + n) ≤ GRAM_RATIO·m·n (B the batch axis)
 
 _F32 = tf.float32.as_datatype_enum
+FORMS = ("gram", "columns")  # tried in this order; else both gradients are read
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ class Taps:
         """A copy of ``graph_def`` that also computes ``RATIO``: per site, ‖virtual gradient
         of θ‖ / ‖plain gradient of θ‖ over its applications (0 where the plain one is 0).
 
-        ``shapes`` (static shapes by tensor, ``infer_shapes``) allow the Gram form. A
-        gradient normed directly has its other readers wait for the norm, so that they may
+        ``shapes`` (static shapes by tensor, ``infer_shapes``) allow the forms in ``FORMS``.
+        A gradient that is read has its other readers wait for the read, so that they may
         still overwrite its buffer in place (a gradient kept for a later reader costs the
         step a fresh buffer of its size)."""
         graph = _Builder(graph_def, shapes or {})
@@ -67,7 +69,9 @@ class Taps:
             v, p = [], []
             for k, t in enumerate(taps):
                 scope = f"{RATIO_SCOPE}/site_{site}/{k}"
-                pair = graph.gram_pair(t, scope)
+                pair = None
+                for form in FORMS:
+                    pair = pair or getattr(graph, f"{form}_pair")(t, scope)
                 if pair is None:
                     pair = graph.norm(t.virtual), graph.norm(t.plain or graph.rerun(t, scope))
                 v.append(pair[0])
@@ -93,6 +97,7 @@ class _Builder:
         self.nodes = {n.name: n for n in self.out.node}
         self.shapes = shapes
         self.norm_of: dict[str, str] = {}  # tensor normed directly -> its norm
+        self.readers: dict[str, list[str]] = {}  # a tapped gradient -> the nodes reading it
         self.grams: dict[tuple[str, bool], str] = {}  # (operand, x·xᵀ) -> its Gram matrix
 
     def add(self, name: str, op: str, inputs: list[str], **attrs) -> str:
@@ -124,12 +129,37 @@ class _Builder:
         if tensor not in self.norm_of:
             name, port = _split(tensor)
             x, k = tensor, len(self.norm_of)
-            dtype = output_dtype(self.nodes[name], port)
+            info = self.shapes.get(Tensor(name, port))
+            dtype = (info[0].as_datatype_enum if info is not None
+                     else output_dtype(self.nodes[name], port))
             if dtype != _F32:
                 x = self.add(f"{RATIO_SCOPE}/cast_{k}", "Cast", [x], SrcT=dtype, DstT=_F32,
                              Truncate=False)
             self.norm_of[tensor] = self.add(f"{RATIO_SCOPE}/norm_{k}", "L2Loss", [x], T=_F32)
+            self.readers[tensor] = self.readers.get(tensor, []) + [self.norm_of[tensor]]
         return self.norm_of[tensor]
+
+    def columns_pair(self, tap: Tap, scope: str) -> tuple[str, str] | None:
+        """(½‖virtual‖², ½‖plain‖²) of a post-scaled application from one pass over the plain
+        gradient: its norms over the axes f is broadcast along, then f on those."""
+        f = self._factor(tap)
+        st, sf = self._shape(tap.plain or ""), self._shape(f or "")
+        if f is None or st is None or sf is None or None in sf or len(sf) > len(st):
+            return None
+        aligned = [1] * (len(st) - len(sf)) + sf
+        if any(d not in (1, t) for d, t in zip(aligned, st)):
+            return None
+        axes = [k for k, d in enumerate(aligned) if d == 1 and st[k] != 1]
+        if not axes:
+            return None
+        plain = _tensor(tap.plain)
+        norms = self.add(f"{scope}/column_norms", "EuclideanNorm",
+                         [plain, self.const(f"{scope}/axes", axes, tf.int32)], T=_F32,
+                         Tidx=tf.int32.as_datatype_enum, keep_dims=True)
+        self.readers[plain] = self.readers.get(plain, []) + [norms]
+        virtual = self.add(f"{scope}/virtual_columns", "Mul", [norms, f], T=_F32)
+        return (self.add(f"{scope}/virtual", "L2Loss", [virtual], T=_F32),
+                self.add(f"{scope}/plain", "L2Loss", [norms], T=_F32))
 
     def rerun(self, tap: Tap, scope: str) -> str:
         """P's copy on g (``tap.inputs``)."""
@@ -144,8 +174,8 @@ class _Builder:
         for reader in self.out.node:
             if reader.name.startswith(f"{RATIO_SCOPE}/"):
                 continue
-            waits = {self.norm_of[_tensor(i)] for i in reader.input
-                     if not i.startswith("^") and _tensor(i) in self.norm_of}
+            waits = {n for i in reader.input if not i.startswith("^")
+                     for n in self.readers.get(_tensor(i), ())}
             reader.input.extend(f"^{n}" for n in sorted(waits))
 
     # --- the Gram form -----------------------------------------------------------------
@@ -153,22 +183,18 @@ class _Builder:
     def gram_pair(self, tap: Tap, scope: str) -> tuple[str, str] | None:
         """(½‖virtual‖², ½‖plain‖²) in the Gram form, or None where it does not apply."""
         if tap.plain is not None:  # post-scaled: virtual = plain · f
-            product = self._product(self.nodes.get(_split(tap.plain)[0]))
-            scaled = self.nodes.get(_split(tap.virtual)[0])
-            if product is None or scaled is None or scaled.op != "Mul":
-                return None
-            f = [i for i in scaled.input[:2] if _tensor(i) != _tensor(tap.plain)]
-            side = self._side(product, f[0]) if len(f) == 1 else None
+            product, f = self._product(self.nodes.get(_split(tap.plain)[0])), self._factor(tap)
+            side = self._side(product, f) if product is not None and f is not None else None
             if side is None:
                 return None
             a, c, ta, tb = product
             plain = self._inner(f"{scope}/plain", self._gram(a, ta, True),
                                 self._gram(c, tb, False))
             if side == "c":  # f scales C's columns
-                c = self.add(f"{scope}/c_scaled", "Mul", [c, self._oriented(f[0], tb, scope)],
+                c = self.add(f"{scope}/c_scaled", "Mul", [c, self._oriented(f, tb, scope)],
                              T=_F32)
             else:  # f scales A's rows
-                a = self.add(f"{scope}/a_scaled", "Mul", [a, self._oriented(f[0], not ta, scope)],
+                a = self.add(f"{scope}/a_scaled", "Mul", [a, self._oriented(f, not ta, scope)],
                              T=_F32)
             return self._inner(f"{scope}/virtual", self._gram(a, ta, True),
                                self._gram(c, tb, False)), plain
@@ -180,7 +206,17 @@ class _Builder:
                                  self._gram(c, tb, False))
                      for part, (a, c, ta, tb) in (("virtual", virtual), ("plain", plain)))
 
+    def _factor(self, tap: Tap) -> str | None:
+        """f of a post-scaled application: the scaled copy's other input."""
+        scaled = self.nodes.get(_split(tap.virtual)[0])
+        if tap.plain is None or scaled is None or scaled.op != "Mul":
+            return None
+        f = [i for i in scaled.input[:2] if _tensor(i) != _tensor(tap.plain)]
+        return f[0] if len(f) == 1 else None
+
     def _shape(self, tensor: str) -> list[int | None] | None:
+        if not tensor:
+            return None
         info = self.shapes.get(Tensor.parse(tensor))
         if info is None or info[0] != tf.float32 or info[1].rank is None:
             return None

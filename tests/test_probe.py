@@ -9,6 +9,7 @@ import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
 from svgd_rewrite.edits import EditLog, Rerouted, Scaled
+import svgd_rewrite.probe
 from svgd_rewrite.probe import RATIO, RATIO_SCOPE, Tap, Taps, build_probe, taps_of
 from svgd_rewrite.shapes import infer_shapes
 
@@ -90,50 +91,78 @@ def _ratio(graph, values) -> np.ndarray:
     return run().numpy()
 
 
-@pytest.mark.parametrize("gram", [False, True], ids=["direct", "gram"])
-def test_the_ratio_of_each_form_is_numpys(gram):
+@pytest.mark.parametrize("forms", [(), ("columns",), ("gram", "columns")],
+                         ids=["direct", "columns", "gram"])
+def test_the_ratio_of_each_form_is_numpys(forms, monkeypatch):
     """Per site ‖virtual‖/‖plain‖ over its applications: P re-run on g for a pre-scaled one,
-    f's columns or rows for a post-scaled one — directly, or from the batch's Gram matrices
-    where the shapes are known (then no tapped gradient is read)."""
+    f's columns or rows for a post-scaled one — reading both gradients, reading the plain one
+    once (its norms along f's broadcast axes), or from the batch's Gram matrices (then no
+    tapped gradient is read)."""
+    monkeypatch.setattr(svgd_rewrite.probe, "FORMS", forms)
     rng = np.random.default_rng(0)
     v = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
     graph, taps = _step_graph()
-    shapes = infer_shapes(graph, {}) if gram else None
-    ratio = _ratio(taps.with_ratio(graph, shapes), v)
+    out = taps.with_ratio(graph, infer_shapes(graph, {}))
     want = [
         np.sqrt((np.sum((v["x"].T @ v["gh"]) ** 2) + np.sum((v["gh2"].T @ v["x2"]) ** 2))
                 / (np.sum((v["x"].T @ v["g"]) ** 2) + np.sum((v["g2"].T @ v["x2"]) ** 2))),
         np.linalg.norm((v["x3"].T @ v["g3"]) * v["f3"]) / np.linalg.norm(v["x3"].T @ v["g3"]),
         np.linalg.norm((v["x4"].T @ v["g4"]) * v["f4"]) / np.linalg.norm(v["x4"].T @ v["g4"])]
-    np.testing.assert_allclose(ratio, want, rtol=1e-5)
-    added = [n for n in taps.with_ratio(graph, shapes).node if n.name.startswith(RATIO_SCOPE)]
-    norms = [n for n in added if n.op == "L2Loss"]
+    np.testing.assert_allclose(_ratio(out, v), want, rtol=1e-5)
+    added = [n for n in out.node if n.name.startswith(RATIO_SCOPE)]
+    read = sorted(n.input[0] for n in added if n.op in ("L2Loss", "EuclideanNorm")
+                  and not n.input[0].startswith(RATIO_SCOPE))
     grams = [n for n in added if n.op == "MatMul" and "gram" in n.name]
-    if gram:  # per application 3 (an operand's shared by the virtual and the plain one)
-        assert not norms and len(grams) == 3 + 3 + 3 + 3
-    else:
-        assert len(norms) == 8 and not grams
+    if forms == ():
+        assert read == ["P2:0", "P:0", "scaled3:0", "scaled4:0", "target3:0", "target4:0"]
+    elif forms == ("columns",):  # P re-run on g (pre-scaled); the targets read once
+        assert read == ["P2:0", "P:0", "target3:0", "target4:0"] and not grams
+    else:  # per application 3 (an operand's shared by the virtual and the plain one)
+        assert read == [] and len(grams) == 3 + 3 + 3 + 3
 
 
-def test_a_gradient_normed_directly_is_read_by_the_step_after_its_norm():
+def test_a_gradient_read_is_read_by_the_step_after_its_norm(monkeypatch):
     """So that the step's own reader may still overwrite the gradient's buffer in place."""
     graph, taps = _step_graph()
-    out = {n.name: n for n in taps.with_ratio(graph).node}
-    waits = [i for i in out["scaled3"].input if i.startswith("^")]
-    assert waits and all(out[w[1:]].op == "L2Loss" for w in waits)
-    assert out[waits[0][1:]].input == ["target3:0"]
-    assert [i for i in out["apply3"].input if i.startswith("^")]
-    assert "^" not in "".join(out["P"].input[:2])
+    for forms, reads in (((), "L2Loss"), (("columns",), "EuclideanNorm")):
+        monkeypatch.setattr(svgd_rewrite.probe, "FORMS", forms)
+        out = {n.name: n for n in taps.with_ratio(graph, infer_shapes(graph, {})).node}
+        waits = [i[1:] for i in out["scaled3"].input if i.startswith("^")]
+        assert waits and all(out[w].op == reads and out[w].input[0] == "target3:0"
+                             for w in waits)
+        assert ([i for i in out["apply3"].input if i.startswith("^")] != []) == (forms == ())
+        assert "^" not in "".join(out["P"].input[:2])
 
 
-def test_a_gradient_of_unknown_batch_is_normed_directly():
+@pytest.mark.parametrize("shapes", [False, True], ids=["op-def", "inferred"])
+def test_a_half_precision_gradient_is_normed_in_float32(shapes):
+    """Its squares summed in float32 (1e3² overflows float16); its dtype from the inferred
+    shapes or else from the op's definition."""
+    graph = _graph(_placeholder("t", (4, 3)), _placeholder("f", (3,)))
+    for name in ("t", "f"):
+        graph.node[-1 if name == "f" else 0].attr["dtype"].type = tf.float16.as_datatype_enum
+    scaled = node_def_pb2.NodeDef(name="s", op="Mul", input=["t", "f"])
+    scaled.attr["T"].type = tf.float16.as_datatype_enum
+    graph.node.append(scaled)
+    taps = Taps({0: [Tap(virtual="s:0", plain="t:0")]})
+    out = taps.with_ratio(graph, infer_shapes(graph, {}) if shapes else None)
+    t = np.full((4, 3), 1e3, np.float16)
+    ratio = tf.function(lambda: tf.graph_util.import_graph_def(
+        out, input_map={"t:0": tf.constant(t), "f:0": tf.constant(np.float16([2, 2, 2]))},
+        return_elements=[RATIO], name="probe")[0])()
+    assert float(ratio[0]) == pytest.approx(2.0, rel=1e-3)
+
+
+def test_a_gradient_of_unknown_batch_is_not_in_the_gram_form():
     graph, taps = _step_graph()
     for n in graph.node:
         if n.name in ("x3", "g3"):
             unknown_batch = tf.TensorShape([None, SHAPES[n.name][1]])
             n.attr["shape"].shape.CopyFrom(unknown_batch.as_proto())
     out = taps.with_ratio(graph, infer_shapes(graph, {}))
-    assert [n.input for n in out.node if n.op == "L2Loss"] == [["scaled3:0"], ["target3:0"]]
+    assert [n.input[0] for n in out.node if n.op == "EuclideanNorm"] == ["target3:0"]
+    assert not any(n.op == "MatMul" and n.input[0] == "x3" for n in out.node
+                   if n.name.startswith(RATIO_SCOPE))
 
 
 def test_the_probe_is_refused_when_its_cut_would_write_a_variable():
@@ -151,3 +180,39 @@ def test_the_probe_is_refused_when_its_cut_would_write_a_variable():
     cut = build_probe(Taps({0: [Tap(virtual="x:0", plain="x:0")]}).with_ratio(graph))
     assert {n.name for n in cut.node} == {"x"} | {
         n.name for n in cut.node if n.name.startswith(RATIO_SCOPE)}
+
+
+@pytest.mark.parametrize("forms", [(), ("gram", "columns")], ids=["direct", "columns"])
+def test_a_convolution_kernels_ratio_reads_its_gradient_once(forms, monkeypatch):
+    """A post-scaled convolution kernel (f over its output channels): its gradient's norms
+    over the other three axes, then f (not a matrix product: no Gram form)."""
+    monkeypatch.setattr(svgd_rewrite.probe, "FORMS", forms)
+    rng = np.random.default_rng(1)
+    x, dy = rng.normal(size=(2, 5, 5, 3)), rng.normal(size=(2, 5, 5, 4))
+    f = rng.uniform(0.5, 2.0, size=4)
+
+    @tf.function
+    def step(x, dy, f):
+        target = tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=[3, 3, 3, 4], out_backprop=dy, strides=[1, 1, 1, 1],
+            padding="SAME", name="target")
+        return tf.identity(target * f, name="apply")
+
+    specs = [tf.TensorSpec(s, tf.float32, name=n) for n, s in
+             (("x", x.shape), ("dy", dy.shape), ("f", f.shape))]
+    graph = step.get_concrete_function(*specs).graph.as_graph_def()
+    scaled = next(n.name for n in graph.node if n.op == "Mul")
+    out = Taps({0: [Tap(virtual=f"{scaled}:0", plain="target:0")]}).with_ratio(
+        graph, infer_shapes(graph, {}))
+    ratio = tf.function(lambda: tf.graph_util.import_graph_def(
+        out, input_map={f"{n}:0": tf.constant(v, tf.float32)
+                        for n, v in (("x", x), ("dy", dy), ("f", f))},
+        return_elements=[RATIO], name="probe")[0])()
+    target = tf.raw_ops.Conv2DBackpropFilter(
+        input=tf.constant(x), filter_sizes=[3, 3, 3, 4], out_backprop=tf.constant(dy),
+        strides=[1, 1, 1, 1], padding="SAME").numpy()
+    assert float(ratio[0]) == pytest.approx(
+        np.linalg.norm(target * f) / np.linalg.norm(target), rel=1e-5)
+    read = [n.op for n in out.node if n.name.startswith(RATIO_SCOPE) and n.input
+            and n.input[0] == "target:0"]
+    assert read == (["EuclideanNorm"] if forms else ["L2Loss"])

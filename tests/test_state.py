@@ -192,15 +192,18 @@ def test_schedules_are_checked_when_given():
         svgd_rewrite.rewrite(_whole_step(*_model()), rho=lambda k: 1 / 0)
 
 
-@pytest.mark.parametrize("gram", [0, 10 ** 9], ids=["direct", "gram"])
+@pytest.mark.parametrize("forms", [(), ("columns",), ("gram",)],
+                         ids=["direct", "columns", "gram"])
 @pytest.mark.parametrize("post_scale", [True, False], ids=["post-scaled", "pre-scaled"])
-def test_diagnostics_ratio_is_the_oracles_and_trains_nothing(post_scale, gram, monkeypatch):
+def test_diagnostics_ratio_is_the_oracles_and_trains_nothing(post_scale, forms, monkeypatch):
     """``SVGDStep.diagnostics(x, y)``: per kernel, r's figures and ‖virtual gradient of θ‖ /
     ‖plain gradient of θ‖ on the batch, as Algorithm 1 computes them eagerly from the same r;
     no variable changes. ``run_with_taps`` then trains on the batch as a call of the step
     does, and ``ratios`` of its taps gives the same ratio. Both ways of norming a gradient:
-    read directly, and from the batch's Gram matrices (forced here for every kernel)."""
-    monkeypatch.setattr(svgd_rewrite.probe, "GRAM_RATIO", gram)
+    read directly, read once (post-scaled sites) and from the batch's Gram matrices (forced
+    here for every kernel)."""
+    monkeypatch.setattr(svgd_rewrite.probe, "FORMS", forms)
+    monkeypatch.setattr(svgd_rewrite.probe, "GRAM_RATIO", 10 ** 9)
     variables = _model()
     step = svgd_rewrite.rewrite(_whole_step(*variables), scale=0.1, post_scale=post_scale)
     assert bool(step.edits.scaled) == post_scale and bool(step.edits.rerouted) != post_scale
@@ -239,9 +242,11 @@ def test_diagnostics_ratio_is_the_oracles_and_trains_nothing(post_scale, gram, m
 
     _, ratios = tapped(x, y)
     assert {k: float(v) for k, v in ratios.items()} == pytest.approx(wanted, rel=1e-4)
-    ops = {n.op for n in step._wiring.ratio_graph_def.node
-           if n.name.startswith(svgd_rewrite.probe.RATIO_SCOPE)}
-    assert ("L2Loss" in ops) != bool(gram)
+    added = [n for n in step._wiring.ratio_graph_def.node
+             if n.name.startswith(svgd_rewrite.probe.RATIO_SCOPE)]
+    ops = {n.op for n in added}
+    assert any("gram" in n.name for n in added) == (forms == ("gram",))
+    assert ("EuclideanNorm" in ops) == (forms == ("columns",) and post_scale)
     assert int(step.state.steps.numpy()) == 3
     want = _oracle_run(batches, [0.1] * 3)
     assert_close(_weights(variables), {"w0": want[0], "w1": want[1]}, 1e-5, "tapped step")
