@@ -54,16 +54,18 @@ class Taps:
     sites: dict[int, list[Tap]] = field(default_factory=dict)
 
     def with_ratio(self, graph_def: graph_pb2.GraphDef,
-                   shapes: dict[Tensor, tuple[tf.DType, tf.TensorShape]] | None = None
-                   ) -> graph_pb2.GraphDef:
+                   shapes: dict[Tensor, tuple[tf.DType, tf.TensorShape]] | None = None,
+                   one_pass: bool = True) -> graph_pb2.GraphDef:
         """A copy of ``graph_def`` that also computes ``RATIO``: per site, ‖virtual gradient
         of θ‖ / ‖plain gradient of θ‖ over its applications (0 where the plain one is 0).
 
-        ``shapes`` (static shapes by tensor, ``infer_shapes``) allow the forms in ``FORMS``.
+        ``shapes`` (static shapes by tensor, ``infer_shapes``) allow the forms in ``FORMS``;
+        ``one_pass`` False reads a gradient once with ops XLA compiles (as the portable
+        rewrite does), not ``EuclideanNorm``.
         A gradient that is read has its other readers wait for the read, so that they may
         still overwrite its buffer in place (a gradient kept for a later reader costs the
         step a fresh buffer of its size)."""
-        graph = _Builder(graph_def, shapes or {})
+        graph = _Builder(graph_def, shapes or {}, one_pass)
         virtual, plain = [], []
         for site, taps in self.sites.items():
             v, p = [], []
@@ -91,7 +93,8 @@ class _Builder:
     """Adds the ratio's nodes to a copy of a GraphDef. Every norm is a half squared norm
     (``L2Loss``'s convention)."""
 
-    def __init__(self, graph_def: graph_pb2.GraphDef, shapes: dict):
+    def __init__(self, graph_def: graph_pb2.GraphDef, shapes: dict, one_pass: bool):
+        self.one_pass = one_pass
         self.out = graph_pb2.GraphDef()
         self.out.CopyFrom(graph_def)
         self.nodes = {n.name: n for n in self.out.node}
@@ -152,11 +155,16 @@ class _Builder:
         axes = [k for k, d in enumerate(aligned) if d == 1 and st[k] != 1]
         if not axes:
             return None
-        plain = _tensor(tap.plain)
-        norms = self.add(f"{scope}/column_norms", "EuclideanNorm",
-                         [plain, self.const(f"{scope}/axes", axes, tf.int32)], T=_F32,
-                         Tidx=tf.int32.as_datatype_enum, keep_dims=True)
-        self.readers[plain] = self.readers.get(plain, []) + [norms]
+        plain, axes = _tensor(tap.plain), self.const(f"{scope}/axes", axes, tf.int32)
+        reduce = dict(T=_F32, Tidx=tf.int32.as_datatype_enum, keep_dims=True)
+        if self.one_pass:
+            norms = read = self.add(f"{scope}/column_norms", "EuclideanNorm", [plain, axes],
+                                    **reduce)
+        else:
+            read = self.add(f"{scope}/squares", "Square", [plain], T=_F32)
+            norms = self.add(f"{scope}/column_norms", "Sqrt", [self.add(
+                f"{scope}/column_squares", "Sum", [read, axes], **reduce)], T=_F32)
+        self.readers[plain] = self.readers.get(plain, []) + [read]
         virtual = self.add(f"{scope}/virtual_columns", "Mul", [norms, f], T=_F32)
         return (self.add(f"{scope}/virtual", "L2Loss", [virtual], T=_F32),
                 self.add(f"{scope}/plain", "L2Loss", [norms], T=_F32))

@@ -154,6 +154,8 @@ class SVGDStep(tf.Module):
         self._wiring.tapped = None  # built on the first run_with_taps
         self._wiring.ratio_graph_def = None  # the step that also computes the ratio
         self._wiring.shapes = None  # static shapes, for the ratio's Gram form
+        portable = rewritten.options.portable
+        self._wiring.one_pass = not (loaded.xla if portable is None else portable)
         self._wiring.taps = taps_of(rewritten.graph_def, rewritten.edits)
         self._wiring.jit_compile = loaded.jit_compile
         self._wiring.signature = SimpleNamespace(call=loaded.call)
@@ -317,7 +319,7 @@ class SVGDStep(tf.Module):
         w = self._wiring
         if w.shapes is None:
             w.shapes = infer_shapes(self.graph_def, w.graph_variables)
-        return w.taps.with_ratio(graph_def, w.shapes)
+        return w.taps.with_ratio(graph_def, w.shapes, one_pass=w.one_pass)
 
     def _make_probe(self):
         """A ``tf.function`` of the step's arguments: per site, the norm ratio (``probe``)."""

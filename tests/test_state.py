@@ -27,8 +27,8 @@ def _loss(w1, w2, x, y):
 SPECS = [tf.TensorSpec((16, 6)), tf.TensorSpec((16,), tf.int32)]
 
 
-def _whole_step(w1, w2):
-    @tf.function(input_signature=SPECS)
+def _whole_step(w1, w2, jit_compile=None):
+    @tf.function(input_signature=SPECS, jit_compile=jit_compile)
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = _loss(w1, w2, x, y)
@@ -250,3 +250,32 @@ def test_diagnostics_ratio_is_the_oracles_and_trains_nothing(post_scale, forms, 
     assert int(step.state.steps.numpy()) == 3
     want = _oracle_run(batches, [0.1] * 3)
     assert_close(_weights(variables), {"w0": want[0], "w1": want[1]}, 1e-5, "tapped step")
+
+
+@pytest.mark.parametrize("forms", [(), ("columns",), ("gram",)],
+                         ids=["direct", "columns", "gram"])
+def test_an_xla_steps_ratio_is_compiled_and_the_same(forms, monkeypatch):
+    """A step declared with ``jit_compile=True`` (rewritten in the portable form) computes
+    its ratio under XLA too: a post-scaled gradient read once without ``EuclideanNorm``
+    (XLA has no kernel for it); the ratio is the one of the same step without XLA."""
+    monkeypatch.setattr(svgd_rewrite.probe, "FORMS", forms)
+    monkeypatch.setattr(svgd_rewrite.probe, "GRAM_RATIO", 10 ** 9)
+    ratios = []
+    for jit_compile in (None, True):
+        variables = _model()
+        step = svgd_rewrite.rewrite(_whole_step(*variables, jit_compile), scale=0.1,
+                                    post_scale=True)
+        batches = _batches(3)
+        for x, y in batches[:2]:
+            step(x, y)
+
+        @tf.function(jit_compile=jit_compile)
+        def tapped(x, y):
+            loss, taps = step.run_with_taps(x, y)
+            return loss, step.ratios(taps)
+
+        ratios.append({k: float(v) for k, v in tapped(*batches[2])[1].items()})
+        ops = {n.op for n in step._wiring.ratio_graph_def.node
+               if n.name.startswith(svgd_rewrite.probe.RATIO_SCOPE)}
+        assert ("EuclideanNorm" in ops) == (forms == ("columns",) and not jit_compile)
+    assert ratios[1] == pytest.approx(ratios[0], rel=1e-4)
