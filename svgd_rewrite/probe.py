@@ -130,7 +130,7 @@ class _Builder:
         """½‖tensor‖², read once (its other readers wait for it: ``wait_for_norms``)."""
         tensor = _tensor(tensor)
         if tensor not in self.norm_of:
-            name, port = _split(tensor)
+            name, port = Tensor.parse(tensor)
             x, k = tensor, len(self.norm_of)
             info = self.shapes.get(Tensor(name, port))
             dtype = (info[0].as_datatype_enum if info is not None
@@ -191,7 +191,7 @@ class _Builder:
     def gram_pair(self, tap: Tap, scope: str) -> tuple[str, str] | None:
         """(½‖virtual‖², ½‖plain‖²) in the Gram form, or None where it does not apply."""
         if tap.plain is not None:  # post-scaled: virtual = plain · f
-            product, f = self._product(self.nodes.get(_split(tap.plain)[0])), self._factor(tap)
+            product, f = self._product(self.nodes.get(Tensor.parse(tap.plain).node)), self._factor(tap)
             side = self._side(product, f) if product is not None and f is not None else None
             if side is None:
                 return None
@@ -206,7 +206,7 @@ class _Builder:
                              T=_F32)
             return self._inner(f"{scope}/virtual", self._gram(a, ta, True),
                                self._gram(c, tb, False)), plain
-        node = self.nodes.get(_split(tap.virtual)[0])  # pre-scaled: P(…ĝ…) against P(…g…)
+        node = self.nodes.get(Tensor.parse(tap.virtual).node)  # pre-scaled: P(…ĝ…) against P(…g…)
         virtual, plain = self._product(node), self._product(tap.node, tap.inputs)
         if virtual is None or plain is None:
             return None
@@ -216,7 +216,7 @@ class _Builder:
 
     def _factor(self, tap: Tap) -> str | None:
         """f of a post-scaled application: the scaled copy's other input."""
-        scaled = self.nodes.get(_split(tap.virtual)[0])
+        scaled = self.nodes.get(Tensor.parse(tap.virtual).node)
         if tap.plain is None or scaled is None or scaled.op != "Mul":
             return None
         f = [i for i in scaled.input[:2] if _tensor(i) != _tensor(tap.plain)]
@@ -284,13 +284,9 @@ class _Builder:
                         T=_F32)
 
 
-def _split(tensor: str) -> tuple[str, int]:
-    name, _, index = tensor.partition(":")
-    return name, int(index or 0)
-
-
 def _tensor(name: str) -> str:
-    return name if ":" in name else f"{name}:0"
+    """A NodeDef data input (or tensor name) as ``node:port``."""
+    return str(Tensor.parse(name))
 
 
 def taps_of(graph_def: graph_pb2.GraphDef, edits: EditLog) -> Taps | None:
