@@ -185,8 +185,8 @@ class _KerasOwnStep:
 
 class _Logging:
     """What ``Diagnostics`` adds to a traced train step: one summary of each transformed
-    kernel's figures (r entering step k, with ``ratio`` also the norm ratio from the gradients
-    step k computed: the step then returns them) and s(k), at k = the optimizer's
+    kernel's figures (r entering step k, with ``ratio`` also the norm ratio that step k
+    computes from its own gradients and returns) and s(k), at k = the optimizer's
     ``iterations``. ``in_graph``: the trace decides per step, under ``tf.cond`` (a train
     function running several steps per call): the ratio on the steps k % ratio_every == 0,
     the rest on k % every == 0. Otherwise it logs every step of its trace (``_EveryNth``
