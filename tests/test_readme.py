@@ -154,7 +154,8 @@ def test_readme_keras_example_learns_and_its_file_goes_to_the_command_line(tmp_p
     proc = _run(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     accuracy = float(proc.stdout.strip().splitlines()[-1].split()[-1])
-    assert accuracy > 0.8
+    # seeded: 0.84 here; over seeds 0-5 after 2 epochs 0.78-0.87 (chance: 0.1)
+    assert accuracy > 0.7
     from svgd_rewrite.cli.main import main
 
     assert main([str(tmp_path / "digits.keras"), str(tmp_path / "digits_svgd"), "--scale",
