@@ -192,7 +192,7 @@ def convergence(p: dict) -> str:
 
 def diagnostics_cost(p: dict) -> str:
     r = p["results"]["mnist_mlp"]
-    labels = {"svgd_twin": "none (a second model: the noise floor)", "every_step": "every step",
+    labels = {"svgd_twin": "none (more models: the noise floor)", "every_step": "every step",
               "every_step_ratio_every_10": "every step, the ratio every 10 steps",
               "every_10": "every 10 steps", "every_100": "every 100 steps"}
     return "\n".join([_source(p, "python -m benchmarks.diagnostics_cost"), "", _table(

@@ -43,7 +43,7 @@ from .options import Options, takes_options
 from .report import Report
 from .state import AccumulatorState
 from .step import SVGDStep
-from .tf_compat import checkpoint_restored, distributed_container
+from .tf_compat import checkpoint_restored, distributed_container, write_summaries
 
 __all__ = ["enable", "disable", "enabled", "VirtualGradients", "Diagnostics", "KerasSVGD",
            "ModelAccumulators"]
@@ -211,9 +211,8 @@ class _Logging:
                     outputs, tapped = step.run_with_taps(*tensors)
                 else:
                     outputs, tapped = step.function(*tensors), None
-            ratios = step.ratios(tapped) if ratio else {}
-            with self.writer.as_default(step=k):
-                tf.summary.experimental.write_raw_pb(_summary(entering, ratios, scale))
+            ratios = (step.ratio_names(), tapped[0]) if ratio and tapped else ([], None)
+            write_summaries(self.writer, k, _summary(entering, ratios, scale))
             return outputs
 
         if not self.in_graph:
@@ -249,36 +248,37 @@ class _EveryNth:
             self.k += self.per_call
 
 
-def _summary(entering: list[tuple[str, tf.Tensor]], ratios: dict[str, tf.Tensor],
-             scale: tf.Tensor | None) -> tf.Tensor:
-    """One serialized ``Summary``: per kernel ``<name>/r_mean``, ``r_min``, ``r_max``,
-    ``ratio`` (where it has one) and the histogram ``<name>/r``; and ``svgd/scale``.
+def _summary(entering: list[tuple[str, tf.Tensor]],
+             ratios: tuple[list[str], tf.Tensor | None], scale: tf.Tensor | None) -> tf.Tensor:
+    """Serialized ``Summary`` protos (a vector: the scalars, then one histogram per kernel):
+    per kernel ``<name>/r_mean``, ``r_min``, ``r_max``, ``ratio`` (``ratios``: the names of
+    the step's ratio vector, and the vector) and the histogram ``<name>/r``; ``svgd/scale``.
 
-    Every r is reduced in one concatenated vector (segment reductions), so that the op count
-    does not grow with the figures; non-finite entries of r count as 0 in the histograms
-    (TensorBoard's histogram op refuses them; r_min and r_max show them)."""
+    Every figure is one entry of one vector (every r reduced in one concatenated vector by
+    segment reductions), so that the op count does not grow with the figures; non-finite
+    entries of r count as 0 in the histograms (TensorBoard's histogram op refuses them;
+    r_min and r_max show them)."""
     names = [name for name, _ in entering]
-    flat = [tf.reshape(r, [-1]) for _, r in entering] or [tf.zeros([0])]
+    flat = [r if r.shape.rank == 1 else tf.reshape(r, [-1]) for _, r in entering] or [
+        tf.zeros([0])]
     sizes = [int(f.shape[0]) for f in flat]
     every_r = tf.concat(flat, 0)
     segments = tf.constant(np.repeat(np.arange(len(flat)), sizes), tf.int32)
-    tags = [[f"{n}/r_mean", f"{n}/r_min", f"{n}/r_max"] for n in names]
-    columns = [tf.math.segment_mean(every_r, segments), tf.math.segment_min(every_r, segments),
-               tf.math.segment_max(every_r, segments)]
-    values = [tf.reshape(tf.stack(columns, axis=1), [-1])]
-    tags = [t for per_kernel in tags for t in per_kernel]
-    with_ratio = [n for n in names if n in ratios]
-    if with_ratio:
-        tags += [f"{n}/ratio" for n in with_ratio]
-        values.append(tf.stack([ratios[n] for n in with_ratio]))
+    tags = [f"{n}/{figure}" for figure in ("r_mean", "r_min", "r_max") for n in names]
+    values = [tf.math.segment_mean(every_r, segments), tf.math.segment_min(every_r, segments),
+              tf.math.segment_max(every_r, segments)]
+    ratio_names, ratio = ratios
+    if ratio_names:
+        tags += [f"{n}/ratio" for n in ratio_names]
+        values.append(ratio)
     if scale is not None:
         tags.append("svgd/scale")
         values.append(tf.reshape(tf.cast(scale, tf.float32), [1]))
     parts = [tf.raw_ops.ScalarSummary(tags=tf.constant(tags), values=tf.concat(values, 0))]
-    finite = tf.where(tf.math.is_finite(every_r), every_r, tf.zeros_like(every_r))
+    finite = tf.where(tf.math.is_finite(every_r), every_r, 0.0)
     for name, r in zip(names, tf.split(finite, sizes)):
         parts.append(tf.raw_ops.HistogramSummary(tag=f"{name}/r", values=r))
-    return tf.raw_ops.MergeSummary(inputs=parts)
+    return tf.stack(parts)
 
 
 class KerasSVGD:
@@ -585,14 +585,17 @@ class Diagnostics(_Callback):
     ``every``-th) also the scalar ``<kernel>/ratio`` = ‖virtual gradient of θ‖ / ‖plain
     gradient of θ‖ of step k (from the gradients the step computed; sites inside ``While``
     loops have none), the one figure that costs graph work. The steps due run another trace
-    of the train function that also writes the summaries (one event per step); the other
-    steps run Keras's own, at no cost. With ``steps_per_execution`` > 1 one trace decides per step, under a ``tf.cond``.
+    of the train function that also writes the summaries (a scalar event and one histogram
+    event per kernel; the writer holds them until an epoch ends, or longer, see
+    ``_writer``); the other steps run Keras's own, at no cost. With ``steps_per_execution``
+    > 1 one trace decides per step, under a ``tf.cond``.
     The logged trace is not compiled with XLA (``jit_compile``: it has no summary ops). The
     model must be enabled (``enable``, or ``VirtualGradients`` before this callback in the
     list); not under ``MirroredStrategy`` (nothing is logged there).
     """
 
     train_batch_hooks = False
+    QUEUE = 1000  # events the writer holds
 
     def __init__(self, log_dir: str, every: int = 10, ratio_every: int | None = None):
         super().__init__()
@@ -634,9 +637,17 @@ class Diagnostics(_Callback):
         model.train_function = _EveryNth(svgd, plain, logged, k, per_call)
 
     def _writer(self):
+        """The event file writer: it holds up to ``QUEUE`` events (a logged step writes one
+        per histogram, and one more) and writes them every 2 minutes, when full, and at the
+        end of each epoch and of ``fit``, so that a step does not wait for the file."""
         if self._file_writer is None:
-            self._file_writer = tf.summary.create_file_writer(self.log_dir)
+            self._file_writer = tf.summary.create_file_writer(self.log_dir,
+                                                              max_queue=self.QUEUE)
         return self._file_writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._file_writer is not None:
+            self._file_writer.flush()
 
     def on_train_end(self, logs=None):
         current = getattr(self.model, "train_function", None)

@@ -10,9 +10,10 @@ are not tapped.
 
 Reading both gradients of a large kernel at the end of the step costs more than the ratio
 needs. A gradient that is a matrix product A·C over a batch axis much shorter than its sides
-(a dense kernel's xᵀ·g) has its squared norm from the batch's Gram matrices, ⟨AᵀA, CCᵀ⟩ (f
-scaling C's columns or A's rows for the virtual one): small products of P's inputs, which
-the step can compute before the gradient itself. Else a post-scaled one is read once: its
+(a dense kernel's xᵀ·g) has its squared norm from the batch's Gram matrices, ⟨AᵀA, CCᵀ⟩: small
+products of P's inputs, which the step can compute before the gradient itself. Where f scales
+C's columns (or A's rows), each column's squared norm is cᵀ(AᵀA)c, so the virtual and plain
+norms follow from one Gram matrix and one product with it. Else a post-scaled one is read once: its
 norms over the axes f is broadcast along, then f on those.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2
 
@@ -66,9 +68,9 @@ class Taps:
         still overwrite its buffer in place (a gradient kept for a later reader costs the
         step a fresh buffer of its size)."""
         graph = _Builder(graph_def, shapes or {}, one_pass)
-        virtual, plain = [], []
-        for site, taps in self.sites.items():
-            v, p = [], []
+        halves: dict[int, list[tuple[str, str]]] = {}  # position -> (½‖virtual‖², ½‖plain‖²)
+        scaled: list[tuple[int, _Norms]] = []  # (position, norms of a post-scaled one)
+        for position, (site, taps) in enumerate(self.sites.items()):
             for k, t in enumerate(taps):
                 scope = f"{RATIO_SCOPE}/site_{site}/{k}"
                 pair = None
@@ -76,17 +78,26 @@ class Taps:
                     pair = pair or getattr(graph, f"{form}_pair")(t, scope)
                 if pair is None:
                     pair = graph.norm(t.virtual), graph.norm(t.plain or graph.rerun(t, scope))
-                v.append(pair[0])
-                p.append(pair[1])
-            virtual.append(graph.sum(f"{RATIO_SCOPE}/site_{site}/virtual", v))
-            plain.append(graph.sum(f"{RATIO_SCOPE}/site_{site}/plain", p))
-        stacked = [graph.add(f"{RATIO_SCOPE}/{part}", "Pack", names, T=_F32, N=len(names),
-                             axis=0)
-                   for part, names in (("virtual", virtual), ("plain", plain))]
-        quotient = graph.add(f"{RATIO_SCOPE}/quotient", "DivNoNan", stacked, T=_F32)
+                if isinstance(pair, _Norms):
+                    scaled.append((position, pair))
+                else:
+                    halves.setdefault(position, []).append(pair)
+        totals = graph.totals(len(self.sites), halves, scaled)
+        quotient = graph.add(f"{RATIO_SCOPE}/quotient", "DivNoNan", totals, T=_F32)
         graph.add(RATIO.split(":")[0], "Sqrt", [quotient], T=_F32)
         graph.wait_for_norms()
         return graph.out
+
+
+@dataclass(frozen=True)
+class _Norms:
+    """A post-scaled application's plain gradient as ``size`` norms (of its slices along the
+    axes f is broadcast along) and f, both vectors: the virtual one's norms are their
+    product."""
+
+    norms: str
+    f: str
+    size: int
 
 
 class _Builder:
@@ -108,7 +119,8 @@ class _Builder:
         for key, value in attrs.items():
             if isinstance(value, bool):
                 node.attr[key].b = value
-            elif key in ("T", "SrcT", "DstT", "Tidx", "Tshape", "dtype"):
+            elif key in ("T", "SrcT", "DstT", "Tidx", "Tshape", "dtype", "Tindices",
+                         "Tnumsegments"):
                 node.attr[key].type = value
             elif isinstance(value, int):
                 node.attr[key].i = value
@@ -126,6 +138,55 @@ class _Builder:
             return terms[0]
         return self.add(name, "AddN", terms, T=_F32, N=len(terms))
 
+    def totals(self, sites: int, halves: dict[int, list[tuple[str, str]]],
+               scaled: list[tuple[int, "_Norms"]]) -> list[str]:
+        """Per site (by position) its virtual and its plain gradient's squared norms, two
+        vectors: the post-scaled norms concatenated and summed per site in one pass each,
+        plus twice the half squared norms of the rest."""
+        out = []
+        if scaled:
+            ids = self.const(f"{RATIO_SCOPE}/sites_of_norms",
+                             [p for p, n in scaled for _ in range(n.size)], tf.int32)
+            count = self.const(f"{RATIO_SCOPE}/sites", sites, tf.int32)
+            norms = self._concat("norms", [n.norms for _, n in scaled])
+            virtual = self.add(f"{RATIO_SCOPE}/virtual_norms", "Mul",
+                               [norms, self._concat("f", [n.f for _, n in scaled])], T=_F32)
+            for part, x in (("virtual", virtual), ("plain", norms)):
+                out.append(self.add(f"{RATIO_SCOPE}/{part}", "UnsortedSegmentSum", [
+                    self.add(f"{RATIO_SCOPE}/{part}_squares", "Square", [x], T=_F32), ids,
+                    count], T=_F32, Tindices=tf.int32.as_datatype_enum,
+                    Tnumsegments=tf.int32.as_datatype_enum))
+        if halves:
+            zero = self.const(f"{RATIO_SCOPE}/zero", 0.0, tf.float32)
+            two = self.const(f"{RATIO_SCOPE}/two", 2.0, tf.float32)
+            for side, part in enumerate(("virtual", "plain")):
+                per_site = [self.sum(f"{RATIO_SCOPE}/site_{p}/{part}", [h[side] for h in
+                                                                       halves[p]])
+                            if p in halves else zero for p in range(sites)]
+                total = self.add(f"{RATIO_SCOPE}/{part}_halves", "Mul", [self.add(
+                    f"{RATIO_SCOPE}/{part}_halves_stacked", "Pack", per_site, T=_F32,
+                    N=sites, axis=0), two], T=_F32)
+                if scaled:
+                    out[side] = self.add(f"{RATIO_SCOPE}/{part}_total", "AddV2",
+                                         [out[side], total], T=_F32)
+                else:
+                    out.append(total)
+        return out
+
+    def _concat(self, name: str, vectors: list[str]) -> str:
+        if len(vectors) == 1:
+            return vectors[0]
+        return self.add(f"{RATIO_SCOPE}/{name}", "ConcatV2", vectors + [
+            self.const(f"{RATIO_SCOPE}/{name}_axis", 0, tf.int32)], T=_F32, N=len(vectors),
+            Tidx=tf.int32.as_datatype_enum)
+
+    def _vector(self, tensor: str, rank: int, name: str) -> str:
+        """``tensor`` (of static ``rank``) as a vector."""
+        if rank == 1:
+            return tensor
+        return self.add(name, "Reshape", [tensor, self.const(f"{name}_shape", [-1], tf.int32)],
+                        T=_F32, Tshape=tf.int32.as_datatype_enum)
+
     def norm(self, tensor: str) -> str:
         """½‖tensor‖², read once (its other readers wait for it: ``wait_for_norms``)."""
         tensor = _tensor(tensor)
@@ -142,9 +203,9 @@ class _Builder:
             self.readers[tensor] = self.readers.get(tensor, []) + [self.norm_of[tensor]]
         return self.norm_of[tensor]
 
-    def columns_pair(self, tap: Tap, scope: str) -> tuple[str, str] | None:
-        """(½‖virtual‖², ½‖plain‖²) of a post-scaled application from one pass over the plain
-        gradient: its norms over the axes f is broadcast along, then f on those."""
+    def columns_pair(self, tap: Tap, scope: str) -> "_Norms | None":
+        """A post-scaled application's norms from one pass over the plain gradient: its
+        norms over the axes f is broadcast along (f's shape, then, but for its 1s)."""
         f = self._factor(tap)
         st, sf = self._shape(tap.plain or ""), self._shape(f or "")
         if f is None or st is None or sf is None or None in sf or len(sf) > len(st):
@@ -156,7 +217,7 @@ class _Builder:
         if not axes:
             return None
         plain, axes = _tensor(tap.plain), self.const(f"{scope}/axes", axes, tf.int32)
-        reduce = dict(T=_F32, Tidx=tf.int32.as_datatype_enum, keep_dims=True)
+        reduce = dict(T=_F32, Tidx=tf.int32.as_datatype_enum, keep_dims=False)
         if self.one_pass:
             norms = read = self.add(f"{scope}/column_norms", "EuclideanNorm", [plain, axes],
                                     **reduce)
@@ -165,9 +226,9 @@ class _Builder:
             norms = self.add(f"{scope}/column_norms", "Sqrt", [self.add(
                 f"{scope}/column_squares", "Sum", [read, axes], **reduce)], T=_F32)
         self.readers[plain] = self.readers.get(plain, []) + [read]
-        virtual = self.add(f"{scope}/virtual_columns", "Mul", [norms, f], T=_F32)
-        return (self.add(f"{scope}/virtual", "L2Loss", [virtual], T=_F32),
-                self.add(f"{scope}/plain", "L2Loss", [norms], T=_F32))
+        kept = len(st) - len(axes)
+        return _Norms(self._vector(norms, kept, f"{scope}/norms"),
+                      self._vector(f, len(sf), f"{scope}/f"), int(np.prod(sf)))
 
     def rerun(self, tap: Tap, scope: str) -> str:
         """P's copy on g (``tap.inputs``)."""
@@ -188,24 +249,21 @@ class _Builder:
 
     # --- the Gram form -----------------------------------------------------------------
 
-    def gram_pair(self, tap: Tap, scope: str) -> tuple[str, str] | None:
-        """(½‖virtual‖², ½‖plain‖²) in the Gram form, or None where it does not apply."""
+    def gram_pair(self, tap: Tap, scope: str) -> "tuple[str, str] | _Norms | None":
+        """A pre-scaled application's (½‖virtual‖², ½‖plain‖²) in the Gram form, a
+        post-scaled one's ``_Norms``; None where it does not apply."""
         if tap.plain is not None:  # post-scaled: virtual = plain · f
-            product, f = self._product(self.nodes.get(Tensor.parse(tap.plain).node)), self._factor(tap)
+            product = self._product(self.nodes.get(Tensor.parse(tap.plain).node))
+            f = self._factor(tap)
             side = self._side(product, f) if product is not None and f is not None else None
             if side is None:
                 return None
             a, c, ta, tb = product
-            plain = self._inner(f"{scope}/plain", self._gram(a, ta, True),
-                                self._gram(c, tb, False))
-            if side == "c":  # f scales C's columns
-                c = self.add(f"{scope}/c_scaled", "Mul", [c, self._oriented(f, tb, scope)],
-                             T=_F32)
-            else:  # f scales A's rows
-                a = self.add(f"{scope}/a_scaled", "Mul", [a, self._oriented(f, not ta, scope)],
-                             T=_F32)
-            return self._inner(f"{scope}/virtual", self._gram(a, ta, True),
-                               self._gram(c, tb, False)), plain
+            if side == "c":  # f scales C's columns: C's columns in the form of AᵀA
+                gram, operand, by_rows = self._gram(a, ta, True), c, tb
+            else:  # f scales A's rows: A's rows in the form of CCᵀ
+                gram, operand, by_rows = self._gram(c, tb, False), a, not ta
+            return self._scaled_pair(operand, by_rows, gram, f, scope)
         node = self.nodes.get(Tensor.parse(tap.virtual).node)  # pre-scaled: P(…ĝ…) against P(…g…)
         virtual, plain = self._product(node), self._product(tap.node, tap.inputs)
         if virtual is None or plain is None:
@@ -213,6 +271,22 @@ class _Builder:
         return tuple(self._inner(f"{scope}/{part}", self._gram(a, ta, True),
                                  self._gram(c, tb, False))
                      for part, (a, c, ta, tb) in (("virtual", virtual), ("plain", plain)))
+
+    def _scaled_pair(self, operand: str, by_rows: bool, gram: str, f: str,
+                     scope: str) -> "_Norms":
+        """The norms of G's columns (or rows), those f scales: vᵀKv, v the matching columns
+        (``by_rows`` False: B×k) or rows (k×B) of ``operand`` as stored, K = ``gram`` (B×B):
+        a product B×B·B×k and a reduction, not the B-fold Gram matrices of both sides."""
+        q = self.add(f"{scope}/quadratic", "MatMul",
+                     [gram, operand] if not by_rows else [operand, gram], T=_F32)
+        squares = self.add(f"{scope}/squares", "Sum", [
+            self.add(f"{scope}/products", "Mul", [operand, q], T=_F32),
+            self.const(f"{scope}/axis", 1 if by_rows else 0, tf.int32)],
+            T=_F32, Tidx=tf.int32.as_datatype_enum, keep_dims=False)
+        norms = self.add(f"{scope}/norms", "Sqrt", [  # ≥ 0 but for rounding
+            self.add(f"{scope}/nonnegative", "Relu", [squares], T=_F32)], T=_F32)
+        sf = self._shape(f)
+        return _Norms(norms, self._vector(f, len(sf), f"{scope}/f"), int(np.prod(sf)))
 
     def _factor(self, tap: Tap) -> str | None:
         """f of a post-scaled application: the scaled copy's other input."""
@@ -256,14 +330,6 @@ class _Builder:
         if sf == [m, 1]:
             return "a"
         return None
-
-    def _oriented(self, f: str, column: bool, scope: str) -> str:
-        """f as a row [1, k] (``column`` False) or a column [k, 1] of the operand it
-        scales, as that operand is stored."""
-        shape = self.const(f"{scope}/f_shape", [-1, 1] if column else [1, -1],
-                           tf.int32)
-        return self.add(f"{scope}/f", "Reshape", [f, shape], T=_F32,
-                        Tshape=tf.int32.as_datatype_enum)
 
     def _gram(self, x: str, transposed: bool, left: bool) -> str:
         """AᵀA (``left``: A = op(x)) or CCᵀ (C = op(x)), B×B; once per operand."""

@@ -264,11 +264,14 @@ class SVGDStep(tf.Module):
     def ratios(self, tapped: list[tf.Tensor]) -> dict[str, tf.Tensor]:
         """Per transformed variable (by name), ‖virtual gradient of θ‖ / ‖plain gradient of
         θ‖, from ``run_with_taps``' tensors."""
+        names = self.ratio_names()
+        return dict(zip(names, tf.unstack(tapped[0]))) if names else {}
+
+    def ratio_names(self) -> list[str]:
+        """The variable names of ``run_with_taps``' ratio vector's entries, in order."""
         taps = self._wiring.taps
-        if taps is None:
-            return {}
         names_of = {site.index: site.variable for site in self.report.sites}
-        return dict(zip((names_of[site] for site in taps.sites), tf.unstack(tapped[0])))
+        return [] if taps is None else [names_of[site] for site in taps.sites]
 
     def diagnostics(self, *args, **kwargs) -> dict[str, dict[str, Any]]:
         """Per transformed variable (by its name in the report): r (``r``, its values) and

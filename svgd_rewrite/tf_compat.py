@@ -111,3 +111,14 @@ def checkpoint_restored(trackable) -> bool:
     """Whether a TensorFlow checkpoint has restored ``trackable`` (also a restoration deferred
     until its variables exist, as when a dependency is added after ``restore``)."""
     return getattr(trackable, "_self_update_uid", -1) >= 0
+
+
+def write_summaries(writer, step: tf.Tensor, serialized: tf.Tensor):
+    """Write serialized ``Summary`` protos (a string vector: one event each) at ``step`` with
+    a ``tf.summary`` writer, not under its ``as_default``: that context flushes the writer
+    as it exits, so a traced function using it would flush (write the file) at every call."""
+    resource = getattr(writer, "_resource", None)
+    if resource is None:
+        with writer.as_default(step=step):
+            return tf.summary.experimental.write_raw_pb(serialized)
+    return tf.raw_ops.WriteRawProtoSummary(writer=resource, step=step, tensor=serialized)

@@ -157,12 +157,42 @@ def test_diagnostics_ratio_every_logs_the_ratio_more_rarely(tmp_path, per_call):
         sk.Diagnostics("logs", ratio_every=0)
 
 
+def test_diagnostics_r_is_r_entering_each_step(tmp_path):
+    """r's figures at step k are those of the accumulator after step k−1 (zeros at step 0),
+    over three fits with the same callback."""
+    from keras_oracle import conv_dense_model
+    from tensorboard.backend.event_processing import event_accumulator
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, 4).astype("int32")
+    model = conv_dense_model(0)
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    svgd = sk.enable(model, scale=0.02)
+    callback = sk.Diagnostics(str(tmp_path / "logs"), every=1)
+    after = []  # per step, each kernel's r after it
+    for _ in range(3):
+        model.fit(x, y, batch_size=4, verbose=0, callbacks=[callback])
+        (step,) = svgd.steps.values()
+        after.append({s.variable: step.accumulator_of(s).numpy() for s in step.report.sites})
+    events = event_accumulator.EventAccumulator(str(tmp_path / "logs"),
+                                                size_guidance={"scalars": 0})
+    events.Reload()
+    for kernel, r in after[0].items():
+        entering = [np.zeros_like(r)] + [a[kernel] for a in after[:2]]
+        for figure, reduce in (("r_mean", np.mean), ("r_min", np.min), ("r_max", np.max)):
+            logged = [e.value for e in events.Scalars(f"{kernel}/{figure}")]
+            np.testing.assert_allclose(logged, [reduce(e) for e in entering], rtol=1e-6)
+        assert after[1][kernel].max() > after[0][kernel].max() > 0
+
+
 @pytest.mark.parametrize("per_call,jit_compile", [(1, False), (2, False), (1, True)],
                          ids=["one-step-per-call", "steps_per_execution=2", "jit_compile"])
 def test_diagnostics_callback_writes_each_kernels_figures(tmp_path, per_call, jit_compile):
     """``Diagnostics``: TensorBoard event files holding, for every transformed kernel, r's
-    mean/min/max and histogram and the norm ratio on the logged steps' batches, and s(k);
-    nothing more once fit has ended."""
+    mean/min/max and histogram and the norm ratio on the logged steps' batches, and s(k),
+    in the files by the end of each epoch; nothing more once fit has ended."""
     from keras_oracle import conv_dense_model
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -175,7 +205,15 @@ def test_diagnostics_callback_writes_each_kernels_figures(tmp_path, per_call, ji
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     svgd = sk.enable(model, scale=keras.optimizers.schedules.ExponentialDecay(0.02, 1, 0.5))
     callback = sk.Diagnostics(str(tmp_path / "logs"), every=2)
-    model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[callback])
+    at_epoch_end = []  # the tags in the files when the epoch ends (the writer holds events)
+
+    def read_at_epoch_end(epoch, logs):
+        files = event_accumulator.EventAccumulator(str(tmp_path / "logs"))
+        files.Reload()
+        at_epoch_end.append(set(files.Tags()["scalars"]))
+
+    model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[
+        callback, keras.callbacks.LambdaCallback(on_epoch_end=read_at_epoch_end)])
     model.train_on_batch(x[:4], y[:4])  # step 4, after fit: not logged
     model.fit(x[:4], y[:4], batch_size=4, verbose=0)  # step 5, without the callback
     events = event_accumulator.EventAccumulator(str(tmp_path / "logs"),
@@ -193,6 +231,7 @@ def test_diagnostics_callback_writes_each_kernels_figures(tmp_path, per_call, ji
         assert all(np.isfinite(ratios)) and all(r > 0 for r in ratios)
         r_mean = [e.value for e in events.Scalars(f"{kernel}/r_mean")]
         assert r_mean[0] == 0.0 and r_mean[1] > 0  # r entering step 0, then step 2
+    assert f"{kernels[0]}/ratio" in at_epoch_end[0] and "svgd/scale" in at_epoch_end[0]
     scales = [e.value for e in events.Scalars("svgd/scale")]
     assert scales == pytest.approx([0.02, 0.005])  # s(0), s(2): the schedule's value
     assert int(model.optimizer.iterations.numpy()) == 6

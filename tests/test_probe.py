@@ -97,7 +97,8 @@ def test_the_ratio_of_each_form_is_numpys(forms, monkeypatch):
     """Per site ‖virtual‖/‖plain‖ over its applications: P re-run on g for a pre-scaled one,
     f's columns or rows for a post-scaled one — reading both gradients, reading the plain one
     once (its norms along f's broadcast axes), or from the batch's Gram matrices (then no
-    tapped gradient is read)."""
+    tapped gradient is read; f's rows or columns in the quadratic form of the other side's
+    Gram matrix)."""
     monkeypatch.setattr(svgd_rewrite.probe, "FORMS", forms)
     rng = np.random.default_rng(0)
     v = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
@@ -117,8 +118,31 @@ def test_the_ratio_of_each_form_is_numpys(forms, monkeypatch):
         assert read == ["P2:0", "P:0", "scaled3:0", "scaled4:0", "target3:0", "target4:0"]
     elif forms == ("columns",):  # P re-run on g (pre-scaled); the targets read once
         assert read == ["P2:0", "P:0", "target3:0", "target4:0"] and not grams
-    else:  # per application 3 (an operand's shared by the virtual and the plain one)
-        assert read == [] and len(grams) == 3 + 3 + 3 + 3
+    else:  # pre-scaled: per application 3 (an operand's shared by the virtual and the
+        # plain one); post-scaled: 1, and f's side's rows or columns in its quadratic form
+        quadratic = [n for n in added if n.op == "MatMul" and n.name.endswith("/quadratic")]
+        assert read == [] and len(grams) == 3 + 3 + 1 + 1 and len(quadratic) == 2
+
+
+@pytest.mark.parametrize("f_shape", [(1, N), (M, 1)], ids=["columns", "rows"])
+def test_the_gram_form_reads_f_s_side_as_stored(f_shape):
+    """G = a·cᵀ with a stored M×B and c stored N×B: f over G's columns reads c's rows, f over
+    G's rows a's rows (the orientations the test above does not meet)."""
+    graph = _graph(_placeholder("a", (M, B)), _placeholder("c", (N, B)),
+                   _placeholder("f", f_shape), node_def_pb2.NodeDef(name="ctrl", op="NoOp"),
+                   _matmul("target", "a", "c", False, True))
+    scaled = node_def_pb2.NodeDef(name="scaled", op="Mul", input=["target", "f"])
+    scaled.attr["T"].type = tf.float32.as_datatype_enum
+    graph.node.append(scaled)
+    out = Taps({0: [Tap(virtual="scaled:0", plain="target:0")]}).with_ratio(
+        graph, infer_shapes(graph, {}))
+    assert any(n.name.endswith("/quadratic") for n in out.node)
+    rng = np.random.default_rng(1)
+    v = {"a": rng.normal(size=(M, B)), "c": rng.normal(size=(N, B)), "f": rng.normal(size=f_shape)}
+    v = {k: x.astype(np.float32) for k, x in v.items()}
+    g = v["a"] @ v["c"].T
+    np.testing.assert_allclose(_ratio(out, v), [np.linalg.norm(g * v["f"]) / np.linalg.norm(g)],
+                               rtol=1e-5)
 
 
 def test_a_gradient_read_is_read_by_the_step_after_its_norm(monkeypatch):

@@ -2,7 +2,8 @@
 import tensorflow as tf
 
 from svgd_rewrite.inline import inline_calls
-from svgd_rewrite.tf_compat import capture, function_def_to_graph_def, traced_concrete_functions
+from svgd_rewrite.tf_compat import (capture, function_def_to_graph_def, traced_concrete_functions,
+                                    write_summaries)
 
 
 def test_traced_concrete_functions_lists_traces():
@@ -65,3 +66,23 @@ def test_checkpoint_restored_also_when_the_restoration_is_deferred(tmp_path):
     tf.train.Checkpoint(root=fresh).restore(path)
     fresh._track_trackable(child, name="child")
     assert checkpoint_restored(child)
+
+
+def test_write_summaries_writes_each_proto_as_an_event_and_does_not_flush(tmp_path):
+    writer = tf.summary.create_file_writer(str(tmp_path))
+
+    @tf.function
+    def log(k):
+        parts = [tf.raw_ops.ScalarSummary(tags=tf.constant(["a", "b"]), values=[1.0, 2.0]),
+                 tf.raw_ops.HistogramSummary(tag="h", values=[1.0, 3.0])]
+        write_summaries(writer, k, tf.stack(parts))
+
+    log(tf.constant(7, tf.int64))
+    graph = log.get_concrete_function(tf.constant(7, tf.int64)).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert "WriteRawProtoSummary" in ops and "FlushSummaryWriter" not in ops
+    writer.flush()
+    (path,) = tmp_path.iterdir()
+    values = [(e.step, v.tag) for e in tf.compat.v1.train.summary_iterator(str(path))
+              for v in e.summary.value]
+    assert sorted(values) == [(7, "a"), (7, "b"), (7, "h")]
