@@ -10,11 +10,12 @@ are not tapped.
 
 Reading both gradients of a large kernel at the end of the step costs more than the ratio
 needs. A gradient that is a matrix product A·C over a batch axis much shorter than its sides
-(a dense kernel's xᵀ·g) has its squared norm from the batch's Gram matrices, ⟨AᵀA, CCᵀ⟩: small
-products of P's inputs, which the step can compute before the gradient itself. Where f scales
-C's columns (or A's rows), each column's squared norm is cᵀ(AᵀA)c, so the virtual and plain
-norms follow from one Gram matrix and one product with it. Else a post-scaled one is read once: its
-norms over the axes f is broadcast along, then f on those.
+(a dense kernel's xᵀ·g) has its squared norm from the batch's Gram matrices, ⟨AᵀA, CCᵀ⟩:
+small products of P's inputs, which the step can compute before the gradient itself. Where f
+scales C's columns (or A's rows), each column's squared norm is cᵀ(AᵀA)c, so the virtual and
+plain norms follow from one Gram matrix and one product with it. Else a post-scaled one is
+read once: its norms over the axes f is broadcast along. The post-scaled sites' norms are
+then multiplied by f and summed per site in one pass.
 """
 from __future__ import annotations
 
@@ -101,8 +102,9 @@ class _Norms:
 
 
 class _Builder:
-    """Adds the ratio's nodes to a copy of a GraphDef. Every norm is a half squared norm
-    (``L2Loss``'s convention)."""
+    """Adds the ratio's nodes to a copy of a GraphDef. A norm read directly or in the Gram
+    form of a pre-scaled site is a half squared norm (``L2Loss``'s convention); a post-scaled
+    site's are ``_Norms`` (``totals`` brings both to squared norms)."""
 
     def __init__(self, graph_def: graph_pb2.GraphDef, shapes: dict, one_pass: bool):
         self.one_pass = one_pass
@@ -160,8 +162,8 @@ class _Builder:
             zero = self.const(f"{RATIO_SCOPE}/zero", 0.0, tf.float32)
             two = self.const(f"{RATIO_SCOPE}/two", 2.0, tf.float32)
             for side, part in enumerate(("virtual", "plain")):
-                per_site = [self.sum(f"{RATIO_SCOPE}/site_{p}/{part}", [h[side] for h in
-                                                                       halves[p]])
+                per_site = [self.sum(f"{RATIO_SCOPE}/position_{p}/{part}", [h[side] for h in
+                                                                           halves[p]])
                             if p in halves else zero for p in range(sites)]
                 total = self.add(f"{RATIO_SCOPE}/{part}_halves", "Mul", [self.add(
                     f"{RATIO_SCOPE}/{part}_halves_stacked", "Pack", per_site, T=_F32,

@@ -86,3 +86,14 @@ def test_write_summaries_writes_each_proto_as_an_event_and_does_not_flush(tmp_pa
     values = [(e.step, v.tag) for e in tf.compat.v1.train.summary_iterator(str(path))
               for v in e.summary.value]
     assert sorted(values) == [(7, "a"), (7, "b"), (7, "h")]
+
+
+def test_write_summaries_falls_back_to_the_public_api_for_a_writer_without_a_resource():
+    writer = tf.summary.create_noop_writer()  # no resource: as_default and write_raw_pb
+
+    @tf.function
+    def log(k):
+        return write_summaries(writer, k, tf.stack([tf.raw_ops.ScalarSummary(
+            tags=tf.constant(["a"]), values=[1.0])]))
+
+    assert not bool(log(tf.constant(1, tf.int64)))  # a no-op writer records nothing
