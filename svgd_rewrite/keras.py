@@ -24,6 +24,7 @@ accumulators exist are applied when the first step creates them.
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 import weakref
 from dataclasses import replace
@@ -186,21 +187,29 @@ class _KerasOwnStep:
 class _Logging:
     """What ``Diagnostics`` adds to a traced train step: one summary of each transformed
     kernel's figures (r entering step k, with ``ratio`` also the norm ratio that step k
-    computes from its own gradients and returns) and s(k), at k = the optimizer's
-    ``iterations``. ``in_graph``: the trace decides per step, under ``tf.cond`` (a train
-    function running several steps per call): the ratio on the steps k % ratio_every == 0,
-    the rest on k % every == 0. Otherwise it logs every step of its trace (``_EveryNth``
-    calls it only on the steps due)."""
+    computes from its own gradients and returns, with ``histograms`` r's histograms) and
+    s(k), at k = the optimizer's ``iterations``. ``in_graph``: the trace decides per step,
+    under ``tf.cond`` (a train function running several steps per call): the ratio on the
+    steps k % ratio_every == 0, the histograms on k % histogram_every == 0, the rest on those
+    and on k % every == 0. Otherwise it logs every step of its trace (``_EveryNth`` calls it
+    only on the steps due)."""
 
-    def __init__(self, writer, every: int, ratio_every: int, in_graph: bool, ratio: bool):
-        self.writer, self.every, self.ratio_every = writer, every, ratio_every
-        self.in_graph, self.ratio = in_graph, ratio
+    def __init__(self, writer, every: int, ratio_every: int, histogram_every: int,
+                 in_graph: bool, ratio: bool, histograms: bool):
+        self.writer, self.every = writer, every
+        self.ratio_every, self.histogram_every = ratio_every, histogram_every
+        self.in_graph, self.ratio, self.histograms = in_graph, ratio, histograms
+
+    def due(self, k: int) -> tuple[bool, bool] | None:
+        """(ratio, histograms) of step ``k`` if it is logged, else None."""
+        ratio, histograms = k % self.ratio_every == 0, k % self.histogram_every == 0
+        return (ratio, histograms) if ratio or histograms or k % self.every == 0 else None
 
     def run(self, model, step: SVGDStep, tensors: list):
         """The step on ``tensors`` (its outputs), logged."""
         k = tf.cast(compat.backing_variable(model.optimizer.iterations).read_value(), tf.int64)
 
-        def logged(ratio: bool):
+        def logged(ratio: bool, histograms: "bool | tf.Tensor"):
             sites = [(s.variable, step.accumulator_of(s)) for s in step.report.sites]
             entering = [(name, tf.convert_to_tensor(r)) for name, r in sites if r is not None]
             scale = (step.scale_at_step() if "scale" in step.state.hyperparameter_variables
@@ -212,35 +221,39 @@ class _Logging:
                 else:
                     outputs, tapped = step.function(*tensors), None
             ratios = (step.ratio_names(), tapped[0]) if ratio and tapped else ([], None)
-            write_summaries(self.writer, k, _summary(entering, ratios, scale))
+            write_summaries(self.writer, k, _summary(entering, ratios, scale, histograms))
             return outputs
 
         if not self.in_graph:
-            return logged(self.ratio)
-        return tf.cond(tf.equal(k % self.ratio_every, 0), lambda: logged(True),
-                       lambda: tf.cond(tf.equal(k % self.every, 0), lambda: logged(False),
+            return logged(self.ratio, self.histograms)
+        histograms = tf.equal(k % self.histogram_every, 0)
+        return tf.cond(tf.equal(k % self.ratio_every, 0), lambda: logged(True, histograms),
+                       lambda: tf.cond(tf.logical_or(tf.equal(k % self.every, 0), histograms),
+                                       lambda: logged(False, histograms),
                                        lambda: step.function(*tensors)))
 
 
 class _EveryNth:
     """The model's ``train_function`` while a ``Diagnostics`` callback is attached: a call
-    that starts on a step due runs a logged train function (with the ratio on the steps
-    k % ratio_every == 0, without it on the other steps k % every == 0), the others Keras's
-    own, so that the steps not logged cost nothing more. With several steps per call, every
-    call runs the one logged function (it decides per step, in the graph)."""
+    that starts on a step due runs the logged train function for what is due then (the
+    ratio, the histograms: ``_Logging.due``), the others Keras's own, so that the steps not
+    logged cost nothing more. With several steps per call, every call runs the one logged
+    function (it decides per step, in the graph)."""
 
     def __init__(self, svgd: "KerasSVGD", plain: Callable,
-                 logged: dict[bool, tuple[Callable, _Logging]], k: int, per_call: int):
-        self.svgd, self.plain, self.logged = svgd, plain, logged  # logged[ratio]
+                 logged: dict[tuple[bool, bool], tuple[Callable, _Logging]], k: int,
+                 per_call: int):
+        self.svgd, self.plain, self.logged = svgd, plain, logged  # logged[ratio, histograms]
+        self.settings = next(iter(logged.values()))[1]
         self.k, self.per_call, self.active = k, per_call, True  # k: iterations before a call
 
     def __call__(self, iterator):
-        logging = self.logged[True][1]
+        due = None
+        if self.active:
+            due = (True, True) if self.settings.in_graph else self.settings.due(self.k)
         function, self.svgd.logging = self.plain, None
-        if self.active and (logging.in_graph or self.k % logging.ratio_every == 0):
-            function, self.svgd.logging = self.logged[True]
-        elif self.active and self.k % logging.every == 0:
-            function, self.svgd.logging = self.logged[False]  # read when the call traces
+        if due is not None:
+            function, self.svgd.logging = self.logged[due]  # read when the call traces
         try:
             return function(iterator)
         finally:
@@ -249,10 +262,13 @@ class _EveryNth:
 
 
 def _summary(entering: list[tuple[str, tf.Tensor]],
-             ratios: tuple[list[str], tf.Tensor | None], scale: tf.Tensor | None) -> tf.Tensor:
-    """Serialized ``Summary`` protos (a vector: the scalars, then one histogram per kernel):
-    per kernel ``<name>/r_mean``, ``r_min``, ``r_max``, ``ratio`` (``ratios``: the names of
-    the step's ratio vector, and the vector) and the histogram ``<name>/r``; ``svgd/scale``.
+             ratios: tuple[list[str], tf.Tensor | None], scale: tf.Tensor | None,
+             histograms: "bool | tf.Tensor") -> tf.Tensor:
+    """Serialized ``Summary`` protos (a vector: the scalars, then, where ``histograms``, one
+    histogram per kernel): per kernel ``<name>/r_mean``, ``r_min``, ``r_max``, ``ratio``
+    (``ratios``: the names of the step's ratio vector, and the vector) and the histogram
+    ``<name>/r``; ``svgd/scale``. ``histograms`` may be a boolean tensor (decided in the
+    graph).
 
     Every figure is one entry of one vector (every r reduced in one concatenated vector by
     segment reductions), so that the op count does not grow with the figures; non-finite
@@ -274,11 +290,16 @@ def _summary(entering: list[tuple[str, tf.Tensor]],
     if scale is not None:
         tags.append("svgd/scale")
         values.append(tf.reshape(tf.cast(scale, tf.float32), [1]))
-    parts = [tf.raw_ops.ScalarSummary(tags=tf.constant(tags), values=tf.concat(values, 0))]
-    finite = tf.where(tf.math.is_finite(every_r), every_r, 0.0)
-    for name, r in zip(names, tf.split(finite, sizes)):
-        parts.append(tf.raw_ops.HistogramSummary(tag=f"{name}/r", values=r))
-    return tf.stack(parts)
+    scalars = tf.raw_ops.ScalarSummary(tags=tf.constant(tags), values=tf.concat(values, 0))
+
+    def with_histograms():
+        finite = tf.where(tf.math.is_finite(every_r), every_r, 0.0)
+        return tf.stack([scalars] + [tf.raw_ops.HistogramSummary(tag=f"{name}/r", values=r)
+                                     for name, r in zip(names, tf.split(finite, sizes))])
+
+    if isinstance(histograms, bool):
+        return with_histograms() if histograms and names else scalars
+    return tf.cond(histograms, with_histograms, lambda: tf.reshape(scalars, [1]))
 
 
 class KerasSVGD:
@@ -580,13 +601,15 @@ class Diagnostics(_Callback):
     summaries of SVGD per transformed kernel, named by its variable (layer path).
 
     On every ``every``-th step k (the optimizer's ``iterations``, from 0): the scalars
-    ``<kernel>/r_mean``, ``r_min``, ``r_max`` and the histogram ``<kernel>/r`` (r entering
-    step k) and ``svgd/scale`` = s(k); on every ``ratio_every``-th step (by default every
-    ``every``-th) also the scalar ``<kernel>/ratio`` = ‖virtual gradient of θ‖ / ‖plain
-    gradient of θ‖ of step k (from the gradients the step computed; sites inside ``While``
-    loops have none), the one figure that costs graph work. The steps due run another trace
-    of the train function that also writes the summaries (a scalar event and one histogram
-    event per kernel; the writer holds them until an epoch ends, or longer, see
+    ``<kernel>/r_mean``, ``r_min``, ``r_max`` (r entering step k) and ``svgd/scale`` = s(k);
+    on every ``ratio_every``-th step (by default every ``every``-th) also the scalar
+    ``<kernel>/ratio`` = ‖virtual gradient of θ‖ / ‖plain gradient of θ‖ of step k (from
+    the gradients the step computed; sites inside ``While`` loops have none), the one figure
+    that costs graph work; on every ``histogram_every``-th step (by default every
+    ``10 * every``-th: the histograms cost more than all the scalars, and TensorBoard shows
+    at most 500 per kernel) also the histogram ``<kernel>/r``. The steps due run another
+    trace of the train function that also writes the summaries (a scalar event, and one
+    histogram event per kernel; the writer holds them until an epoch ends, or longer, see
     ``_writer``); the other steps run Keras's own, at no cost. With ``steps_per_execution``
     > 1 one trace decides per step, under a ``tf.cond``.
     The logged trace is not compiled with XLA (``jit_compile``: it has no summary ops). The
@@ -597,14 +620,20 @@ class Diagnostics(_Callback):
     train_batch_hooks = False
     QUEUE = 1000  # events the writer holds
 
-    def __init__(self, log_dir: str, every: int = 10, ratio_every: int | None = None):
+    def __init__(self, log_dir: str, every: int = 10, ratio_every: int | None = None,
+                 histogram_every: int | None = None):
         super().__init__()
-        ratio_every = every if ratio_every is None else ratio_every
-        for name, value in (("every", every), ("ratio_every", ratio_every)):
+        settings = {"every": every, "ratio_every": ratio_every,
+                    "histogram_every": histogram_every}
+        for name, value in settings.items():
+            if value is None and name != "every":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SVGDRewriteError(f"{name} must be a positive number of steps, "
                                        f"got {value!r}")
-        self.log_dir, self.every, self.ratio_every = log_dir, every, ratio_every
+        self.log_dir, self.every = log_dir, every
+        self.ratio_every = every if ratio_every is None else ratio_every
+        self.histogram_every = 10 * every if histogram_every is None else histogram_every
         self._file_writer = None
 
     def on_train_begin(self, logs=None):
@@ -615,7 +644,7 @@ class Diagnostics(_Callback):
         current = model.train_function
         k = int(compat.backing_variable(model.optimizer.iterations).numpy())
         per_call = compat.steps_per_execution(model)
-        if (isinstance(current, _EveryNth) and current.logged[True][1].writer is self._writer()
+        if (isinstance(current, _EveryNth) and current.settings.writer is self._writer()
                 and current.per_call == per_call):
             current.k, current.active = k, True
             return
@@ -624,16 +653,18 @@ class Diagnostics(_Callback):
             model.make_train_function(force=True)
             plain = model.train_function
         logged = {}
-        for ratio in (True, False):
+        for ratio, histograms in ([(True, True)] if per_call > 1 else
+                                  itertools.product((True, False), repeat=2)):
             logging = _Logging(self._writer(), self.every, self.ratio_every,
-                               in_graph=per_call > 1, ratio=ratio)
+                               self.histogram_every, in_graph=per_call > 1, ratio=ratio,
+                               histograms=histograms)
             jit_compile = model.jit_compile  # XLA has no summary ops: logged traces run without
             model.jit_compile = False
             try:
                 model.make_train_function(force=True)  # traced on its first call
             finally:
                 model.jit_compile = jit_compile
-            logged[ratio] = (model.train_function, logging)
+            logged[ratio, histograms] = (model.train_function, logging)
         model.train_function = _EveryNth(svgd, plain, logged, k, per_call)
 
     def _writer(self):

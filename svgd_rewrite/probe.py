@@ -218,6 +218,7 @@ class _Builder:
         axes = [k for k, d in enumerate(aligned) if d == 1 and st[k] != 1]
         if not axes:
             return None
+        kept = len(st) - len(axes)
         plain, axes = _tensor(tap.plain), self.const(f"{scope}/axes", axes, tf.int32)
         reduce = dict(T=_F32, Tidx=tf.int32.as_datatype_enum, keep_dims=False)
         if self.one_pass:
@@ -228,7 +229,6 @@ class _Builder:
             norms = self.add(f"{scope}/column_norms", "Sqrt", [self.add(
                 f"{scope}/column_squares", "Sum", [read, axes], **reduce)], T=_F32)
         self.readers[plain] = self.readers.get(plain, []) + [read]
-        kept = len(st) - len(axes)
         return _Norms(self._vector(norms, kept, f"{scope}/norms"),
                       self._vector(f, len(sf), f"{scope}/f"), int(np.prod(sf)))
 

@@ -307,7 +307,7 @@ class SVGDStep(tf.Module):
 
     def scale_at_step(self) -> tf.Tensor:
         """The s this step's next call uses (a schedule's value at step k), not stored."""
-        return self._hyperparameter_values(store=False)["scale"]
+        return self._hyperparameter_values(store=False, names=("scale",))["scale"]
 
     def probe_function(self):
         """The ``tf.function`` behind ``diagnostics``' ratio (the step's arguments in, the
@@ -346,16 +346,17 @@ class SVGDStep(tf.Module):
         return tf.function(_with_parameters(probe, w.signature),
                            input_signature=self.function.input_signature, autograph=False)
 
-    def _hyperparameter_values(self, store: bool = True) -> dict[str, tf.Tensor]:
-        """This call's s, ρ, ε: a schedule's value at step k (also stored in the state with
-        ``store``, so that it can be read back), else the state's variable (assign it to
-        change it)."""
+    def _hyperparameter_values(self, store: bool = True,
+                               names: tuple[str, ...] = HYPERPARAMETERS) -> dict[str, tf.Tensor]:
+        """This call's s, ρ, ε (those ``names``): a schedule's value at step k (also stored
+        in the state with ``store``, so that it can be read back), else the state's variable
+        (assign it to change it)."""
         variables = self.state.hyperparameter_variables
         if not self._wiring.hyperparameters:
             return {}
         out = {}
         k = None
-        for h in HYPERPARAMETERS:
+        for h in names:
             option = getattr(self._options, h)
             if is_schedule(option):
                 if k is None:

@@ -5,6 +5,7 @@
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -139,7 +140,12 @@ def test_scaling_quick(tmp_path):
 def test_diagnostics_cost_quick(tmp_path):
     results, stdout = run_quick("diagnostics_cost", tmp_path)
     r = results["mnist_mlp"]
-    assert set(r["ms_per_step"]) == {"svgd", "svgd_twin", "every_step",
-                                     "every_step_ratio_every_10", "every_10", "every_100"}
-    assert all(finite(v) and v > 0 for v in r["ms_per_step"].values())
-    assert r["over_svgd"]["svgd"] == 1.0 and "every_100" in stdout
+    modes = {"none", "every_step", "every_step_histograms_every_step",
+             "every_step_ratio_every_10", "every_10", "every_100"}
+    assert set(r["ms_per_step"]) == set(r["ms_per_step_without"]) == modes
+    for mode in modes:  # each mode on the same models with and without the callback
+        assert finite(r["ms_per_step"][mode]) and r["ms_per_step_without"][mode] > 0
+        assert len(r["each_over_without"][mode]) == r["instances"]
+        assert r["over_without"][mode] == pytest.approx(statistics.mean(
+            r["each_over_without"][mode]))
+    assert "every_100" in stdout

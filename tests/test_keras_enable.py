@@ -129,9 +129,9 @@ def test_a_scale_schedule_trains_step_k_with_s_of_k_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("per_call", [1, 2], ids=["one-step-per-call", "steps_per_execution=2"])
 def test_diagnostics_ratio_every_logs_the_ratio_more_rarely(tmp_path, per_call):
-    """``Diagnostics(every=1, ratio_every=2)``: r's figures and s at every step, the ratio
-    (the figure that costs graph work) at the even steps only; a second fit with the same
-    callback goes on from step 4."""
+    """``Diagnostics(every=1, ratio_every=2, histogram_every=3)``: r's figures and s at
+    every step, the ratio (the figure that costs graph work) at the even steps only, the
+    histograms at every third; a second fit with the same callback goes on from step 4."""
     from keras_oracle import conv_dense_model
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -142,7 +142,8 @@ def test_diagnostics_ratio_every_logs_the_ratio_more_rarely(tmp_path, per_call):
     model.compile(optimizer=keras.optimizers.SGD(0.05), steps_per_execution=per_call,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     svgd = sk.enable(model, scale=0.02)
-    callback = sk.Diagnostics(str(tmp_path / "logs"), every=1, ratio_every=2)
+    callback = sk.Diagnostics(str(tmp_path / "logs"), every=1, ratio_every=2,
+                              histogram_every=3)
     model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[callback])
     model.fit(x, y, batch_size=4, shuffle=False, verbose=0, callbacks=[callback])  # a second fit
     events = event_accumulator.EventAccumulator(str(tmp_path / "logs"),
@@ -150,16 +151,19 @@ def test_diagnostics_ratio_every_logs_the_ratio_more_rarely(tmp_path, per_call):
     events.Reload()
     for kernel in (s.variable for s in svgd.report.sites):
         assert [e.step for e in events.Scalars(f"{kernel}/r_max")] == list(range(8))
-        assert [e.step for e in events.Histograms(f"{kernel}/r")] == list(range(8))
+        assert [e.step for e in events.Histograms(f"{kernel}/r")] == [0, 3, 6]
         assert [e.step for e in events.Scalars(f"{kernel}/ratio")] == [0, 2, 4, 6]
     assert [e.value for e in events.Scalars("svgd/scale")] == pytest.approx([0.02] * 8)
     with pytest.raises(sk.SVGDRewriteError, match="ratio_every must be a positive"):
         sk.Diagnostics("logs", ratio_every=0)
+    with pytest.raises(sk.SVGDRewriteError, match="histogram_every must be a positive"):
+        sk.Diagnostics("logs", histogram_every=2.5)
 
 
 def test_diagnostics_r_is_r_entering_each_step(tmp_path):
     """r's figures at step k are those of the accumulator after step k−1 (zeros at step 0),
-    over three fits with the same callback."""
+    over three fits with the same callback; the histograms only every tenth step (the
+    default)."""
     from keras_oracle import conv_dense_model
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -177,9 +181,11 @@ def test_diagnostics_r_is_r_entering_each_step(tmp_path):
         (step,) = svgd.steps.values()
         after.append({s.variable: step.accumulator_of(s).numpy() for s in step.report.sites})
     events = event_accumulator.EventAccumulator(str(tmp_path / "logs"),
-                                                size_guidance={"scalars": 0})
+                                                size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
     for kernel, r in after[0].items():
+        # histograms every 10 × every steps by default
+        assert [e.step for e in events.Histograms(f"{kernel}/r")] == [0]
         entering = [np.zeros_like(r)] + [a[kernel] for a in after[:2]]
         for figure, reduce in (("r_mean", np.mean), ("r_min", np.min), ("r_max", np.max)):
             logged = [e.value for e in events.Scalars(f"{kernel}/{figure}")]
@@ -192,7 +198,8 @@ def test_diagnostics_r_is_r_entering_each_step(tmp_path):
 def test_diagnostics_callback_writes_each_kernels_figures(tmp_path, per_call, jit_compile):
     """``Diagnostics``: TensorBoard event files holding, for every transformed kernel, r's
     mean/min/max and histogram and the norm ratio on the logged steps' batches, and s(k),
-    in the files by the end of each epoch; nothing more once fit has ended."""
+    in the files by the end of each epoch; nothing more once fit has ended. A histogram
+    step that is not an ``every``-th step is logged too."""
     from keras_oracle import conv_dense_model
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -204,7 +211,7 @@ def test_diagnostics_callback_writes_each_kernels_figures(tmp_path, per_call, ji
                   jit_compile=jit_compile,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     svgd = sk.enable(model, scale=keras.optimizers.schedules.ExponentialDecay(0.02, 1, 0.5))
-    callback = sk.Diagnostics(str(tmp_path / "logs"), every=2)
+    callback = sk.Diagnostics(str(tmp_path / "logs"), every=2, histogram_every=3)
     at_epoch_end = []  # the tags in the files when the epoch ends (the writer holds events)
 
     def read_at_epoch_end(epoch, logs):
@@ -225,13 +232,14 @@ def test_diagnostics_callback_writes_each_kernels_figures(tmp_path, per_call, ji
     for kernel in kernels:
         for figure in ("r_mean", "r_min", "r_max", "ratio"):
             assert f"{kernel}/{figure}" in scalars, (kernel, figure, scalars)
-        assert [e.step for e in events.Histograms(f"{kernel}/r")] == [0, 2]
+        assert [e.step for e in events.Histograms(f"{kernel}/r")] == [0, 3]
         assert [e.step for e in events.Scalars(f"{kernel}/ratio")] == [0, 2]  # every 2 steps
+        assert [e.step for e in events.Scalars(f"{kernel}/r_max")] == [0, 2, 3]
         ratios = [e.value for e in events.Scalars(f"{kernel}/ratio")]
         assert all(np.isfinite(ratios)) and all(r > 0 for r in ratios)
         r_mean = [e.value for e in events.Scalars(f"{kernel}/r_mean")]
         assert r_mean[0] == 0.0 and r_mean[1] > 0  # r entering step 0, then step 2
     assert f"{kernels[0]}/ratio" in at_epoch_end[0] and "svgd/scale" in at_epoch_end[0]
     scales = [e.value for e in events.Scalars("svgd/scale")]
-    assert scales == pytest.approx([0.02, 0.005])  # s(0), s(2): the schedule's value
+    assert scales == pytest.approx([0.02, 0.005, 0.0025])  # s(0), s(2), s(3)
     assert int(model.optimizer.iterations.numpy()) == 6

@@ -118,6 +118,8 @@ def test_the_ratio_of_each_form_is_numpys(forms, monkeypatch):
         assert read == ["P2:0", "P:0", "scaled3:0", "scaled4:0", "target3:0", "target4:0"]
     elif forms == ("columns",):  # P re-run on g (pre-scaled); the targets read once
         assert read == ["P2:0", "P:0", "target3:0", "target4:0"] and not grams
+        # the norms are vectors as they come; only f4 (M×1) is reshaped to one
+        assert [n.input[0] for n in added if n.op == "Reshape"] == ["f4"]
     else:  # pre-scaled: per application 3 (an operand's shared by the virtual and the
         # plain one); post-scaled: 1, and f's side's rows or columns in its quadratic form
         quadratic = [n for n in added if n.op == "MatMul" and n.name.endswith("/quadratic")]
