@@ -264,8 +264,8 @@ class _EveryNth:
 def _summary(entering: list[tuple[str, tf.Tensor]],
              ratios: tuple[list[str], tf.Tensor | None], scale: tf.Tensor | None,
              histograms: "bool | tf.Tensor") -> tf.Tensor:
-    """Serialized ``Summary`` protos (a vector: the scalars, then, where ``histograms``, one
-    histogram per kernel): per kernel ``<name>/r_mean``, ``r_min``, ``r_max``, ``ratio``
+    """Serialized ``Summary`` protos (the scalar record alone, or a vector: the scalars, then,
+    where ``histograms``, one histogram per kernel): per kernel ``<name>/r_mean``, ``r_min``, ``r_max``, ``ratio``
     (``ratios``: the names of the step's ratio vector, and the vector) and the histogram
     ``<name>/r``; ``svgd/scale``. ``histograms`` may be a boolean tensor (decided in the
     graph).
