@@ -596,6 +596,13 @@ class VirtualGradients(_Callback):
             disable(self.model)
 
 
+def _steps(name: str, value) -> int:
+    """``value``, a positive number of steps (else a one-line error naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SVGDRewriteError(f"{name} must be a positive number of steps, got {value!r}")
+    return value
+
+
 class Diagnostics(_Callback):
     """``model.fit(..., callbacks=[Diagnostics("logs/svgd", every=10)])``: TensorBoard
     summaries of SVGD per transformed kernel, named by its variable (layer path).
@@ -623,17 +630,10 @@ class Diagnostics(_Callback):
     def __init__(self, log_dir: str, every: int = 10, ratio_every: int | None = None,
                  histogram_every: int | None = None):
         super().__init__()
-        settings = {"every": every, "ratio_every": ratio_every,
-                    "histogram_every": histogram_every}
-        for name, value in settings.items():
-            if value is None and name != "every":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SVGDRewriteError(f"{name} must be a positive number of steps, "
-                                       f"got {value!r}")
-        self.log_dir, self.every = log_dir, every
-        self.ratio_every = every if ratio_every is None else ratio_every
-        self.histogram_every = 10 * every if histogram_every is None else histogram_every
+        self.log_dir, self.every = log_dir, _steps("every", every)
+        self.ratio_every = _steps("ratio_every", every if ratio_every is None else ratio_every)
+        self.histogram_every = _steps(
+            "histogram_every", 10 * every if histogram_every is None else histogram_every)
         self._file_writer = None
 
     def on_train_begin(self, logs=None):
