@@ -192,7 +192,10 @@ class _Logging:
     under ``tf.cond`` (a train function running several steps per call): the ratio on the
     steps k % ratio_every == 0, the histograms on k % histogram_every == 0, the rest on those
     and on k % every == 0. Otherwise it logs every step of its trace (``_EveryNth`` calls it
-    only on the steps due)."""
+    only on the steps due). With the ratio the summary is built and written inside the step's
+    function (``run_with_taps``' ``then``) once the ratio is computed, while the step's last
+    updates run (not beside the forward pass, nor after the step: a summary built from the
+    ratio the step returns would wait for its last update)."""
 
     def __init__(self, writer, every: int, ratio_every: int, histogram_every: int,
                  in_graph: bool, ratio: bool, histograms: bool):
@@ -215,13 +218,18 @@ class _Logging:
             scale = (step.scale_at_step() if "scale" in step.state.hyperparameter_variables
                      else None)
             reads = [r for _, r in entering] + ([scale] if scale is not None else [])
+
+            def write(tapped: list[tf.Tensor]) -> None:
+                ratios = (step.ratio_names(), tapped[0]) if tapped else ([], None)
+                with tf.control_dependencies(tapped):  # all of it at the step's end
+                    write_summaries(self.writer, k,
+                                    _summary(entering, ratios, scale, histograms))
+
             with tf.control_dependencies(reads):  # read before the step writes them
-                if ratio:
-                    outputs, tapped = step.run_with_taps(*tensors)
-                else:
-                    outputs, tapped = step.function(*tensors), None
-            ratios = (step.ratio_names(), tapped[0]) if ratio and tapped else ([], None)
-            write_summaries(self.writer, k, _summary(entering, ratios, scale, histograms))
+                if ratio:  # written inside the step, as soon as the ratio is computed
+                    return step.run_with_taps(*tensors, then=write)[0]
+                outputs = step.function(*tensors)
+            write([])
             return outputs
 
         if not self.in_graph:

@@ -248,18 +248,42 @@ class SVGDStep(tf.Module):
                                               expand_composites=True)
         return (structured, tapped) if taps else structured
 
-    def run_with_taps(self, *values) -> tuple[Any, list[tf.Tensor]]:
+    def run_with_taps(self, *values, then: Callable[[list[tf.Tensor]], Any] | None = None
+                      ) -> tuple[Any, list[tf.Tensor]]:
         """One training step, as a call of the step, that also returns what ``ratios`` reads:
         the norm ratio per site, from θ's gradients as the step computes them (a few
         reductions more; a pre-scaled site's P runs once more, on g). Call it inside a
-        ``tf.function``."""
+        ``tf.function``.
+
+        ``then(tapped)`` builds what uses the ratio (a summary write, say) inside the step's
+        own function, so that it runs as soon as the ratio is computed: a ``tf.function``'s
+        outputs wait for all its stateful ops, so the ratio returned waits for the step's
+        last variable write. A step compiled with XLA calls it after the step instead. With
+        ``then`` each call traces a function of its own (call it while tracing yours)."""
         w = self._wiring
+        if then is not None and not w.jit_compile:
+            outputs, tapped = self._tapped_function(then)(*values)
+            return outputs, tapped
         if w.tapped is None:
-            w.tapped = tf.function(
-                _with_parameters(lambda *v: self._run(*v, taps=True), w.signature),
-                input_signature=self.function.input_signature, autograph=False,
-                jit_compile=w.jit_compile)
-        return w.tapped(*values)
+            w.tapped = self._tapped_function()
+        outputs, tapped = w.tapped(*values)
+        if then is not None:
+            then(tapped)
+        return outputs, tapped
+
+    def _tapped_function(self, then: Callable[[list[tf.Tensor]], Any] | None = None):
+        """The step with the ratio as a ``tf.function`` (``then`` called inside it)."""
+        w = self._wiring
+
+        def run(*values):
+            outputs, tapped = self._run(*values, taps=True)
+            if then is not None:
+                then(tapped)
+            return outputs, tapped
+
+        return tf.function(_with_parameters(run, w.signature),
+                           input_signature=self.function.input_signature, autograph=False,
+                           jit_compile=w.jit_compile)
 
     def ratios(self, tapped: list[tf.Tensor]) -> dict[str, tf.Tensor]:
         """Per transformed variable (by name), ‖virtual gradient of θ‖ / ‖plain gradient of

@@ -252,6 +252,59 @@ def test_diagnostics_ratio_is_the_oracles_and_trains_nothing(post_scale, forms, 
     assert_close(_weights(variables), {"w0": want[0], "w1": want[1]}, 1e-5, "tapped step")
 
 
+_WRITES = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
+
+
+def _post_scaled_after_two_steps(jit_compile):
+    """The model's variables, its post-scaled step, and three batches, the first two run."""
+    variables = _model()
+    step = svgd_rewrite.rewrite(_whole_step(*variables, jit_compile), scale=0.1,
+                                post_scale=True)
+    batches = _batches(3)
+    for x, y in batches[:2]:
+        step(x, y)
+    return variables, step, batches
+
+
+@pytest.mark.parametrize("jit_compile", [None, True], ids=["graph", "xla"])
+def test_run_with_taps_then_uses_the_ratio_before_the_step_writes(jit_compile):
+    """``run_with_taps(..., then=f)``: f gets the ratio inside the step's own function, where
+    nothing it builds waits for the step's variable writes (a ``tf.function``'s outputs wait
+    for all of them, so a summary written from the returned ratio runs only after the step's
+    last update); what f writes is the ratio ``ratios`` reads, and the step trains as a call
+    does. A step compiled with XLA calls f after the step, in the caller's graph."""
+    variables, step, batches = _post_scaled_after_two_steps(jit_compile)
+    got = tf.Variable(tf.zeros([2]))
+    built = {}
+
+    def then(taps):
+        built["graph"] = tf.compat.v1.get_default_graph()
+        built["op"] = got.assign(taps[0], read_value=False)
+
+    @tf.function
+    def tapped(x, y):
+        built["outer"] = tf.compat.v1.get_default_graph()
+        loss, taps = step.run_with_taps(x, y, then=then)
+        return loss, step.ratios(taps)
+
+    _, ratios = tapped(*batches[2])
+    assert got.numpy() == pytest.approx([float(ratios[n]) for n in ("w1", "w2")], rel=1e-6)
+    assert (built["graph"] is built["outer"]) == bool(jit_compile)
+    if not jit_compile:
+        ops = {op.name: op for op in built["graph"].get_operations()}
+        ancestors, todo = set(), [built["op"]]
+        while todo:
+            for parent in [t.op for t in todo[-1].inputs] + list(todo.pop().control_inputs):
+                if parent.name not in ancestors:
+                    ancestors.add(parent.name)
+                    todo.append(parent)
+        writes = [n for n, op in ops.items() if op.type in _WRITES]
+        assert len(writes) > 2  # the step's own updates are in this graph
+        assert not ancestors & set(writes), sorted(ancestors & set(writes))
+    want = _oracle_run(batches, [0.1] * 3)
+    assert_close(_weights(variables), {"w0": want[0], "w1": want[1]}, 1e-5, "tapped step")
+
+
 @pytest.mark.parametrize("forms", [(), ("columns",), ("gram",)],
                          ids=["direct", "columns", "gram"])
 def test_an_xla_steps_ratio_is_compiled_and_the_same(forms, monkeypatch):
@@ -262,12 +315,7 @@ def test_an_xla_steps_ratio_is_compiled_and_the_same(forms, monkeypatch):
     monkeypatch.setattr(svgd_rewrite.probe, "GRAM_RATIO", 10 ** 9)
     ratios = []
     for jit_compile in (None, True):
-        variables = _model()
-        step = svgd_rewrite.rewrite(_whole_step(*variables, jit_compile), scale=0.1,
-                                    post_scale=True)
-        batches = _batches(3)
-        for x, y in batches[:2]:
-            step(x, y)
+        _, step, batches = _post_scaled_after_two_steps(jit_compile)
 
         @tf.function(jit_compile=jit_compile)
         def tapped(x, y):
