@@ -262,8 +262,7 @@ class SVGDStep(tf.Module):
         ``then`` each call traces a function of its own (call it while tracing yours)."""
         w = self._wiring
         if then is not None and not w.jit_compile:
-            outputs, tapped = self._tapped_function(then)(*values)
-            return outputs, tapped
+            return self._tapped_function(then)(*values)
         if w.tapped is None:
             w.tapped = self._tapped_function()
         outputs, tapped = w.tapped(*values)
